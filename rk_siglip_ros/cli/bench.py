@@ -1,0 +1,12 @@
+"""`bench` console script (not implemented yet)."""
+
+import sys
+
+
+def main() -> int:
+    print("bench: not implemented yet", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""Manifest v1: the only contract between the offline shard builder and the runtime.
+
+A shard set is a folder with ``manifest.json`` plus the ONNX / RKNN files it names. The builder writes it with
+:func:`save_manifest`; every consumer reads it with :func:`load_manifest`, which refuses anything it cannot trust
+(wrong format or version, a path leaving the folder, a missing or altered file, shapes that do not chain) with an
+error that names the file, what was expected, and what to do. Pure Python + numpy-free on purpose: the builder and
+the runtime both import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+FORMAT = "rk_siglip_shards"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+ARCHITECTURES = ("siglip", "smolvlm")
+FILE_KINDS = ("onnx", "rknn")
+PIXEL_INPUT = "pixel_values"
+REBUILD_HINT = "rebuild the shard set with `build_shards --model <checkpoint> --out <dir> --force`"
+
+
+class ManifestError(ValueError):
+    """A shard set that cannot be used as it is; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor crossing the host/NPU boundary. The host multiplies by ``scale`` when feeding (inputs) or
+    after reading (outputs), so the NPU can carry a scaled residual stream."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    scale: float = 1.0
+
+
+@dataclass
+class ShardSpec:
+    name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    onnx: str | None = None
+    rknn: str | None = None
+    sha256: dict[str, str] = field(default_factory=dict)
+    layers: list[int] = field(default_factory=list)
+    macs: int = 0
+
+    def file(self, kind: str) -> str | None:
+        """The relative path of this shard's ``onnx`` or ``rknn`` file, or None when not built."""
+        if kind not in FILE_KINDS:
+            raise ValueError(f"unknown shard file kind {kind!r}; expected one of {FILE_KINDS}")
+        return getattr(self, kind)
+
+
+@dataclass
+class ModelInfo:
+    source: str
+    architecture: str
+    image_size: int
+    patch_size: int
+    hidden_size: int
+    num_tokens: int
+    embedding_dim: int
+
+
+@dataclass
+class PreprocessSpec:
+    """What the checkpoint's Hugging Face image processor does, so the runtime can do the same without it."""
+
+    size: tuple[int, int]  # (height, width)
+    resample: str = "bicubic"
+    rescale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    color: str = "RGB"
+    layout: str = "NCHW"
+
+
+@dataclass
+class Manifest:
+    model: ModelInfo
+    preprocess: PreprocessSpec
+    shards: list[ShardSpec]
+    # Final tensors by role. "pooled": None means the host pools (mean of tokens), as for the SmolVLM tower.
+    outputs: dict[str, str | None]
+    profile: str = "whole"
+    target: str = "rk3588"
+    dtype: str = "fp16"
+    host_scale: float = 1.0
+    toolchain: dict[str, str] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+    # Where the manifest was loaded from; not serialised. Shard paths resolve against it.
+    root: Path | None = None
+
+    @property
+    def pixel_input(self) -> TensorSpec:
+        return self.shards[0].inputs[0]
+
+    def tensor(self, name: str) -> TensorSpec:
+        """The output spec of the shard that produces ``name``."""
+        for shard in self.shards:
+            for spec in shard.outputs:
+                if spec.name == name:
+                    return spec
+        raise KeyError(name)
+
+    def path(self, shard: ShardSpec, kind: str) -> Path:
+        """Absolute path of a shard file; raises ManifestError when the shard set has no such file."""
+        relative = shard.file(kind)
+        if relative is None:
+            raise ManifestError(f"shard {shard.name} has no {kind} file in this shard set; {REBUILD_HINT} "
+                                f"--formats {kind}")
+        if self.root is None:
+            raise ManifestError("manifest has no root folder; load it with load_manifest(dir)")
+        return self.root / relative
+
+    def has_files(self, kind: str) -> bool:
+        return all(shard.file(kind) is not None for shard in self.shards)
+
+
+# ---------------------------------------------------------------------------------------------------- hashing
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_hashes(manifest: Manifest, directory: Path) -> None:
+    """Fill every shard's ``sha256`` from the files as they are now in ``directory`` (the builder's last step)."""
+    for shard in manifest.shards:
+        shard.sha256 = {
+            relative: file_sha256(directory / relative)
+            for relative in (shard.onnx, shard.rknn)
+            if relative is not None
+        }
+
+
+# ---------------------------------------------------------------------------------------------- serialisation
+
+
+def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
+    shards = []
+    for shard in manifest.shards:
+        entry = asdict(shard)
+        entry["inputs"] = [_tensor_to_dict(t) for t in shard.inputs]
+        entry["outputs"] = [_tensor_to_dict(t) for t in shard.outputs]
+        shards.append(entry)
+    preprocess = asdict(manifest.preprocess)
+    preprocess["size"] = list(manifest.preprocess.size)
+    preprocess["mean"] = list(manifest.preprocess.mean)
+    preprocess["std"] = list(manifest.preprocess.std)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": asdict(manifest.model),
+        "preprocess": preprocess,
+        "profile": manifest.profile,
+        "target": manifest.target,
+        "dtype": manifest.dtype,
+        "host_scale": manifest.host_scale,
+        "toolchain": dict(manifest.toolchain),
+        "shards": shards,
+        "outputs": dict(manifest.outputs),
+        "verification": manifest.verification,
+    }
+
+
+def _tensor_to_dict(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype, "scale": spec.scale}
+
+
+def save_manifest(manifest: Manifest, directory: Path) -> Path:
+    """Validate and write ``directory/manifest.json``; returns its path."""
+    data = manifest_to_dict(manifest)
+    parse_manifest(data, source=str(directory / MANIFEST_NAME))  # never write what load_manifest would refuse
+    path = Path(directory) / MANIFEST_NAME
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def manifest_from_dict(data: dict[str, Any], source: str = "manifest") -> Manifest:
+    """Parse the JSON structure of a manifest and validate everything that does not need the files."""
+    return parse_manifest(data, source)
+
+
+def parse_manifest(data: Any, source: str) -> Manifest:
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: expected a JSON object at the top level")
+    _check_format(data, source)
+    try:
+        manifest = Manifest(
+            model=ModelInfo(**data["model"]),
+            preprocess=_parse_preprocess(data["preprocess"]),
+            shards=[_parse_shard(entry) for entry in data["shards"]],
+            outputs=dict(data["outputs"]),
+            profile=str(data.get("profile", "whole")),
+            target=str(data.get("target", "rk3588")),
+            dtype=str(data.get("dtype", "fp16")),
+            host_scale=float(data.get("host_scale", 1.0)),
+            toolchain={str(k): str(v) for k, v in dict(data.get("toolchain", {})).items()},
+            verification=dict(data.get("verification", {})),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ManifestError(f"{source}: malformed manifest ({type(error).__name__}: {error}); {REBUILD_HINT}") from None
+    _check_model(manifest, source)
+    _check_paths(manifest, source)
+    _check_chain(manifest, source)
+    _check_toolchain(manifest, source)
+    return manifest
+
+
+def _check_format(data: dict[str, Any], source: str) -> None:
+    if data.get("format") != FORMAT:
+        raise ManifestError(f"{source}: not an rk_siglip_ros shard manifest (format={data.get('format')!r}, "
+                            f"expected {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise ManifestError(f"{source}: manifest version {data.get('version')!r} is not supported by this "
+                            f"rk_siglip_ros (reads version {VERSION}); {REBUILD_HINT} with this version, "
+                            "or update rk_siglip_ros")
+
+
+def _parse_preprocess(data: dict[str, Any]) -> PreprocessSpec:
+    height, width = (int(v) for v in data["size"])
+    return PreprocessSpec(
+        size=(height, width),
+        resample=str(data.get("resample", "bicubic")),
+        rescale=float(data.get("rescale", 1.0 / 255.0)),
+        mean=tuple(float(v) for v in data.get("mean", (0.5, 0.5, 0.5))),
+        std=tuple(float(v) for v in data.get("std", (0.5, 0.5, 0.5))),
+        color=str(data.get("color", "RGB")),
+        layout=str(data.get("layout", "NCHW")),
+    )
+
+
+def _parse_tensor(data: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(
+        name=str(data["name"]),
+        shape=tuple(int(v) for v in data["shape"]),
+        dtype=str(data.get("dtype", "float32")),
+        scale=float(data.get("scale", 1.0)),
+    )
+
+
+def _parse_shard(data: dict[str, Any]) -> ShardSpec:
+    return ShardSpec(
+        name=str(data["name"]),
+        inputs=[_parse_tensor(t) for t in data["inputs"]],
+        outputs=[_parse_tensor(t) for t in data["outputs"]],
+        onnx=data.get("onnx"),
+        rknn=data.get("rknn"),
+        sha256={str(k): str(v) for k, v in dict(data.get("sha256", {})).items()},
+        layers=[int(v) for v in data.get("layers", [])],
+        macs=int(data.get("macs", 0)),
+    )
+
+
+# -------------------------------------------------------------------------------------------------- validation
+
+
+def _check_model(manifest: Manifest, source: str) -> None:
+    model = manifest.model
+    if model.architecture not in ARCHITECTURES:
+        raise ManifestError(f"{source}: unknown architecture {model.architecture!r}; expected one of {ARCHITECTURES}")
+    if not manifest.shards:
+        raise ManifestError(f"{source}: the manifest lists no shards; {REBUILD_HINT}")
+    if len(manifest.preprocess.mean) != 3 or len(manifest.preprocess.std) != 3:
+        raise ManifestError(f"{source}: preprocess mean/std must have 3 values (RGB)")
+    for role in ("pooled", "tokens"):
+        if role not in manifest.outputs:
+            raise ManifestError(f"{source}: outputs must name a {role!r} tensor (null for host pooling)")
+    for scale in (manifest.host_scale, *(t.scale for s in manifest.shards for t in (*s.inputs, *s.outputs))):
+        if not math.isfinite(scale) or scale == 0.0:
+            raise ManifestError(f"{source}: every scale must be finite and non-zero (found {scale})")
+
+
+def _check_paths(manifest: Manifest, source: str) -> None:
+    names = set()
+    for shard in manifest.shards:
+        if shard.name in names:
+            raise ManifestError(f"{source}: two shards are named {shard.name!r}")
+        names.add(shard.name)
+        for kind in FILE_KINDS:
+            relative = shard.file(kind)
+            if relative is not None and not _is_inside(relative):
+                raise ManifestError(f"{source}: shard {shard.name} {kind} path {relative!r} leaves the shard folder; "
+                                    "paths must be relative and stay inside the folder that holds manifest.json")
+        if shard.onnx is None and shard.rknn is None:
+            raise ManifestError(f"{source}: shard {shard.name} names neither an onnx nor an rknn file")
+
+
+def _is_inside(relative: str) -> bool:
+    path = PurePosixPath(relative.replace("\\", "/"))
+    return not path.is_absolute() and ".." not in path.parts and bool(path.parts) and ":" not in path.parts[0]
+
+
+def _check_chain(manifest: Manifest, source: str) -> None:
+    """Every shard input must be the pixel input (first shard) or an earlier shard's output of the same shape."""
+    available: dict[str, TensorSpec] = {}
+    first = manifest.shards[0]
+    if len(first.inputs) != 1 or first.inputs[0].name != PIXEL_INPUT:
+        raise ManifestError(f"{source}: the first shard must take exactly one input named {PIXEL_INPUT!r}")
+    height, width = manifest.preprocess.size
+    expected_pixels = (1, 3, height, width) if manifest.preprocess.layout == "NCHW" else (1, height, width, 3)
+    if tuple(first.inputs[0].shape) != expected_pixels:
+        raise ManifestError(f"{source}: shard {first.name} input shape {list(first.inputs[0].shape)} does not match "
+                            f"the preprocess size {list(expected_pixels)}")
+    for index, shard in enumerate(manifest.shards):
+        for spec in shard.inputs if index else ():
+            produced = available.get(spec.name)
+            if produced is None:
+                raise ManifestError(f"{source}: shard {shard.name} input {spec.name!r} is not produced by any earlier "
+                                    f"shard (earlier outputs: {sorted(available)})")
+            if tuple(produced.shape) != tuple(spec.shape):
+                raise ManifestError(f"{source}: shape mismatch: shard {shard.name} input {spec.name!r} expects "
+                                    f"{list(spec.shape)} but the earlier shard produces {list(produced.shape)}")
+        for spec in shard.outputs:
+            if spec.name in available or spec.name == PIXEL_INPUT:
+                raise ManifestError(f"{source}: tensor {spec.name!r} is produced twice (shard {shard.name})")
+            available[spec.name] = spec
+    for role, name in manifest.outputs.items():
+        if name is not None and name not in available:
+            raise ManifestError(f"{source}: outputs.{role} names {name!r}, which no shard produces")
+
+
+def _check_toolchain(manifest: Manifest, source: str) -> None:
+    if any(shard.rknn for shard in manifest.shards):
+        if not manifest.toolchain.get("rknn_toolkit2"):
+            raise ManifestError(f"{source}: the shard set has .rknn files but does not record the rknn_toolkit2 "
+                                f"version that built them; {REBUILD_HINT}")
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+
+
+def load_manifest(location: str | Path, verify: Iterable[str] = FILE_KINDS) -> Manifest:
+    """Load and validate a shard set.
+
+    ``location`` is the shard folder or its manifest.json. ``verify`` names the file kinds whose files must exist
+    and match their recorded sha256 (only kinds the manifest actually has are checked; a runtime that loads only
+    ONNX passes ``("onnx",)`` so it does not hash large .rknn files it never opens).
+    """
+    path = Path(location)
+    manifest_path = path if path.suffix == ".json" else path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        hint = f"build one with `build_shards --model <checkpoint or random:tiny> --out {path}`"
+        raise ManifestError(f"no shard set at {path}: {manifest_path} does not exist; {hint}")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ManifestError(f"{manifest_path}: not valid JSON ({error}); {REBUILD_HINT}") from None
+    manifest = parse_manifest(data, str(manifest_path))
+    manifest.root = manifest_path.parent.resolve()
+    for kind in verify:
+        verify_files(manifest, kind, str(manifest_path))
+    return manifest
+
+
+def verify_files(manifest: Manifest, kind: str, source: str = "manifest") -> None:
+    """Check that every shard file of ``kind`` exists inside the folder and matches its recorded sha256."""
+    assert manifest.root is not None
+    for shard in manifest.shards:
+        relative = shard.file(kind)
+        if relative is None:
+            continue
+        path = (manifest.root / relative).resolve()
+        if manifest.root not in path.parents:
+            raise ManifestError(f"{source}: shard {shard.name} {kind} file {relative!r} resolves outside the shard "
+                                "folder (a symlink?); copy the file into the folder")
+        if not path.is_file():
+            raise ManifestError(f"{source}: shard {shard.name} {kind} file {path} is missing; {REBUILD_HINT}")
+        expected = shard.sha256.get(relative)
+        if expected is None:
+            raise ManifestError(f"{source}: shard {shard.name} has no sha256 recorded for {relative!r}; "
+                                f"{REBUILD_HINT}")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise ManifestError(f"{source}: {path} has been modified or corrupted (sha256 {actual[:12]}..., "
+                                f"manifest expects {expected[:12]}...); {REBUILD_HINT}")

@@ -1,0 +1,49 @@
+"""ament_python setup for rk_siglip_ros (also a plain pip-installable package off-ROS)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PACKAGE = "rk_siglip_ros"
+HERE = Path(__file__).resolve().parent
+
+
+def shard_data_files() -> list[tuple[str, list[str]]]:
+    """Every built shard set under shards/<name>/ goes to share/<pkg>/shards/<name>/ (none in a clean checkout)."""
+    entries = []
+    for shard_dir in sorted(p for p in (HERE / "shards").glob("*") if p.is_dir()):
+        files = sorted(str(f.relative_to(HERE)) for f in shard_dir.iterdir() if f.is_file())
+        if files:
+            entries.append((f"share/{PACKAGE}/shards/{shard_dir.name}", files))
+    return entries
+
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    package_data={PACKAGE: ["timing_profiles/*.json"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", [str(p.relative_to(HERE)) for p in sorted((HERE / "launch").glob("*.launch.py"))]),
+        (f"share/{PACKAGE}/config", [str(p.relative_to(HERE)) for p in sorted((HERE / "config").glob("*.yaml"))]),
+        *shard_data_files(),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="rk_siglip_ros maintainers",
+    maintainer_email="maintainers@rk-siglip-ros.dev",
+    description="SigLIP vision embeddings on the RK3588 NPU for ROS 2",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            f"encoder_node = {PACKAGE}.node:main",
+            f"build_shards = {PACKAGE}.builder.cli:main",
+            f"encode_images = {PACKAGE}.cli.encode_images:main",
+            f"encode_bag = {PACKAGE}.cli.encode_bag:main",
+            f"bench = {PACKAGE}.cli.bench:main",
+        ],
+    },
+)
