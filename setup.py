@@ -36,7 +36,6 @@ setup(
     maintainer_email="maintainers@rk-siglip-ros.dev",
     description="SigLIP vision embeddings on the RK3588 NPU for ROS 2",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             f"encoder_node = {PACKAGE}.node:main",
