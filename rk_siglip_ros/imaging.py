@@ -1,0 +1,174 @@
+"""Camera message -> RGB image (H, W, 3) uint8, the encoder's input.
+
+Messages are duck-typed: a ``sensor_msgs/Image`` (encoding, height, width, step, is_bigendian, data) or a
+``sensor_msgs/CompressedImage`` (format, data), whether it comes from rclpy or from a ``rosbags`` typestore.
+Every frame is checked before it is converted, so a broken camera driver costs one skipped frame with a reason
+(:class:`BadFrame`), never a dead node.
+
+Colour conversion uses ROS's cv_bridge where it is importable (on a robot) and rosbags-image otherwise; both
+convert with OpenCV the same way. 16-bit images (mono16, rgb16, bayer_*16, ...) are scaled linearly to 8 bits
+(value * 255 / 65535), which is what both libraries do when asked for ``rgb8``: the full 16-bit range maps to
+0..255, with no auto-exposure. Compressed images are decoded with OpenCV (JPEG, PNG, anything ``cv2.imdecode``
+reads); greyscale ones are expanded to three equal channels.
+
+No rclpy or ROS message package is imported here; cv_bridge is imported lazily and only if present.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import cv2
+import numpy as np
+
+IMAGE_MSG_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+# Raw encodings we accept -> (bytes per pixel, bytes per channel). Bytes per pixel is what `step` must cover.
+# nv12/nv21 are left out on purpose: ROS drivers disagree on whether `height` counts the chroma rows.
+RAW_ENCODINGS: dict[str, tuple[int, int]] = {
+    "rgb8": (3, 1), "bgr8": (3, 1), "rgba8": (4, 1), "bgra8": (4, 1), "mono8": (1, 1),
+    "rgb16": (6, 2), "bgr16": (6, 2), "rgba16": (8, 2), "bgra16": (8, 2), "mono16": (2, 2),
+    "yuv422": (2, 1), "uyvy": (2, 1), "yuyv": (2, 1), "yuv422_yuy2": (2, 1),
+    "bayer_rggb8": (1, 1), "bayer_bggr8": (1, 1), "bayer_gbrg8": (1, 1), "bayer_grbg8": (1, 1),
+    "bayer_rggb16": (2, 2), "bayer_bggr16": (2, 2), "bayer_gbrg16": (2, 2), "bayer_grbg16": (2, 2),
+    "8UC1": (1, 1), "8UC3": (3, 1),
+}
+# Generic OpenCV encodings carry no colour order; ROS treats them as mono8 / bgr8.
+GENERIC_ALIASES = {"8UC1": "mono8", "8UC3": "bgr8"}
+TARGET_ENCODING = "rgb8"
+
+
+class BadFrame(ValueError):  # noqa: N818 -- the name is the cross-team interface
+    """A frame that cannot be converted; the message is the reason (e.g. "unknown encoding 'foo'")."""
+
+
+def is_compressed(msg: Any) -> bool:
+    """CompressedImage has ``format``; Image has ``encoding``."""
+    return hasattr(msg, "format") and not hasattr(msg, "encoding")
+
+
+def image_from_message(msg: Any) -> np.ndarray:
+    """Convert an Image or CompressedImage message to an (H, W, 3) uint8 RGB array; raises BadFrame."""
+    if is_compressed(msg):
+        return _rgb_from_compressed(msg)
+    return _rgb_from_raw(msg)
+
+
+# ------------------------------------------------------------------------------------------------------ raw
+
+
+def check_raw(msg: Any) -> tuple[str, int, int]:
+    """Validate an Image message's geometry; returns (encoding, bytes per pixel, bytes per channel)."""
+    encoding = str(msg.encoding)
+    if encoding not in RAW_ENCODINGS:
+        raise BadFrame(f"unknown encoding {encoding!r} (supported: {', '.join(RAW_ENCODINGS)})")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise BadFrame(f"zero-size image ({width}x{height})")
+    pixel_bytes, channel_bytes = RAW_ENCODINGS[encoding]
+    if step < width * pixel_bytes:
+        raise BadFrame(f"step {step} is shorter than width {width} x {pixel_bytes} bytes per pixel ({encoding})")
+    size = len(msg.data)
+    if size < step * height:
+        raise BadFrame(f"data is {size} bytes, shorter than step {step} x height {height} = {step * height}")
+    if encoding in ("yuv422", "uyvy", "yuyv", "yuv422_yuy2") and width % 2:
+        raise BadFrame(f"{encoding} needs an even width, got {width}")
+    return encoding, pixel_bytes, channel_bytes
+
+
+def raw_pixels(msg: Any) -> np.ndarray:
+    """The message's pixels as a compact native-endian array (H, W) or (H, W, C), row padding (step) removed."""
+    encoding, pixel_bytes, channel_bytes = check_raw(msg)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    rows = as_uint8(msg.data)[: step * height].reshape(height, step)[:, : width * pixel_bytes]
+    byte_order = ">" if msg.is_bigendian else "<"
+    dtype = np.dtype(f"{byte_order}u{channel_bytes}")
+    channels = pixel_bytes // channel_bytes
+    pixels = np.ascontiguousarray(rows).view(dtype)
+    pixels = pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
+    return pixels.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _rgb_from_raw(msg: Any) -> np.ndarray:
+    pixels = raw_pixels(msg)  # validates first, whichever library converts
+    encoding = GENERIC_ALIASES.get(str(msg.encoding), str(msg.encoding))
+    convert = _colour_converter()  # outside the try: a missing library is not a bad frame
+    try:
+        rgb = convert(pixels, encoding, msg)
+    except Exception as error:  # cv2.error, ImageConversionError, CvBridgeError: all mean "this frame is bad"
+        raise BadFrame(f"cannot convert {encoding} to {TARGET_ENCODING}: {error}") from error
+    return _checked_rgb(rgb)
+
+
+@functools.lru_cache(maxsize=1)
+def _colour_converter() -> Callable[[np.ndarray, str, Any], np.ndarray]:
+    """cv_bridge's converter on a robot, rosbags-image's elsewhere; picked once per process."""
+    try:
+        from cv_bridge import CvBridge  # ROS's own; the PyPI "cv-bridge" is a ROS 1 copy and fails to import
+    except Exception:  # ImportError, or a broken ROS 1 copy raising at import time
+        return _convert_with_rosbags
+    bridge = CvBridge()
+
+    def convert_with_cv_bridge(pixels: np.ndarray, encoding: str, msg: Any) -> np.ndarray:
+        # cv_bridge reads step and byte order itself; give it the original message, its encoding unchanged.
+        del pixels, encoding
+        return bridge.imgmsg_to_cv2(msg, desired_encoding=TARGET_ENCODING)
+
+    return convert_with_cv_bridge
+
+
+def _convert_with_rosbags(pixels: np.ndarray, encoding: str, msg: Any) -> np.ndarray:
+    # rosbags-image ignores `step`: hand it a compact native-endian copy of the message instead of the original.
+    from rosbags.image import message_to_cvimage
+
+    compact = SimpleNamespace(encoding=encoding, height=pixels.shape[0], width=pixels.shape[1],
+                              is_bigendian=int(sys.byteorder == "big"), data=pixels.reshape(-1).view(np.uint8))
+    return message_to_cvimage(compact, TARGET_ENCODING)
+
+
+def conversion_library() -> str:
+    """Which library converts raw images in this process: "cv_bridge" or "rosbags-image"."""
+    return "rosbags-image" if _colour_converter() is _convert_with_rosbags else "cv_bridge"
+
+
+# ----------------------------------------------------------------------------------------------- compressed
+
+
+def _rgb_from_compressed(msg: Any) -> np.ndarray:
+    data = as_uint8(msg.data)
+    image_format = str(msg.format) or "unknown format"
+    if data.size == 0:
+        raise BadFrame(f"empty compressed image ({image_format})")
+    decoded = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR)
+    if decoded is None or decoded.size == 0:
+        raise BadFrame(f"corrupt compressed image ({image_format}): {data.size} bytes do not decode")
+    if decoded.dtype != np.uint8:  # IMREAD_ANYCOLOR keeps 8 bits; guard anyway
+        decoded = np.multiply(decoded, 255.0 / float(np.iinfo(decoded.dtype).max)).astype(np.uint8)
+    if decoded.ndim == 2:
+        rgb = cv2.cvtColor(decoded, cv2.COLOR_GRAY2RGB)
+    else:
+        rgb = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR
+    return _checked_rgb(rgb)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def as_uint8(data: Any) -> np.ndarray:
+    """A message's ``data`` (numpy array, bytes, array.array or list) as a flat uint8 array, without a copy
+    where the buffer allows it."""
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1).view(np.uint8) if data.dtype.itemsize == 1 else data.astype(np.uint8).reshape(-1)
+    if isinstance(data, list | tuple):
+        return np.asarray(data, dtype=np.uint8)
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _checked_rgb(rgb: np.ndarray) -> np.ndarray:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise BadFrame(f"conversion gave shape {rgb.shape} {rgb.dtype}, expected (H, W, 3) uint8")
+    return np.ascontiguousarray(rgb)
