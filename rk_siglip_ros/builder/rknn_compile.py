@@ -1,0 +1,95 @@
+"""Compile one ONNX shard with rknn-toolkit2 and run it on the x86 simulator in the same process.
+
+rknn-toolkit2 is imported lazily (slow, noisy, x86/aarch64 workstation only). A model loaded back with load_rknn
+cannot run on the simulator, so verification happens here, right after build, on the instance that compiled it.
+The toolkit prints to the process's stdout/stderr file descriptors; they are captured while it works and shown
+only when something fails.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class RknnError(RuntimeError):
+    """rknn-toolkit2 refused a shard; the message carries the tail of its log."""
+
+
+@contextmanager
+def _captured_output() -> Iterator[list[str]]:
+    """Send fd 1 and 2 to a temp file for the duration; the yielded list receives the captured text afterwards."""
+    captured: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            captured.append(sink.read().decode("utf-8", "replace"))
+
+
+def _tail(log: list[str], lines: int = 15) -> str:
+    return "\n".join("".join(log).strip().splitlines()[-lines:])
+
+
+@dataclass
+class CompiledShard:
+    """A compiled shard, live on the simulator until release()."""
+
+    rknn: Any
+    path: Path
+    compile_s: float
+    pixel_input: bool
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        data_format = ["nchw" if self.pixel_input and index == 0 else None for index in range(len(inputs))]
+        with _captured_output() as log:
+            outputs = self.rknn.inference(inputs=inputs, data_format=data_format)
+        if outputs is None:
+            raise RknnError(f"{self.path.name}: simulator inference failed:\n{_tail(log)}")
+        return [np.asarray(output, np.float32) for output in outputs]
+
+    def release(self) -> None:
+        self.rknn.release()
+
+
+def compile_shard(onnx_path: Path, rknn_path: Path, target: str, dtype: str, dataset: Path | None,
+                  disable_rules: list[str], pixel_input: bool) -> CompiledShard:
+    """load_onnx + build + export_rknn + init_runtime (simulator). The caller must release() the result."""
+    with _captured_output() as log:
+        from rknn.api import RKNN
+
+        rknn = RKNN(verbose=False)
+    options: dict[str, Any] = {"target_platform": target}
+    if disable_rules:
+        options["disable_rules"] = disable_rules
+    steps = (
+        ("config", lambda: rknn.config(**options)),
+        ("load_onnx", lambda: rknn.load_onnx(model=str(onnx_path))),
+        ("build", lambda: rknn.build(do_quantization=dtype == "int8", dataset=str(dataset) if dataset else None)),
+        ("export_rknn", lambda: rknn.export_rknn(str(rknn_path))),
+        ("init_runtime", lambda: rknn.init_runtime()),
+    )
+    start = time.perf_counter()
+    for step, call in steps:
+        with _captured_output() as log:
+            status = call()
+        if status != 0:
+            rknn.release()
+            raise RknnError(f"{onnx_path.name}: rknn-toolkit2 {step} failed (status {status}):\n{_tail(log)}")
+    return CompiledShard(rknn, rknn_path, time.perf_counter() - start, pixel_input)

@@ -1,0 +1,85 @@
+"""Numerical verification of a shard chain against the unmodified fp32 model.
+
+The host contract is the manifest's: multiply an input by its ``scale`` before feeding it, an output by its ``scale``
+after reading it. ``run_chain`` follows exactly that, for any per-shard runner (ONNX Runtime, the RKNN simulator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..manifest import Manifest, ShardSpec
+
+# Done-when thresholds (DESIGN.md): fp32 ONNX chain vs transformers, fp16 RKNN simulator chain vs transformers.
+ONNX_MIN_COS = 0.99999
+RKNN_MIN_COS = 0.999
+
+ShardRunner = Callable[[ShardSpec, list[np.ndarray]], list[np.ndarray]]
+
+
+class VerificationError(RuntimeError):
+    """A shard or the chain is numerically off; the message names the shard and the cosine."""
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    denominator = np.linalg.norm(a64) * np.linalg.norm(b64)
+    if denominator == 0.0:
+        return 1.0 if np.array_equal(a64, b64) else 0.0
+    return float(np.dot(a64, b64) / denominator)
+
+
+def run_chain(manifest: Manifest, run_shard: ShardRunner, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+    """All tensors the chain produces for one image, in host units (output scales applied)."""
+    tensors: dict[str, np.ndarray] = {"pixel_values": pixel_values.astype(np.float32)}
+    for shard in manifest.shards:
+        feeds = [(tensors[spec.name] * np.float32(spec.scale)).astype(np.float32) for spec in shard.inputs]
+        outputs = run_shard(shard, feeds)
+        for spec, value in zip(shard.outputs, outputs, strict=True):
+            tensors[spec.name] = np.asarray(value, np.float32).reshape(spec.shape) * np.float32(spec.scale)
+    return tensors
+
+
+def onnx_runner(root: Path) -> ShardRunner:
+    """Run shards with ONNX Runtime (CPU, fp32), sessions opened once."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sessions: dict[str, ort.InferenceSession] = {}
+
+    def run(shard: ShardSpec, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        if shard.name not in sessions:
+            sessions[shard.name] = ort.InferenceSession(str(root / shard.onnx), options,
+                                                        providers=["CPUExecutionProvider"])
+        session = sessions[shard.name]
+        return session.run([spec.name for spec in shard.outputs],
+                           {spec.name: value for spec, value in zip(shard.inputs, feeds, strict=True)})
+
+    return run
+
+
+def chain_cosines(manifest: Manifest, tensors: list[dict[str, np.ndarray]],
+                  references: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Worst cosine over the images of every tensor the reference knows, per tensor name."""
+    result: dict[str, float] = {}
+    for produced, reference in zip(tensors, references, strict=True):
+        for name, expected in reference.items():
+            if name in produced:
+                result[name] = min(result.get(name, 1.0), cosine(produced[name], expected))
+    return result
+
+
+def shard_cosine(shard: ShardSpec, run_shard: ShardRunner, references: list[dict[str, np.ndarray]]) -> float:
+    """Worst cosine of one shard run alone on the exact reference inputs (isolates its own error)."""
+    worst = 1.0
+    for reference in references:
+        feeds = [(reference[spec.name] * np.float32(spec.scale)).astype(np.float32) for spec in shard.inputs]
+        outputs = run_shard(shard, feeds)
+        for spec, value in zip(shard.outputs, outputs, strict=True):
+            produced = np.asarray(value, np.float32).reshape(spec.shape) * np.float32(spec.scale)
+            worst = min(worst, cosine(produced, reference[spec.name]))
+    return worst
