@@ -1,0 +1,178 @@
+"""Counters and latencies for the encoder node's diagnostics, ROS-free.
+
+The dispatcher and the node record events here from several threads; :meth:`NodeStats.report` turns what happened
+since the previous report into a level, a one-line summary and plain key/value pairs, which ``node.py`` copies into
+a ``diagnostic_msgs/DiagnosticStatus`` (this module never imports ROS).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+OK, WARN, ERROR = 0, 1, 2  # the DiagnosticStatus levels, as plain ints
+DROP_REASONS = ("busy", "rate_limit", "shutdown")
+LATENCY_SAMPLES = 2048  # per report period; enough for p95 at 3 cameras x 30 Hz over 10 s
+
+
+@dataclass
+class DiagnosticReport:
+    level: int
+    message: str
+    values: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Period:
+    """What happened since the previous report."""
+
+    received: Counter = field(default_factory=Counter)
+    published: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)  # key: (camera, reason)
+    bad_frames: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    latency_s: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    encode_latency_s: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+
+def stamp_to_seconds(stamp: object) -> float:
+    """A builtin_interfaces/Time (rclpy or rosbags) as float seconds."""
+    return int(stamp.sec) + int(stamp.nanosec) * 1e-9
+
+
+class NodeStats:
+    """Thread-safe event counters; ``report()`` summarises and resets the period."""
+
+    def __init__(self, cameras: Iterable[str] = (), clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cameras: list[str] = list(dict.fromkeys(cameras))
+        self._period = _Period()
+        self._period_start = clock()
+        self._totals: Counter = Counter()
+        self.last_error: str = ""
+        self.last_bad_frame: str = ""
+
+    # ----------------------------------------------------------------------------------------------- events
+
+    def received(self, camera: str) -> None:
+        with self._lock:
+            self._camera(camera)
+            self._period.received[camera] += 1
+            self._totals["received"] += 1
+
+    def dropped(self, camera: str, reason: str) -> None:
+        if reason not in DROP_REASONS:
+            raise ValueError(f"unknown drop reason {reason!r}; expected one of {DROP_REASONS}")
+        with self._lock:
+            self._period.dropped[(camera, reason)] += 1
+            self._totals[f"dropped_{reason}"] += 1
+
+    def bad_frame(self, camera: str, reason: str) -> None:
+        with self._lock:
+            self._period.bad_frames[camera] += 1
+            self._totals["bad_frames"] += 1
+            self.last_bad_frame = f"{camera}: {reason}"
+
+    def error(self, camera: str, message: str) -> None:
+        with self._lock:
+            self._period.errors[camera] += 1
+            self._totals["errors"] += 1
+            self.last_error = f"{camera}: {message}"
+
+    def published(self, camera: str, latency_s: float | None, encode_latency_s: float | None = None) -> None:
+        """One embedding out; latency_s is source stamp -> publish (None when the stamp is unusable)."""
+        with self._lock:
+            self._period.published[camera] += 1
+            self._totals["published"] += 1
+            if latency_s is not None:
+                self._period.latency_s.append(latency_s)
+            if encode_latency_s is not None:
+                self._period.encode_latency_s.append(encode_latency_s)
+
+    def totals(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._totals)
+
+    # ----------------------------------------------------------------------------------------------- report
+
+    def report(self, core_busy: Mapping[int, float] | None = None, in_flight: int | None = None,
+               capacity: int | None = None) -> DiagnosticReport:
+        """Summarise the period since the previous call and start a new one."""
+        with self._lock:
+            period, self._period = self._period, _Period()
+            now = self._clock()
+            elapsed = max(now - self._period_start, 1e-9)
+            self._period_start = now
+            cameras = list(self._cameras)
+            totals = dict(self._totals)
+            last_error, last_bad_frame = self.last_error, self.last_bad_frame
+
+        received, published = sum(period.received.values()), sum(period.published.values())
+        errors, bad = sum(period.errors.values()), sum(period.bad_frames.values())
+        drops = Counter()
+        for (_, reason), count in period.dropped.items():
+            drops[reason] += count
+
+        values: list[tuple[str, str]] = [
+            ("input rate (Hz)", f"{received / elapsed:.2f}"),
+            ("output rate (Hz)", f"{published / elapsed:.2f}"),
+            *((f"dropped, {reason.replace('_', ' ')} (per s)", f"{drops[reason] / elapsed:.2f}")
+              for reason in DROP_REASONS),
+            ("bad frames", str(bad)),
+            ("encoder errors", str(errors)),
+            *_percentiles("latency stamp->publish", period.latency_s),
+            *_percentiles("encode latency", period.encode_latency_s),
+        ]
+        if in_flight is not None:
+            values.append(("in flight", str(in_flight)))
+        if capacity is not None:
+            values.append(("capacity", str(capacity)))
+        for core, busy in sorted((core_busy or {}).items()):
+            values.append((f"core {core} busy (%)", f"{100.0 * busy:.1f}"))
+        for camera in cameras:
+            camera_drops = sum(count for (name, _), count in period.dropped.items() if name == camera)
+            values += [
+                (f"{camera}: input rate (Hz)", f"{period.received[camera] / elapsed:.2f}"),
+                (f"{camera}: output rate (Hz)", f"{period.published[camera] / elapsed:.2f}"),
+                (f"{camera}: dropped", str(camera_drops)),
+                (f"{camera}: bad frames", str(period.bad_frames[camera])),
+            ]
+        values += [(f"total {name}", str(count)) for name, count in sorted(totals.items())]
+        values += [("last error", last_error), ("last bad frame", last_bad_frame)]
+
+        level, message = _summary(received, published, errors, bad, cameras, period, last_error, last_bad_frame)
+        return DiagnosticReport(level, message, values)
+
+    def _camera(self, camera: str) -> None:
+        if camera not in self._cameras:
+            self._cameras.append(camera)
+
+
+def _percentiles(name: str, samples: deque) -> list[tuple[str, str]]:
+    if not samples:
+        return [(f"{name} p50 (ms)", "n/a"), (f"{name} p95 (ms)", "n/a")]
+    p50, p95 = np.percentile(np.fromiter(samples, dtype=np.float64), [50, 95]) * 1000.0
+    return [(f"{name} p50 (ms)", f"{p50:.1f}"), (f"{name} p95 (ms)", f"{p95:.1f}")]
+
+
+def _summary(received: int, published: int, errors: int, bad: int, cameras: list[str], period: _Period,
+             last_error: str, last_bad_frame: str) -> tuple[int, str]:
+    if errors and not published:
+        return ERROR, f"encoder failing ({errors} errors, nothing published): {last_error}"
+    silent = [camera for camera in cameras if not period.received[camera]]
+    problems = []
+    if silent:
+        problems.append(f"no frames on {', '.join(silent)}")
+    if errors:
+        problems.append(f"{errors} encoder errors (last: {last_error})")
+    if bad:
+        problems.append(f"{bad} bad frames (last: {last_bad_frame})")
+    if problems:
+        return WARN, "; ".join(problems)
+    return OK, f"{published} embeddings from {received} frames on {len(cameras)} cameras"

@@ -1,0 +1,103 @@
+"""Diagnostics counters: rates per period, drops by reason, latency percentiles, levels."""
+
+import pytest
+
+from rk_siglip_ros.node_stats import ERROR, OK, WARN, NodeStats, stamp_to_seconds
+
+CAMERAS = ("/cam0/image_raw", "/cam1/image_raw/compressed")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def values(report) -> dict[str, str]:
+    return dict(report.values)
+
+
+def test_rates_drops_and_latency_over_one_period():
+    clock = Clock()
+    stats = NodeStats(CAMERAS, clock=clock)
+    for _ in range(30):
+        stats.received(CAMERAS[0])
+    for _ in range(10):
+        stats.received(CAMERAS[1])
+    for millis in range(1, 101):
+        stats.published(CAMERAS[0], latency_s=millis / 1000.0, encode_latency_s=0.2)
+    for _ in range(4):
+        stats.dropped(CAMERAS[1], "busy")
+    stats.dropped(CAMERAS[0], "rate_limit")
+    clock.now += 2.0
+    report = stats.report(core_busy={0: 0.5, 2: 0.999}, in_flight=3, capacity=3)
+    table = values(report)
+    assert report.level == OK
+    assert table["input rate (Hz)"] == "20.00" and table["output rate (Hz)"] == "50.00"
+    assert table["dropped, busy (per s)"] == "2.00" and table["dropped, rate limit (per s)"] == "0.50"
+    assert table["latency stamp->publish p50 (ms)"] == "50.5"
+    assert table["latency stamp->publish p95 (ms)"] == "95.0"
+    assert table["encode latency p50 (ms)"] == "200.0"
+    assert table["core 0 busy (%)"] == "50.0" and table["core 2 busy (%)"] == "99.9"
+    assert table["in flight"] == "3" and table["capacity"] == "3"
+    assert table[f"{CAMERAS[0]}: input rate (Hz)"] == "15.00" and table[f"{CAMERAS[1]}: dropped"] == "4"
+
+
+def test_each_report_covers_only_its_own_period():
+    clock = Clock()
+    stats = NodeStats(CAMERAS, clock=clock)
+    for camera in CAMERAS:
+        stats.received(camera)
+    clock.now += 1.0
+    stats.report()
+    clock.now += 1.0
+    table = values(stats.report())
+    assert table["input rate (Hz)"] == "0.00" and table["latency stamp->publish p50 (ms)"] == "n/a"
+    assert table["total received"] == "2"  # totals keep counting across periods
+
+
+def test_silent_camera_warns_with_its_topic():
+    stats = NodeStats(CAMERAS, clock=Clock())
+    stats.received(CAMERAS[0])
+    report = stats.report()
+    assert report.level == WARN and f"no frames on {CAMERAS[1]}" in report.message
+
+
+def test_bad_frames_warn_with_topic_and_reason():
+    stats = NodeStats(CAMERAS, clock=Clock())
+    for camera in CAMERAS:
+        stats.received(camera)
+    stats.bad_frame(CAMERAS[1], "corrupt compressed image (jpeg): 90 bytes do not decode")
+    report = stats.report()
+    assert report.level == WARN
+    assert f"1 bad frames (last: {CAMERAS[1]}: corrupt compressed image" in report.message
+    assert values(report)["last bad frame"].startswith(CAMERAS[1])
+
+
+def test_errors_without_output_are_an_error():
+    stats = NodeStats(CAMERAS, clock=Clock())
+    for camera in CAMERAS:
+        stats.received(camera)
+    stats.error(CAMERAS[0], "RuntimeError: NPU timeout")
+    report = stats.report()
+    assert report.level == ERROR and "NPU timeout" in report.message
+    # Some output despite errors is degraded, not failed.
+    for camera in CAMERAS:
+        stats.received(camera)
+    stats.error(CAMERAS[0], "RuntimeError: NPU timeout")
+    stats.published(CAMERAS[1], 0.1)
+    assert stats.report().level == WARN
+
+
+def test_unknown_drop_reason_is_a_bug():
+    with pytest.raises(ValueError, match="drop reason"):
+        NodeStats().dropped("/cam", "tired")
+
+
+def test_stamp_to_seconds():
+    class Stamp:
+        sec, nanosec = 12, 500_000_000
+
+    assert stamp_to_seconds(Stamp()) == 12.5
