@@ -1,0 +1,71 @@
+"""ONNX Runtime (CPU) backend: CI, laptops, robots without a Rockchip NPU.
+
+One InferenceSession per (shard, core) worker. "Cores" are only worker slots here; the intra-op thread count is
+sized so that the sessions that can run at once share the machine's CPUs instead of oversubscribing them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..manifest import Manifest, ShardSpec
+from .base import Backend, BackendError, ShardRunner, declared_outputs
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    file_kind = "onnx"
+
+    def __init__(self, threads: int | None = None) -> None:
+        try:
+            import onnxruntime
+        except ImportError as error:  # pragma: no cover - onnxruntime is a runtime requirement
+            raise BackendError(f"the onnxruntime backend needs the onnxruntime package ({error}); "
+                               "pip install onnxruntime") from None
+        self._ort = onnxruntime
+        self._fixed_threads = threads
+        self._threads = threads or os.cpu_count() or 1
+
+    def set_concurrency(self, workers: int) -> None:
+        if self._fixed_threads is None:
+            self._threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    def load(self, manifest: Manifest, shard: ShardSpec, core: int) -> ShardRunner:
+        path = manifest.path(shard, "onnx")
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            session = self._ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - ORT raises several unrelated types for a bad file
+            raise BackendError(f"onnxruntime cannot load {path}: {error}") from None
+        return _OrtRunner(shard, core, session)
+
+
+class _OrtRunner(ShardRunner):
+    def __init__(self, shard: ShardSpec, core: int, session: object) -> None:
+        super().__init__(shard, core)
+        self._session = session
+        self._input_names = [i.name for i in session.get_inputs()]
+        self._output_names = [o.name for o in session.get_outputs()]
+        declared = {spec.name for spec in shard.inputs}
+        if set(self._input_names) != declared:
+            raise BackendError(f"shard {shard.name}: the ONNX graph takes inputs {self._input_names}, the manifest "
+                               f"declares {sorted(declared)}; the shard file does not match its manifest")
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self._input_names}
+        values = self._session.run(self._output_names, feed)
+        return declared_outputs(self.shard, dict(zip(self._output_names, values, strict=True)))
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,119 @@
+"""RKNN-Lite backend (RK3588 board only): one RKNNLite context per (shard, core), pinned with core_mask.
+
+rknn-toolkit-lite2 ships aarch64 wheels only, so it is imported when this backend is opened, never at module import.
+A .rknn built by toolkit X needs librknnrt >= X on the board; the manifest records X and every context checks the
+runtime it got against it before the first frame, instead of failing later with "Invalid RKNN model version".
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import numpy as np
+
+from ..manifest import Manifest, ShardSpec
+from .base import Backend, BackendError, ShardRunner, declared_outputs
+
+OFF_BOARD_HINT = ("the rknnlite backend needs an RK3588 board with rknn-toolkit-lite2 installed "
+                  "(pip install rknn_toolkit_lite2-<version>-cp3XX-...-aarch64.whl from airockchip/rknn-toolkit2, "
+                  "plus librknnrt.so in /usr/lib); off the board use --backend onnxruntime (CPU) or sim (timing)")
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+def import_rknnlite() -> type:
+    """The RKNNLite class, or BackendError with what to install."""
+    try:
+        from rknnlite.api import RKNNLite
+    except ImportError as error:
+        raise BackendError(f"{OFF_BOARD_HINT} (import failed: {error})") from None
+    return RKNNLite
+
+
+def rknnlite_available() -> bool:
+    try:
+        import_rknnlite()
+    except BackendError:
+        return False
+    return True
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    match = _VERSION.search(text or "")
+    return tuple(int(part) for part in match.groups()) if match else None  # type: ignore[return-value]
+
+
+def runtime_version(sdk_version: str) -> tuple[int, int, int] | None:
+    """librknnrt's version from RKNNLite.get_sdk_version()'s text (the number after "librknnrt version" / "DRV"
+    when present, otherwise the first x.y.z in the text)."""
+    for marker in ("librknnrt version", "API"):
+        index = sdk_version.find(marker)
+        if index >= 0:
+            found = parse_version(sdk_version[index:])
+            if found:
+                return found
+    return parse_version(sdk_version)
+
+
+def check_runtime_version(sdk_version: str, toolkit: str, model: str) -> None:
+    """Refuse a librknnrt older than the toolkit that built ``model``."""
+    needed = parse_version(toolkit)
+    have = runtime_version(sdk_version)
+    if needed is None or have is None:
+        return  # nothing comparable recorded; the load itself will complain if it must
+    if have < needed:
+        raise BackendError(f"{model} was built by rknn-toolkit2 {toolkit}, but this board's librknnrt is "
+                           f"{'.'.join(map(str, have))}; update librknnrt.so (and rknn-toolkit-lite2) to >= {toolkit}, "
+                           "or rebuild the shards with the toolkit version matching the board")
+
+
+class RknnLiteBackend(Backend):
+    name = "rknnlite"
+    file_kind = "rknn"
+
+    def __init__(self) -> None:
+        self._lite = import_rknnlite()
+        self._core_masks = {0: self._lite.NPU_CORE_0, 1: self._lite.NPU_CORE_1, 2: self._lite.NPU_CORE_2}
+        self._lock = threading.Lock()  # context creation is not documented as thread-safe
+
+    def load(self, manifest: Manifest, shard: ShardSpec, core: int) -> ShardRunner:
+        if core not in self._core_masks:
+            raise BackendError(f"RK3588 has NPU cores 0, 1, 2; core {core} does not exist")
+        path = manifest.path(shard, "rknn")
+        with self._lock:
+            context = self._lite(verbose=False)
+            try:
+                if context.load_rknn(str(path)) != 0:
+                    raise BackendError(f"RKNNLite.load_rknn({path}) failed; is the file built for "
+                                       f"{manifest.target}? rebuild the shard set for this board")
+                if context.init_runtime(core_mask=self._core_masks[core]) != 0:
+                    raise BackendError(f"RKNNLite.init_runtime(core {core}) failed for {path}; check that "
+                                       "librknnrt.so and the rknpu driver are installed and the NPU is free")
+                check_runtime_version(str(context.get_sdk_version()),
+                                      manifest.toolchain.get("rknn_toolkit2", ""), str(path))
+            except BaseException:
+                context.release()
+                raise
+        return _RknnRunner(shard, core, context)
+
+
+class _RknnRunner(ShardRunner):
+    def __init__(self, shard: ShardSpec, core: int, context: object) -> None:
+        super().__init__(shard, core)
+        self._context = context
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._context is None:
+            raise BackendError(f"shard {self.shard.name} on core {self.core} was released")
+        arrays = [np.ascontiguousarray(inputs[spec.name], dtype=np.float32) for spec in self.shard.inputs]
+        # Inputs are already in the model's layout (the builder exported them that way): no NHWC conversion.
+        values = self._context.inference(inputs=arrays, data_format=["nchw"] * len(arrays))
+        if values is None:
+            raise BackendError(f"RKNNLite.inference failed for shard {self.shard.name} on core {self.core}")
+        names = [spec.name for spec in self.shard.outputs]
+        return declared_outputs(self.shard, dict(zip(names, values, strict=True)))
+
+    def close(self) -> None:
+        context, self._context = self._context, None
+        if context is not None:
+            context.release()

@@ -1,0 +1,257 @@
+"""SiglipEncoder: the one encoder API for the node, the bag tool, the benchmarks and users' own code.
+
+It ties the pieces together: the manifest (what to run), the preprocessor (image -> pixel tensor), a backend (one
+runner per (shard, core)), the scheduler (which core runs what, when) and the host-side scales and pooling between
+and after the shards. Example::
+
+    with SiglipEncoder.open("shards/siglip-b16-512", backend="auto", mode="pipeline") as encoder:
+        vector = encoder.encode(rgb_uint8_image)          # (D,) float32, L2-normalised
+        futures = [encoder.submit(image) for image in images]
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend, ShardRunner, create_backend, resolve_backend_name
+from .manifest import Manifest, ManifestError, load_manifest, verify_files
+from .preprocess import Preprocessor, pooled_embedding, token_matrix
+from .scheduler import MODES, Scheduler
+
+DEFAULT_CORES = (0, 1, 2)
+# A host scale pair multiplying to 1 within this tolerance is skipped: the tensor goes to the next shard untouched.
+_UNIT = 1e-9
+
+
+@dataclass
+class EncodeResult:
+    embedding: np.ndarray  # (D,) float32, L2-normalised
+    tokens: np.ndarray | None  # (T, C) float32 when requested
+    latency_s: float  # submit() -> result
+
+
+@dataclass
+class HostTimes:
+    """Mean host-side seconds per frame, by step (what the CPU does around the NPU)."""
+
+    frames: int
+    preprocess_s: float
+    scales_s: float
+    postprocess_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.preprocess_s + self.scales_s + self.postprocess_s
+
+
+class _FrameState:
+    __slots__ = ("tensors", "submitted", "want_tokens")
+
+    def __init__(self, tensors: dict[str, tuple[np.ndarray, float]], submitted: float, want_tokens: bool) -> None:
+        self.tensors = tensors  # name -> (array, factor): the true value is array * factor
+        self.submitted = submitted
+        self.want_tokens = want_tokens
+
+
+class SiglipEncoder:
+    """Use :meth:`open`; the constructor takes already-built parts."""
+
+    def __init__(self, manifest: Manifest, backend: Backend, mode: str = "pipeline",
+                 cores: Sequence[int] = DEFAULT_CORES, trace: bool = False) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.manifest = manifest
+        self.backend = backend
+        self.mode = mode
+        self.cores = tuple(int(c) for c in cores)
+        self._preprocess = Preprocessor(manifest.preprocess, manifest.pixel_input.scale)
+        self._pixel_factor = 1.0 / manifest.pixel_input.scale
+        self._last_use = _last_uses(manifest)
+        self._host_lock = threading.Lock()
+        self._host = [0, 0.0, 0.0, 0.0]  # frames, preprocess, scales, postprocess seconds
+        self._runners: dict[tuple[int, int], ShardRunner] = {}
+        self._closed = False
+        costs = [backend.estimated_cost(manifest, shard) for shard in manifest.shards]
+        self._scheduler = Scheduler(mode, self.cores, costs, self._run_shard, self._finish, trace=trace)
+        try:
+            backend.set_concurrency(len(self._scheduler.plan))
+            for assignment in self._scheduler.plan:
+                for shard, core in assignment:
+                    if (shard, core) not in self._runners:
+                        self._runners[(shard, core)] = backend.load(manifest, manifest.shards[shard], core)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(cls, shards_dir: str | Path, backend: str = "auto", mode: str = "pipeline",
+             cores: Sequence[int] = DEFAULT_CORES, timing_profile: str | Path | dict[str, Any] | None = None,
+             *, time_scale: float = 1.0, threads: int | None = None, trace: bool = False) -> SiglipEncoder:
+        """Load and verify the shard set in ``shards_dir`` and start the workers.
+
+        backend: auto | onnxruntime | rknnlite | sim. mode: sequential | pipeline | replicas. cores: NPU cores (for
+        onnxruntime, worker slots). timing_profile / time_scale: the sim backend's profile (name, JSON path or dict)
+        and a factor on its sleep times (tests use small ones). threads: onnxruntime intra-op threads per session
+        (default: CPUs / concurrent workers). trace: keep per-shard events (``scheduler.trace``).
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        manifest = load_manifest(shards_dir, verify=())
+        name = resolve_backend_name(backend, manifest)
+        instance = create_backend(name, manifest, timing_profile=timing_profile, time_scale=time_scale,
+                                  threads=threads)
+        if instance.file_kind is not None:
+            if not manifest.has_files(instance.file_kind):
+                raise ManifestError(f"{shards_dir}: the {name} backend needs .{instance.file_kind} files and this "
+                                    f"shard set has none for some shards; rebuild with --formats {instance.file_kind}"
+                                    " or pick another --backend")
+            verify_files(manifest, instance.file_kind, str(Path(shards_dir)))
+        return cls(manifest, instance, mode=mode, cores=cores, trace=trace)
+
+    # ------------------------------------------------------------------------------------------------- public
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.manifest.model.embedding_dim)
+
+    @property
+    def capacity(self) -> int:
+        """Frames that can be in flight without submit() blocking."""
+        return self._scheduler.capacity
+
+    @property
+    def in_flight(self) -> int:
+        return self._scheduler.in_flight
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._scheduler
+
+    def submit(self, image: np.ndarray, tokens: bool = False) -> Future:
+        """Queue one (H, W, 3) uint8 RGB image; the future resolves to an :class:`EncodeResult`.
+
+        Raises ValueError for a bad image (before queueing) and blocks while ``capacity`` frames are in flight.
+        """
+        submitted = time.perf_counter()
+        pixels = self._preprocess(image)
+        self._add_host(1, time.perf_counter() - submitted, 0.0, 0.0)
+        state = _FrameState({self.manifest.pixel_input.name: (pixels, self._pixel_factor)}, submitted, tokens)
+        return self._scheduler.submit(state)
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        """One image -> its (D,) L2-normalised embedding."""
+        return self.submit(image).result().embedding
+
+    def encode_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Images -> (N, D) embeddings in input order, keeping every core busy while they flow."""
+        futures = [self.submit(image) for image in images]
+        if not futures:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        return np.stack([future.result().embedding for future in futures])
+
+    def core_busy(self) -> dict[int, float]:
+        """Fraction of wall time each core was busy since the previous call."""
+        return self._scheduler.core_busy()
+
+    def shard_times(self) -> dict[str, float]:
+        """Mean seconds per call of each shard so far."""
+        return {self.manifest.shards[k].name: mean for k, (_, mean) in self._scheduler.shard_times().items()}
+
+    def host_times(self) -> HostTimes:
+        with self._host_lock:
+            frames, preprocess, scales, postprocess = self._host
+        n = max(frames, 1)
+        return HostTimes(frames, preprocess / n, scales / n, postprocess / n)
+
+    def reset_stats(self) -> None:
+        with self._host_lock:
+            self._host = [0, 0.0, 0.0, 0.0]
+        self._scheduler.core_busy()
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop accepting frames, finish (or cancel) those in flight, join the workers, release every runner."""
+        if self._closed:
+            return
+        self._closed = True
+        scheduler = getattr(self, "_scheduler", None)
+        if scheduler is not None:
+            scheduler.close(cancel=cancel)
+        runners, self._runners = self._runners, {}
+        for runner in runners.values():
+            runner.close()
+
+    def __enter__(self) -> SiglipEncoder:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------- worker callbacks
+
+    def _run_shard(self, index: int, core: int, state: _FrameState) -> _FrameState:
+        shard = self.manifest.shards[index]
+        start = time.perf_counter()
+        feed = {}
+        for spec in shard.inputs:
+            array, factor = state.tensors[spec.name]
+            multiplier = factor * spec.scale
+            feed[spec.name] = array if abs(multiplier - 1.0) <= _UNIT else array * np.float32(multiplier)
+        scaled = time.perf_counter()
+        outputs = self._runners[(index, core)].run(feed)
+        for spec in shard.outputs:
+            state.tensors[spec.name] = (outputs[spec.name], spec.scale)
+        for name in self._last_use.get(index, ()):
+            state.tensors.pop(name, None)
+        self._add_host(0, 0.0, scaled - start, 0.0)
+        return state
+
+    def _finish(self, state: _FrameState) -> EncodeResult:
+        start = time.perf_counter()
+        roles = self.manifest.outputs
+        pooled = self._value(state, roles.get("pooled"))
+        tokens = self._value(state, roles.get("tokens"))
+        embedding = pooled_embedding(pooled, tokens)
+        token_rows = token_matrix(tokens) if state.want_tokens and tokens is not None else None
+        done = time.perf_counter()
+        self._add_host(0, 0.0, 0.0, done - start)
+        return EncodeResult(embedding=embedding, tokens=token_rows, latency_s=done - state.submitted)
+
+    @staticmethod
+    def _value(state: _FrameState, name: str | None) -> np.ndarray | None:
+        if name is None:
+            return None
+        array, factor = state.tensors[name]
+        return array if abs(factor - 1.0) <= _UNIT else array * np.float32(factor)
+
+    def _add_host(self, frames: int, preprocess: float, scales: float, postprocess: float) -> None:
+        with self._host_lock:
+            self._host[0] += frames
+            self._host[1] += preprocess
+            self._host[2] += scales
+            self._host[3] += postprocess
+
+
+def _last_uses(manifest: Manifest) -> dict[int, list[str]]:
+    """For each shard index, the tensors no later shard (nor the final outputs) needs once it has run."""
+    keep = {name for name in manifest.outputs.values() if name is not None}
+    last: dict[str, int] = {manifest.pixel_input.name: 0}
+    for index, shard in enumerate(manifest.shards):
+        for spec in shard.inputs:
+            last[spec.name] = index
+        for spec in shard.outputs:
+            last.setdefault(spec.name, index)
+    by_shard: dict[int, list[str]] = {}
+    for name, index in last.items():
+        if name not in keep:
+            by_shard.setdefault(index, []).append(name)
+    return by_shard

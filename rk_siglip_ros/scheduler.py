@@ -1,0 +1,289 @@
+"""Per-core workers that keep the NPU's three cores busy at once.
+
+The scheduler knows nothing about images or models: it moves opaque frame states through ``run_shard(shard, core,
+state)`` calls and hands the final state to ``finish(state)``. Three modes:
+
+- ``sequential``: one frame at a time, shard k on core k % N (the seed's behaviour: one core busy at any moment).
+- ``pipeline``: the shard chain is cut into up to N contiguous stages of balanced cost, one worker thread per core;
+  frames flow stage to stage, up to one frame per stage in flight.
+- ``replicas``: every core holds the whole chain; N workers pull frames from one queue, so a frame goes to whichever
+  core is free.
+
+Admission is bounded (``capacity`` frames in flight; ``submit`` blocks beyond that), results resolve in submission
+order, an exception in a shard fails only that frame's future, and ``close`` drains (or cancels) what is in flight
+before joining the workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any
+
+MODES = ("sequential", "pipeline", "replicas")
+
+RunShard = Callable[[int, int, Any], Any]
+Finish = Callable[[Any], Any]
+
+
+class SchedulerClosedError(RuntimeError):
+    """submit() after close()."""
+
+
+@dataclass(frozen=True)
+class ShardEvent:
+    """One shard execution, for traces: which frame, which shard, which core, when (perf_counter seconds)."""
+
+    frame: int
+    shard: int
+    core: int
+    start: float
+    end: float
+
+
+@dataclass
+class _Frame:
+    index: int
+    state: Any
+    future: Future
+    error: BaseException | None = None
+
+
+@dataclass
+class _Worker:
+    """A thread that runs ``assignment`` (shard index, core) pairs in order on each frame it takes from ``inbox``."""
+
+    name: str
+    assignment: list[tuple[int, int]]
+    inbox: queue.Queue
+    outbox: queue.Queue | None  # the next stage's inbox; None = this worker finishes frames
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+
+_STOP = object()
+
+
+def balanced_stages(costs: Sequence[float], stages: int) -> list[list[int]]:
+    """Cut shards 0..n-1 into ``min(stages, n)`` contiguous non-empty ranges minimising the costliest range.
+
+    Exact dynamic programme (n is at most a few dozen shards). Zero/unknown costs count as equal costs.
+    """
+    n = len(costs)
+    if n == 0:
+        return []
+    weights = [float(c) for c in costs]
+    if not any(w > 0 for w in weights):
+        weights = [1.0] * n
+    stages = max(1, min(stages, n))
+    prefix = [0.0, *itertools.accumulate(weights)]
+    inf = float("inf")
+    # best[s][i]: the smallest possible max-stage cost when the first i shards form s stages.
+    best = [[inf] * (n + 1) for _ in range(stages + 1)]
+    cut = [[0] * (n + 1) for _ in range(stages + 1)]
+    best[0][0] = 0.0
+    for s in range(1, stages + 1):
+        for i in range(s, n + 1):
+            for j in range(s - 1, i):
+                value = max(best[s - 1][j], prefix[i] - prefix[j])
+                if value < best[s][i]:
+                    best[s][i], cut[s][i] = value, j
+    ranges, end = [], n
+    for s in range(stages, 0, -1):
+        start = cut[s][end]
+        ranges.append(list(range(start, end)))
+        end = start
+    return ranges[::-1]
+
+
+def plan_workers(mode: str, cores: Sequence[int], costs: Sequence[float]) -> list[list[tuple[int, int]]]:
+    """Each worker's (shard, core) assignment for ``mode``. Pipeline workers are listed in stage order."""
+    if mode not in MODES:
+        raise ValueError(f"unknown scheduler mode {mode!r}; choose one of {', '.join(MODES)}")
+    if not cores:
+        raise ValueError("at least one core is needed")
+    if len(set(cores)) != len(cores):
+        raise ValueError(f"cores must be distinct, got {list(cores)}")
+    shards = range(len(costs))
+    if mode == "sequential":
+        return [[(k, cores[k % len(cores)]) for k in shards]]
+    if mode == "replicas":
+        return [[(k, core) for k in shards] for core in cores]
+    return [[(k, core) for k in stage] for stage, core in zip(balanced_stages(costs, len(cores)), cores, strict=False)]
+
+
+class Scheduler:
+    def __init__(self, mode: str, cores: Sequence[int], costs: Sequence[float], run_shard: RunShard,
+                 finish: Finish, queue_slots: int = 0, trace: bool = False) -> None:
+        self.mode = mode
+        self.cores = tuple(cores)
+        self.plan = plan_workers(mode, self.cores, costs)
+        self._run_shard = run_shard
+        self._finish = finish
+        self.capacity = len(self.plan) + max(0, queue_slots)
+        self._lock = threading.Lock()
+        self._slots = threading.Condition(self._lock)
+        self._free = self.capacity
+        self._closed = False
+        self._next_index = 0
+        self._pending: dict[int, _Frame] = {}  # submitted, not yet resolved (by index)
+        self._finished: dict[int, _Frame] = {}  # finished out of order, waiting for earlier frames
+        self._next_to_resolve = 0
+        self._resolve_lock = threading.Lock()
+        self._busy = {core: 0.0 for core in self.cores}
+        self._busy_mark = dict(self._busy)
+        self._wall_mark = time.perf_counter()
+        self._shard_stats: dict[int, list[float]] = {}  # shard -> [calls, seconds]
+        self.trace: deque[ShardEvent] | None = deque(maxlen=100_000) if trace else None
+        self._workers = self._start_workers()
+
+    # ------------------------------------------------------------------------------------------------- public
+
+    @property
+    def in_flight(self) -> int:
+        """Frames submitted and not yet resolved."""
+        with self._lock:
+            return len(self._pending)
+
+    @property
+    def stages(self) -> list[list[tuple[int, int]]]:
+        return [list(worker.assignment) for worker in self._workers]
+
+    def submit(self, state: Any, timeout: float | None = None) -> Future:
+        """Queue one frame; blocks while ``capacity`` frames are in flight (TimeoutError after ``timeout`` s)."""
+        future: Future = Future()
+        with self._slots:
+            if not self._slots.wait_for(lambda: self._free > 0 or self._closed, timeout):
+                raise TimeoutError(f"no free slot within {timeout} s ({self.capacity} frames in flight)")
+            if self._closed:
+                raise SchedulerClosedError("the encoder is closed")
+            self._free -= 1
+            frame = _Frame(self._next_index, state, future)
+            self._next_index += 1
+            self._pending[frame.index] = frame
+        self._workers[0].inbox.put(frame)
+        return future
+
+    def core_busy(self) -> dict[int, float]:
+        """Fraction of wall time each core spent running shards since the previous call (or since start)."""
+        with self._lock:
+            now = time.perf_counter()
+            wall = max(now - self._wall_mark, 1e-9)
+            fractions = {core: min(1.0, (self._busy[core] - self._busy_mark[core]) / wall) for core in self.cores}
+            self._busy_mark = dict(self._busy)
+            self._wall_mark = now
+        return fractions
+
+    def shard_times(self) -> dict[int, tuple[int, float]]:
+        """Per shard: (calls, mean seconds per call) since start."""
+        with self._lock:
+            return {shard: (int(calls), total / calls) for shard, (calls, total) in sorted(self._shard_stats.items())}
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop accepting frames; finish the ones in flight (or cancel those not yet finished) and join workers."""
+        with self._slots:
+            if self._closed and all(w.thread is None or not w.thread.is_alive() for w in self._workers):
+                return
+            self._closed = True
+            self._slots.notify_all()
+            pending = list(self._pending.values())
+        if cancel:
+            for frame in pending:
+                frame.future.cancel()
+        first = self._workers[0]
+        if self.mode == "replicas":
+            for _ in self._workers:
+                first.inbox.put(_STOP)
+        else:
+            first.inbox.put(_STOP)
+        for worker in self._workers:
+            if worker.thread is not None:
+                worker.thread.join()
+
+    # ------------------------------------------------------------------------------------------------ workers
+
+    def _start_workers(self) -> list[_Worker]:
+        workers: list[_Worker] = []
+        if self.mode == "replicas":
+            shared: queue.Queue = queue.Queue()
+            workers = [_Worker(f"siglip-core{a[0][1]}", a, shared, None) for a in self.plan]
+        else:
+            inboxes = [queue.Queue() for _ in self.plan]
+            for index, assignment in enumerate(self.plan):
+                outbox = inboxes[index + 1] if index + 1 < len(self.plan) else None
+                core = assignment[0][1] if self.mode == "pipeline" else "s"
+                workers.append(_Worker(f"siglip-core{core}", assignment, inboxes[index], outbox))
+        for worker in workers:
+            worker.thread = threading.Thread(target=self._work, args=(worker,), name=worker.name, daemon=True)
+            worker.thread.start()
+        return workers
+
+    def _work(self, worker: _Worker) -> None:
+        while True:
+            frame = worker.inbox.get()
+            if frame is _STOP:
+                if worker.outbox is not None:
+                    worker.outbox.put(_STOP)
+                return
+            try:
+                self._run(worker, frame)
+            except BaseException as error:  # noqa: BLE001 - a worker never dies; the frame carries the error
+                frame.error = error
+            if worker.outbox is not None and frame.error is None and not frame.future.cancelled():
+                worker.outbox.put(frame)
+            else:
+                self._done(frame)
+
+    def _run(self, worker: _Worker, frame: _Frame) -> None:
+        for shard, core in worker.assignment:
+            if frame.future.cancelled():
+                return
+            start = time.perf_counter()
+            try:
+                frame.state = self._run_shard(shard, core, frame.state)
+            finally:
+                end = time.perf_counter()
+                self._account(frame.index, shard, core, start, end)
+
+    def _account(self, frame: int, shard: int, core: int, start: float, end: float) -> None:
+        with self._lock:
+            self._busy[core] += end - start
+            stats = self._shard_stats.setdefault(shard, [0, 0.0])
+            stats[0] += 1
+            stats[1] += end - start
+            if self.trace is not None:
+                self.trace.append(ShardEvent(frame, shard, core, start, end))
+
+    def _done(self, frame: _Frame) -> None:
+        """Frame left the workers: finish it, free its slot, resolve futures in submission order."""
+        result = None
+        if frame.error is None and not frame.future.cancelled():
+            try:
+                result = self._finish(frame.state)
+            except BaseException as error:  # noqa: BLE001 - post-processing errors belong to the frame too
+                frame.error = error
+        frame.state = result
+        with self._slots:
+            self._free += 1
+            self._slots.notify()
+        with self._resolve_lock:
+            self._finished[frame.index] = frame
+            while self._next_to_resolve in self._finished:
+                ready = self._finished.pop(self._next_to_resolve)
+                self._next_to_resolve += 1
+                with self._lock:
+                    self._pending.pop(ready.index, None)
+                if ready.future.cancelled():
+                    continue
+                try:
+                    if ready.error is not None:
+                        ready.future.set_exception(ready.error)
+                    else:
+                        ready.future.set_result(ready.state)
+                except InvalidStateError:  # cancelled by its owner a moment ago
+                    pass
