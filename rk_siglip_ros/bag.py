@@ -316,19 +316,42 @@ class _Pending:
     log_time_ns: int
 
 
+def check_request(in_path: str | Path, out_path: str | Path, *, topics: Sequence[str] | None = None,
+                  storage: str | None = None, typestore: str = "auto", embedding_topic: str = EMBEDDING_TOPIC,
+                  force: bool = False) -> list[str]:
+    """Every check :func:`encode_bag` makes before it needs the encoder; returns the image topics it would encode.
+    Raises BagError. The CLI calls it first so a bad request fails before the (slower) encoder starts."""
+    _check_storage(storage)
+    check_output(in_path, out_path, force)
+    with open_bag(in_path, typestore) as bag:
+        return sorted({c.topic for c in _chosen(bag, topics, embedding_topic)})
+
+
+def _check_storage(storage: str | None) -> None:
+    if storage is not None and storage not in STORAGES:
+        raise BagError(f"unknown storage {storage!r}; choose one of {', '.join(STORAGES)}")
+
+
+def _chosen(bag: OpenBag, topics: Sequence[str] | None, embedding_topic: str) -> list[Connection]:
+    connections = bag.reader.connections
+    if any(c.topic == embedding_topic for c in connections):
+        raise BagError(f"the input already has {embedding_topic}; pass --embedding-topic to write elsewhere")
+    return image_connections(connections, topics, exclude=(embedding_topic,))
+
+
 def encode_bag(in_path: str | Path, out_path: str | Path, encoder: SiglipEncoder, *,
                topics: Sequence[str] | None = None, storage: str | None = None, typestore: str = "auto",
                embedding_topic: str = EMBEDDING_TOPIC, force: bool = False, progress: bool = False) -> ReplaySummary:
     """Replay ``in_path`` through ``encoder`` into a new bag at ``out_path``; see the module docstring."""
     in_path, out_path = Path(in_path), Path(out_path)
-    if storage is not None and storage not in STORAGES:
-        raise BagError(f"unknown storage {storage!r}; choose one of {', '.join(STORAGES)}")
+    _check_storage(storage)
     check_output(in_path, out_path, force)
     with open_bag(in_path, typestore) as bag:
         connections = list(bag.reader.connections)
-        if any(c.topic == embedding_topic for c in connections):
-            raise BagError(f"the input already has {embedding_topic}; pass --embedding-topic to write elsewhere")
-        chosen = image_connections(connections, topics, exclude=(embedding_topic,))
+        chosen = _chosen(bag, topics, embedding_topic)
+        # Generate the (de)serialisers now: rosbags compiles them on first use with exec(), and a Ctrl-C landing
+        # inside exec'd code makes CPython exit by SIGINT even after the interrupt is handled.
+        _warm_up(bag.typestore, {c.msgtype for c in chosen})
         summary = ReplaySummary(output=out_path, storage=storage or bag.storage, typestore=bag.typestore_name,
                                 image_topics=sorted({c.topic for c in chosen}), embedding_topic=embedding_topic,
                                 embedding_dim=encoder.embedding_dim)
@@ -338,6 +361,15 @@ def encode_bag(in_path: str | Path, out_path: str | Path, encoder: SiglipEncoder
             _replay(bag, connections, chosen, writer, encoder, summary, progress)
         summary.wall_s = time.perf_counter() - started
     return summary
+
+
+def _warm_up(store: Typestore, msgtypes: set[str]) -> None:
+    for msgtype in msgtypes | {EMBEDDING_MSG_TYPE}:
+        store.get_msgdef(msgtype)
+    header = store.types["std_msgs/msg/Header"](stamp=store.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
+                                                frame_id="")
+    message = store.types[EMBEDDING_MSG_TYPE](header=header, **embedding_fields(np.zeros(1, np.float32)))
+    store.deserialize_cdr(store.serialize_cdr(message, EMBEDDING_MSG_TYPE), EMBEDDING_MSG_TYPE)
 
 
 def _replay(bag: OpenBag, connections: list[Connection], chosen: list[Connection], writer: Writer,

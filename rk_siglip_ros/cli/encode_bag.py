@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from ..bag import EMBEDDING_TOPIC, STORAGES, TYPESTORES, BagError, check_output, encode_bag, format_summary, open_bag
+from ..bag import EMBEDDING_TOPIC, STORAGES, TYPESTORES, BagError, check_request, encode_bag, format_summary
 
 BACKENDS = ("auto", "onnxruntime", "rknnlite", "sim")
 MODES = ("sequential", "pipeline", "replicas")
@@ -66,9 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         # Everything about the bags is checked before the (slower) encoder starts.
-        check_output(args.input, args.output, args.force)
-        with open_bag(args.input, args.typestore):
-            pass
+        check_request(args.input, args.output, topics=args.topics, storage=args.storage, typestore=args.typestore,
+                      embedding_topic=args.embedding_topic, force=args.force)
         from ..encoder import SiglipEncoder  # after the cheap checks: it loads ONNX Runtime / RKNN-Lite
 
         encoder = SiglipEncoder.open(args.shards, backend=args.backend, mode=args.mode)
