@@ -14,11 +14,13 @@ import torch
 BARRIERS = ("none", "poison", "disable-rules", "both")
 POISON_WEIGHT = 1e-6
 
-# The rknn-toolkit2 2.5.0 graph rules that fuse matmul/softmax/matmul chains into exSDPAttention (names from its
-# rules module, without the private "_p_" prefix).
+# rknn-toolkit2 2.5.0's rules that fuse matmul/softmax/matmul into exSDPAttention, by the names its verbose log prints
+# (checked: disabling only the first lets the second fuse the same chain one pass later; with all of them the graph
+# keeps exMatMul + exSoftmax13). disable_rules must be a list; names it does not know are ignored.
 SDPA_FUSION_RULES = (
-    "fuse_matmul_add_mul_softmax_matmul_to_sdpa",
+    "fuse_matmul_softmax_matmul_to_sdpa",
     "fuse_exmatmul_add_mul_exsoftmax13_exmatmul_to_sdpa",
+    "fuse_matmul_add_mul_softmax_matmul_to_sdpa",
     "fuse_mul_into_sdpa",
 )
 

@@ -1,11 +1,85 @@
-"""`build_shards` console script (not implemented yet)."""
+"""`build_shards`: turn a Hugging Face SigLIP / SmolVLM vision checkpoint into a verified RK3588 shard set."""
 
+from __future__ import annotations
+
+import argparse
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .barrier import BARRIERS
+from .partition import PROFILES
+
+EPILOG = """\
+examples:
+  build_shards --model google/siglip-base-patch16-512 --out shards/siglip-b16-512
+  build_shards --model ./siglip-checkpoint --out shards/seed --profile seed
+  build_shards --model random:tiny --out /tmp/tiny --formats onnx      (seconds; no checkpoint needed)
+
+profiles: pipeline3 = 3 MAC-balanced shards, one per NPU core (default); seed = 26 shards (embedding, 12 attention
+halves, 12 MLP halves, norm + head) with 32-token attention tiles and the poison-pill barrier; whole = one graph.
+exit status: 0 built and verified, 1 verification or compilation failed, 2 bad arguments or model."""
 
 
-def main() -> int:
-    print("build_shards: not implemented yet", file=sys.stderr)
-    return 2
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="build_shards", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, metavar="SRC",
+                        help="checkpoint folder (config.json + *.safetensors), hub id (owner/name), or random:<preset> "
+                             "(tiny, tiny-smolvlm, tiny-12, siglip-base-patch16-512, smolvlm-vision-512)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="shard set folder to create")
+    parser.add_argument("--profile", choices=PROFILES, default="pipeline3", help="how to cut the graph (default: "
+                        "%(default)s)")
+    parser.add_argument("--shards", type=int, metavar="N", help="override the profile's shard count (MAC-balanced)")
+    parser.add_argument("--tile", type=int, metavar="T", help="attention query tile size in tokens, 0 = off "
+                        "(default: 32 for seed, off otherwise)")
+    parser.add_argument("--barrier", choices=BARRIERS, help="fusion barrier keeping tiles apart (default: poison for "
+                        "seed, none otherwise)")
+    parser.add_argument("--scale", type=float, default=0.1, metavar="S", help="host-side residual scale folded into "
+                        "the weights; 1 = off (default: %(default)s)")
+    parser.add_argument("--target", default="rk3588", help="RKNN target platform (default: %(default)s)")
+    parser.add_argument("--dtype", choices=("fp16", "int8"), default="fp16", help="RKNN precision (default: "
+                        "%(default)s)")
+    parser.add_argument("--calibration", type=Path, metavar="DIR", help="folder of images for int8 calibration")
+    parser.add_argument("--formats", default="onnx,rknn", help="comma-separated files to write: onnx, rknn "
+                        "(default: %(default)s; onnx is always written)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the ONNX Runtime and RKNN "
+                        "simulator checks against the fp32 model")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Heavy imports after argument parsing so --help is instant.
+    from .build import BuildInputError, build_shards
+    from .models import ModelSourceError
+    from .report import summary_table
+    from .rknn_compile import RknnError
+    from .verify import VerificationError
+
+    formats = tuple(kind.strip() for kind in args.formats.split(",") if kind.strip())
+    try:
+        manifest = build_shards(args.model, args.out, profile=args.profile, shards=args.shards, tile=args.tile,
+                                barrier=args.barrier, scale=args.scale, target=args.target, dtype=args.dtype,
+                                calibration=args.calibration, formats=formats, verify=args.verify, force=args.force,
+                                progress=not args.quiet)
+    except (BuildInputError, ModelSourceError) as error:
+        print(f"build_shards: error: {error}", file=sys.stderr)
+        return 2
+    except VerificationError as error:
+        print(f"build_shards: verification failed: {error}", file=sys.stderr)
+        return 1
+    except RknnError as error:
+        print(f"build_shards: RKNN compilation failed: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("build_shards: interrupted; nothing was written to --out", file=sys.stderr)
+        return 130
+    print(summary_table(manifest))
+    print(f"\nwrote {len(manifest.shards)} shards to {args.out} ({manifest.profile}, host scale {manifest.host_scale})")
+    return 0
 
 
 if __name__ == "__main__":

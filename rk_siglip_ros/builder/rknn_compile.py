@@ -57,9 +57,14 @@ class CompiledShard:
     pixel_input: bool
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        data_format = ["nchw" if self.pixel_input and index == 0 else None for index in range(len(inputs))]
+        # 4-D inputs default to NHWC in rknn-toolkit2; pixel_values is NCHW. Other inputs are 3-D and taken as is.
+        data_format = "nchw" if self.pixel_input else None
+        outputs = None
         with _captured_output() as log:
-            outputs = self.rknn.inference(inputs=inputs, data_format=data_format)
+            try:
+                outputs = self.rknn.inference(inputs=inputs, data_format=data_format)
+            except ValueError as error:  # the toolkit wraps its own failures in ValueError
+                log.append(str(error))
         if outputs is None:
             raise RknnError(f"{self.path.name}: simulator inference failed:\n{_tail(log)}")
         return [np.asarray(output, np.float32) for output in outputs]
@@ -86,10 +91,17 @@ def compile_shard(onnx_path: Path, rknn_path: Path, target: str, dtype: str, dat
         ("init_runtime", lambda: rknn.init_runtime()),
     )
     start = time.perf_counter()
+    compile_s = 0.0
     for step, call in steps:
+        status = None
         with _captured_output() as log:
-            status = call()
+            try:
+                status = call()
+            except ValueError as error:  # the toolkit reports many failures as ValueError with its traceback
+                log.append(str(error))
         if status != 0:
             rknn.release()
             raise RknnError(f"{onnx_path.name}: rknn-toolkit2 {step} failed (status {status}):\n{_tail(log)}")
-    return CompiledShard(rknn, rknn_path, time.perf_counter() - start, pixel_input)
+        if step == "export_rknn":
+            compile_s = time.perf_counter() - start
+    return CompiledShard(rknn, rknn_path, compile_s, pixel_input)

@@ -120,7 +120,11 @@ class PoolingHead(nn.Module):
         queries = nn.functional.linear(probe, w_q, b_q).view(batch, 1, self.heads, head_dim).transpose(1, 2)
         keys = nn.functional.linear(tokens, w_k, b_k).view(batch, count, self.heads, head_dim).transpose(1, 2)
         values = nn.functional.linear(tokens, w_v, b_v).view(batch, count, self.heads, head_dim).transpose(1, 2)
-        pooled = attention(queries, keys, values, head_dim**-0.5)
+        # The probe query is a constant, so scores are computed as keys @ probe^T and the weighted sum as a reduction:
+        # rknn-toolkit2 2.5.0's SDPA fusion rule crashes on a matmul-softmax-matmul whose query is a folded constant.
+        scores = torch.matmul(keys, queries.transpose(-1, -2)) * head_dim**-0.5  # [B, H, N, 1]
+        weights = torch.softmax(scores, dim=-2)
+        pooled = (weights * values).sum(dim=-2, keepdim=True)  # [B, H, 1, D]
         pooled = self.out_proj(pooled.transpose(1, 2).reshape(batch, 1, width))
         pooled = pooled + self.mlp(self.norm(pooled))
         return pooled[:, 0]
