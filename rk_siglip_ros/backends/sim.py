@@ -70,14 +70,21 @@ def load_timing_profile(profile: str | Path | dict[str, Any] | TimingProfile | N
     return TimingProfile.from_dict(json.loads(packaged.read_text()))
 
 
-def attention_blocks(shard: ShardSpec) -> int:
-    """How many attention blocks a shard holds: one per listed layer, unless the shard is an MLP-only half."""
-    return 0 if "mlp" in shard.name.lower() else len(shard.layers)
+def attention_blocks(manifest: Manifest, shard: ShardSpec) -> int:
+    """How many attention blocks a shard holds.
+
+    The builder lists each shard's blocks in ``verification.per_shard[i].blocks`` (e.g. "mlp0+attention1"); without
+    that record every listed layer is assumed to bring its attention (an upper bound: a cut can split a layer).
+    """
+    for entry in manifest.verification.get("per_shard", []) or []:
+        if isinstance(entry, dict) and entry.get("name") == shard.name and isinstance(entry.get("blocks"), str):
+            return sum(1 for label in entry["blocks"].split("+") if label.startswith("attention"))
+    return len(shard.layers)
 
 
 def attention_is_tiled(manifest: Manifest) -> bool:
-    """The seed profile tiles attention behind a fusion barrier, so the compiler cannot fuse it."""
-    return manifest.profile in TILED_PROFILES
+    """Tiled attention behind a fusion barrier (the seed profile, or a build that records a tile) cannot be fused."""
+    return manifest.profile in TILED_PROFILES or bool(manifest.verification.get("tile"))
 
 
 def shard_gmacs(manifest: Manifest, shard: ShardSpec) -> tuple[float, float]:
@@ -86,7 +93,7 @@ def shard_gmacs(manifest: Manifest, shard: ShardSpec) -> tuple[float, float]:
         raise BackendError(f"shard {shard.name} records no MAC count; the sim backend needs the builder's per-shard "
                            "`macs` (rebuild the shard set)")
     tokens, width = manifest.model.num_tokens, manifest.model.hidden_size
-    attention = min(float(shard.macs), attention_blocks(shard) * 2.0 * tokens * tokens * width)
+    attention = min(float(shard.macs), attention_blocks(manifest, shard) * 2.0 * tokens * tokens * width)
     return (shard.macs - attention) / 1e9, attention / 1e9
 
 

@@ -1,0 +1,147 @@
+"""Backends: ONNX Runtime session checks, the off-board RKNN-Lite error, auto selection, the sim's timing profile."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_manifest import write_toy_shards
+
+from rk_siglip_ros.backends import BackendError, create_backend, resolve_backend_name
+from rk_siglip_ros.backends.rknnlite import check_runtime_version, rknnlite_available, runtime_version
+from rk_siglip_ros.backends.sim import SimBackend, available_profiles, load_timing_profile, shard_gmacs
+from rk_siglip_ros.encoder import SiglipEncoder
+from rk_siglip_ros.manifest import Manifest, ModelInfo, PreprocessSpec, ShardSpec, TensorSpec, load_manifest
+
+needs_board = pytest.mark.skipif(not rknnlite_available(), reason="needs an RK3588 board with rknn-toolkit-lite2")
+
+
+def test_auto_picks_onnxruntime_off_the_board(tmp_path):
+    manifest = load_manifest(write_toy_shards(tmp_path / "toy"))
+    if rknnlite_available():
+        pytest.skip("rknn-toolkit-lite2 is installed: this is a board")
+    assert resolve_backend_name("auto", manifest) == "onnxruntime"
+
+
+@pytest.mark.skipif(rknnlite_available(), reason="rknn-toolkit-lite2 is installed here")
+def test_rknnlite_off_the_board_is_a_clear_error(tmp_path):
+    with pytest.raises(BackendError, match="needs an RK3588 board with rknn-toolkit-lite2"):
+        create_backend("rknnlite")
+    folder = write_toy_shards(tmp_path / "toy")
+    with pytest.raises(BackendError, match="--backend onnxruntime"):
+        SiglipEncoder.open(folder, backend="rknnlite")
+
+
+@needs_board
+def test_rknnlite_on_the_board(shard_factory):
+    folder = shard_factory(formats=("onnx", "rknn"))
+    image = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    with SiglipEncoder.open(folder, backend="onnxruntime") as cpu, \
+            SiglipEncoder.open(folder, backend="rknnlite", mode="pipeline") as npu:
+        assert float(cpu.encode(image) @ npu.encode(image)) >= 0.999
+
+
+def test_runtime_version_parsing_and_check():
+    text = "API: 2.3.2 (429f97ae6b@2025-04-09T09:09:27)\nDRV: rknnrt: 2.3.0 (c949ad889d@2024-11-07T11:35:33)"
+    assert runtime_version(text) == (2, 3, 2)
+    assert runtime_version("librknnrt version: 1.6.0 (9a7b5d24c@2023-12-13)") == (1, 6, 0)
+    check_runtime_version("librknnrt version: 2.5.0", "2.5.0", "s0.rknn")
+    with pytest.raises(BackendError, match=r"built by rknn-toolkit2 2\.5\.0.*librknnrt is 1\.6\.0"):
+        check_runtime_version("librknnrt version: 1.6.0 (abc)", "2.5.0", "s0.rknn")
+
+
+def test_onnxruntime_rejects_a_graph_that_does_not_match_its_manifest(tmp_path):
+    folder = write_toy_shards(tmp_path / "toy")
+    other = write_toy_shards(tmp_path / "other", head=False)
+    (folder / "head.onnx").write_bytes((other / "block.onnx").read_bytes())  # wrong graph, re-hashed below
+    from rk_siglip_ros.manifest import record_hashes, save_manifest
+    manifest = load_manifest(folder, verify=())
+    record_hashes(manifest, folder)
+    save_manifest(manifest, folder)
+    with pytest.raises(BackendError, match="does not match its manifest"):
+        SiglipEncoder.open(folder, backend="onnxruntime")
+
+
+def test_onnxruntime_threads_follow_the_number_of_workers(tmp_path):
+    folder = write_toy_shards(tmp_path / "toy")
+    with SiglipEncoder.open(folder, backend="onnxruntime", mode="replicas") as replicas:
+        assert replicas.backend.threads == max(1, (__import__("os").cpu_count() or 1) // 3)
+    with SiglipEncoder.open(folder, backend="onnxruntime", mode="sequential", threads=1) as fixed:
+        assert fixed.backend.threads == 1
+
+
+# ------------------------------------------------------------------------------------------------- timing model
+
+T, C, MLP = 1024, 768, 3072
+ATTENTION_MACS = 4 * T * C * C + 2 * T * T * C
+MLP_MACS = 2 * T * C * MLP
+EMBED_MACS = T * 3 * 16 * 16 * C
+HEAD_MACS = T * C + 2 * T * C * C + 2 * C * C + 2 * T * C + 2 * C * MLP
+
+
+def siglip_b16_manifest(profile: str, groups: list[list[str]]) -> Manifest:
+    """SigLIP-B/16@512's shard chain as the builder records it (MACs and block labels), without any files."""
+    macs = {"embedding": EMBED_MACS, "final": HEAD_MACS}
+    macs.update({f"attention{i}": ATTENTION_MACS for i in range(12)})
+    macs.update({f"mlp{i}": MLP_MACS for i in range(12)})
+    stream = (1, T, C)
+    shards, per_shard = [], []
+    for index, group in enumerate(groups):
+        inputs = [TensorSpec("pixel_values", (1, 3, 512, 512))] if index == 0 else [shards[-1].outputs[0]]
+        shards.append(ShardSpec(f"s{index}", inputs, [TensorSpec(f"h{index}", stream)], onnx=f"s{index}.onnx",
+                                macs=sum(macs[label] for label in group)))
+        per_shard.append({"name": f"s{index}", "blocks": "+".join(group)})
+    return Manifest(ModelInfo("random:siglip-base-patch16-512", "siglip", 512, 16, C, T, C),
+                    PreprocessSpec(size=(512, 512)), shards, {"pooled": None, "tokens": f"h{len(groups) - 1}"},
+                    profile=profile, verification={"per_shard": per_shard})
+
+
+def all_blocks(head: bool) -> list[str]:
+    return ["embedding", *[f"{kind}{i}" for i in range(12) for kind in ("attention", "mlp")],
+            *(["final"] if head else [])]
+
+
+def test_packaged_profile_reproduces_its_anchors():
+    """The rk3588-fp16 profile must reproduce the published numbers it was derived from (see its derivation)."""
+    assert "rk3588-fp16" in available_profiles()
+    sim = SimBackend("rk3588-fp16")
+    whole = siglip_b16_manifest("whole", [all_blocks(head=False)])  # SmolVLM-256M's encoder: no head
+    assert sim.predicted_ms(whole, whole.shards[0]) == pytest.approx(842, rel=0.02)
+    seed = siglip_b16_manifest("seed", [[label] for label in all_blocks(head=True)])
+    for shard, entry in zip(seed.shards, seed.verification["per_shard"], strict=True):
+        milliseconds = sim.predicted_ms(seed, shard)
+        if entry["blocks"].startswith("attention"):
+            assert 107 <= milliseconds <= 131, (entry, milliseconds)
+        elif entry["blocks"].startswith("mlp"):
+            assert 45 <= milliseconds <= 67, (entry, milliseconds)
+    dense, attention = shard_gmacs(seed, seed.shards[1])
+    assert attention == pytest.approx(2 * T * T * C / 1e9)
+    assert dense == pytest.approx(4 * T * C * C / 1e9)
+
+
+def test_profile_file_states_its_derivation():
+    from importlib import resources
+    data = json.loads((resources.files("rk_siglip_ros") / "timing_profiles" / "rk3588-fp16.json").read_text())
+    assert "842" in " ".join(data["derivation"]) and data["sources"]
+
+
+def test_profiles_from_dict_and_file(tmp_path):
+    path = tmp_path / "fast.json"
+    path.write_text(json.dumps({"name": "fast", "per_call_ms": 1.0, "dense_ms_per_gmac": 2.0}))
+    assert load_timing_profile(path).shard_ms(1.0, 0.0, tiled=False) == pytest.approx(3.0)
+    assert load_timing_profile({"per_call_ms": 0, "dense_ms_per_gmac": 1}).attention_ms_per_gmac["tiled"] == 1.0
+    with pytest.raises(BackendError, match="no timing profile 'nope'"):
+        load_timing_profile("nope")
+    with pytest.raises(BackendError, match="per_call_ms"):
+        load_timing_profile({"dense_ms_per_gmac": 1})
+
+
+def test_sim_returns_zeros_of_the_declared_shapes(shard_factory):
+    folder = shard_factory(profile="pipeline3")
+    with SiglipEncoder.open(folder, backend="sim", time_scale=0.01, trace=True) as encoder:
+        result = encoder.submit(np.zeros((10, 10, 3), np.uint8), tokens=True).result()
+        events = list(encoder.scheduler.trace)
+    assert result.tokens.shape == (encoder.manifest.model.num_tokens, encoder.manifest.model.hidden_size)
+    assert not result.tokens.any()
+    assert [e.core for e in events] == [0, 1, 2]
