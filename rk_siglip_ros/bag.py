@@ -358,9 +358,20 @@ def encode_bag(in_path: str | Path, out_path: str | Path, encoder: SiglipEncoder
         started = time.perf_counter()
         with staged_output(out_path) as stage, Writer(stage, version=Writer.VERSION_LATEST,
                                                        storage_plugin=STORAGES[summary.storage]) as writer:
+            _record_provenance(writer, encoder, summary)
             _replay(bag, connections, chosen, writer, encoder, summary, progress)
         summary.wall_s = time.perf_counter() - started
     return summary
+
+
+def _record_provenance(writer: Writer, encoder: SiglipEncoder, summary: ReplaySummary) -> None:
+    """metadata.yaml custom_data: which model made the embeddings, so a bag explains itself later."""
+    manifest = getattr(encoder, "manifest", None)
+    if manifest is not None:
+        writer.set_custom_data("rk_siglip_ros.model", str(manifest.model.source))
+        writer.set_custom_data("rk_siglip_ros.profile", str(manifest.profile))
+    writer.set_custom_data("rk_siglip_ros.embedding_topic", summary.embedding_topic)
+    writer.set_custom_data("rk_siglip_ros.image_topics", ",".join(summary.image_topics))
 
 
 def _warm_up(store: Typestore, msgtypes: set[str]) -> None:

@@ -16,6 +16,7 @@ import pytest
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
+from ruamel.yaml import YAML
 
 from rk_siglip_ros.bag import EMBEDDING_TOPIC, encode_bag
 from rk_siglip_ros.encoder import SiglipEncoder
@@ -172,6 +173,9 @@ def test_encode_bag_embeds_every_good_frame_and_copies_the_rest(tmp_path, encode
         assert infos_out[topic] == infos_in[topic]
     assert infos_out[EMBEDDING_TOPIC][0] == "sensor_msgs/msg/Image"
     assert list(out.glob("*.mcap" if storage == "mcap" else "*.db3"))
+    custom = YAML(typ="safe").load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]["custom_data"]
+    assert custom["rk_siglip_ros.model"] == "random:tiny"
+    assert custom["rk_siglip_ros.embedding_topic"] == EMBEDDING_TOPIC
 
     # One embedding per good frame, in source order, with the source's header and log time.
     store = get_typestore(Stores.ROS2_JAZZY)
