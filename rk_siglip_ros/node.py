@@ -1,11 +1,168 @@
-"""`encoder_node` console script: the rclpy adapter (not implemented yet)."""
+"""`encoder_node`: the rclpy adapter. Camera topics in, ``/siglip/embeddings`` (sensor_msgs/Image, 32FC1) out.
 
+The only module that imports rclpy and ROS message packages. It declares the parameters listed in
+:mod:`rk_siglip_ros.node_config`, subscribes, publishes and reports diagnostics; everything else (frame policy,
+conversions, encoder, stats) lives in ROS-free modules, driven through :class:`~rk_siglip_ros.node_core.EncoderService`.
+"""
+
+from __future__ import annotations
+
+import array
 import sys
+from typing import Any
+
+NOT_SOURCED = "encoder_node: ROS 2 is not sourced: source /opt/ros/<distro>/setup.bash"
+MISSING_ROS_PACKAGE: str | None = None
+
+try:  # Off-ROS the module still imports (for tests and tools); main() then explains in one line.
+    import rclpy
+    from rclpy.node import Node
+except ImportError:
+    rclpy = None
+    Node = object
+
+if rclpy is not None:
+    try:
+        import diagnostic_updater
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+        from diagnostic_msgs.msg import DiagnosticStatus
+        from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+        from rclpy.executors import ExternalShutdownException
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage, Image
+    except ImportError as missing:
+        MISSING_ROS_PACKAGE = missing.name or str(missing)
+
+from rk_siglip_ros.backends.base import BackendError  # noqa: E402 -- after the guarded ROS imports on purpose
+from rk_siglip_ros.manifest import ManifestError  # noqa: E402
+from rk_siglip_ros.node_config import (  # noqa: E402
+    COMPRESSED_TYPE,
+    NODE_NAME,
+    PACKAGE,
+    PARAMETERS,
+    ConfigError,
+    NodeConfig,
+    message_type_for,
+    validate,
+)
+from rk_siglip_ros.node_core import EncoderService  # noqa: E402
+
+RELIABLE_DEPTH = 10
 
 
-def main() -> int:
-    print("encoder_node: not implemented yet", file=sys.stderr)
-    return 2
+class EncoderNode(Node):
+    """Parameters -> EncoderService; subscriptions feed it, its callbacks publish."""
+
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        config = validate(self._declare_parameters(), share_dir=_share_dir())
+        self._embedding_pub = self.create_publisher(Image, config.output_topic, RELIABLE_DEPTH)
+        self._tokens_pub = (self.create_publisher(Image, config.patch_tokens_topic, RELIABLE_DEPTH)
+                            if config.publish_patch_tokens else None)
+        logger = self.get_logger()
+        self._service = EncoderService(
+            config, publish_embedding=self._make_publish(self._embedding_pub), now_s=self._clock_seconds,
+            warn=logger.warning, error=logger.error,
+            publish_tokens=self._make_publish(self._tokens_pub) if self._tokens_pub is not None else None)
+        try:
+            self._camera_subscriptions = [self._subscribe(topic, config) for topic in config.image_topics]
+            self.add_on_set_parameters_callback(self._set_parameters_hook)
+            self._updater = diagnostic_updater.Updater(self, period=config.diagnostic_period)
+            self._updater.setHardwareID(f"rk3588-npu/{config.backend}")
+            self._updater.add("siglip encoder", self._diagnose)
+        except BaseException:
+            self._service.close(drain=False)  # release the NPU before the error propagates
+            raise
+        logger.info(f"encoding {', '.join(config.image_topics)} -> {config.output_topic} "
+                    f"({self._service.embedding_dim}-d, shards {config.shards}, backend {config.backend}, "
+                    f"mode {config.mode}, cores {list(config.cores)})")
+
+    def close(self) -> None:
+        """Finish or drop the frames in flight and release the NPU; safe to call twice."""
+        service = getattr(self, "_service", None)
+        if service is not None:
+            service.close()
+
+    # ------------------------------------------------------------------------------------------------ ROS glue
+
+    def _declare_parameters(self) -> dict[str, Any]:
+        values = {}
+        for name, spec in PARAMETERS.items():
+            descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+            values[name] = self.declare_parameter(name, spec.default, descriptor).value
+        return values
+
+    def _subscribe(self, topic: str, config: NodeConfig) -> Any:
+        message_type = CompressedImage if message_type_for(topic) == COMPRESSED_TYPE else Image
+        qos = (qos_profile_sensor_data if config.qos == "sensor_data"
+               else QoSProfile(depth=RELIABLE_DEPTH, reliability=ReliabilityPolicy.RELIABLE))
+        return self.create_subscription(message_type, topic, lambda msg: self._service.offer(topic, msg), qos)
+
+    def _make_publish(self, publisher: Any) -> Any:
+        def publish(header: Any, fields: dict[str, Any]) -> None:
+            msg = Image()
+            msg.header = header
+            msg.height, msg.width, msg.step = fields["height"], fields["width"], fields["step"]
+            msg.encoding, msg.is_bigendian = fields["encoding"], fields["is_bigendian"]
+            msg.data = array.array("B", fields["data"].tobytes())  # array('B') skips rclpy's per-byte checks
+            publisher.publish(msg)
+
+        return publish
+
+    def _clock_seconds(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _diagnose(self, stat: Any) -> Any:
+        report = self._service.diagnostics()
+        levels = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR}
+        stat.summary(levels[report.level], report.message)
+        for key, value in report.values:
+            stat.add(key, value)
+        return stat
+
+    def _set_parameters_hook(self, parameters: list[Any]) -> Any:
+        for parameter in parameters:
+            if parameter.name == "max_rate_hz":
+                try:
+                    self._service.set_max_rate(float(parameter.value))
+                except (TypeError, ValueError) as error:
+                    return SetParametersResult(successful=False, reason=str(error))
+        return SetParametersResult(successful=True)
+
+
+def _share_dir() -> str | None:
+    try:
+        return get_package_share_directory(PACKAGE)
+    except PackageNotFoundError:  # run from a source tree without colcon: `shards` must then be set
+        return None
+
+
+def main(args: list[str] | None = None) -> int:
+    if rclpy is None:
+        print(NOT_SOURCED, file=sys.stderr)
+        return 1
+    if MISSING_ROS_PACKAGE is not None:
+        print(f"encoder_node: ROS 2 package {MISSING_ROS_PACKAGE!r} is missing: "
+              f"sudo apt install ros-$ROS_DISTRO-{MISSING_ROS_PACKAGE.split('.')[0].replace('_', '-')}",
+              file=sys.stderr)
+        return 1
+    rclpy.init(args=args)
+    node = None
+    status = 0
+    try:
+        node = EncoderNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass  # Ctrl-C / ros2 launch shutdown: fall through to the clean-up
+    except (ConfigError, ManifestError, BackendError) as error:  # a one-line reason, not a traceback
+        rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
+        status = 1
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return status
 
 
 if __name__ == "__main__":

@@ -176,3 +176,25 @@ def _summary(received: int, published: int, errors: int, bad: int, cameras: list
     if problems:
         return WARN, "; ".join(problems)
     return OK, f"{published} embeddings from {received} frames on {len(cameras)} cameras"
+
+
+class LogThrottle:
+    """At most one log line per key (e.g. per topic) every ``period_s``; counts what it held back."""
+
+    def __init__(self, period_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._period_s = period_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: Counter = Counter()
+
+    def admit(self, key: str) -> int | None:
+        """None: stay quiet. Otherwise log now; the int is how many messages for ``key`` were held back before."""
+        with self._lock:
+            now = self._clock()
+            last = self._last.get(key)
+            if last is not None and now - last < self._period_s:
+                self._held[key] += 1
+                return None
+            self._last[key] = now
+            return self._held.pop(key, 0)

@@ -101,3 +101,16 @@ def test_stamp_to_seconds():
         sec, nanosec = 12, 500_000_000
 
     assert stamp_to_seconds(Stamp()) == 12.5
+
+
+def test_log_throttle_is_per_key_and_counts_what_it_held_back():
+    from rk_siglip_ros.node_stats import LogThrottle
+
+    clock = Clock()
+    throttle = LogThrottle(period_s=5.0, clock=clock)
+    assert throttle.admit("/cam0") == 0
+    assert throttle.admit("/cam1") == 0  # another topic has its own budget
+    assert [throttle.admit("/cam0") for _ in range(3)] == [None, None, None]
+    clock.now += 5.0
+    assert throttle.admit("/cam0") == 3
+    assert throttle.admit("/cam0") is None

@@ -1,0 +1,159 @@
+"""The encoder node's parameters: names, defaults, descriptions and validation, ROS-free.
+
+``node.py`` declares every entry of :data:`PARAMETERS` with a ParameterDescriptor, reads the values and hands them
+to :func:`validate`, which returns a :class:`NodeConfig` or raises :class:`ConfigError` with a message that says
+what to do. The launch file uses :func:`parse_topic_list` for its ``image_topics`` argument.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rk_siglip_ros.manifest import MANIFEST_NAME
+
+NODE_NAME = "encoder_node"
+PACKAGE = "rk_siglip_ros"
+BACKENDS = ("auto", "onnxruntime", "rknnlite", "sim")
+MODES = ("sequential", "pipeline", "replicas")
+QOS_PROFILES = ("sensor_data", "reliable")
+NPU_CORES = (0, 1, 2)  # RK3588
+COMPRESSED_SUFFIX = "/compressed"
+IMAGE_TYPE, COMPRESSED_TYPE = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
+BUILD_HINT = "build_shards --model google/siglip-base-patch16-512 --out {path}"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    default: Any
+    description: str
+    read_only: bool = True
+
+
+# name -> declaration. The order is the order of the docs table.
+PARAMETERS: dict[str, Parameter] = {
+    "shards": Parameter("", "Shard set folder (manifest.json + shards); empty = <share>/rk_siglip_ros/shards/default"),
+    "backend": Parameter("auto", f"Inference backend: {'|'.join(BACKENDS)} (auto = rknnlite on a board, else "
+                                 "onnxruntime)"),
+    "mode": Parameter("pipeline", f"How shards use the NPU cores: {'|'.join(MODES)}"),
+    "cores": Parameter(list(NPU_CORES), "NPU cores to use (RK3588: 0, 1, 2)"),
+    "timing_profile": Parameter("", "sim backend only: timing profile name or JSON path; empty = the default"),
+    "image_topics": Parameter(["/camera/image_raw"], "Camera topics; sensor_msgs/Image, or CompressedImage for "
+                                                      "topics ending in /compressed"),
+    "qos": Parameter("sensor_data", f"Subscription QoS: {'|'.join(QOS_PROFILES)} (reliable = depth 10)"),
+    "max_rate_hz": Parameter(0.0, "Per-camera encode rate limit in Hz; 0 = as fast as the encoder allows",
+                             read_only=False),
+    "output_topic": Parameter("/siglip/embeddings", "Embedding topic (sensor_msgs/Image, 32FC1, 1 x dim)"),
+    "publish_patch_tokens": Parameter(False, "Also publish the patch tokens (tokens x width, 32FC1)"),
+    "patch_tokens_topic": Parameter("/siglip/patch_embeddings", "Topic for the patch tokens"),
+    "diagnostic_period": Parameter(1.0, "Seconds between /diagnostics updates"),
+}
+
+
+class ConfigError(ValueError):
+    """A parameter value the node cannot start with; the message says which parameter and what to do."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    shards: Path
+    backend: str
+    mode: str
+    cores: tuple[int, ...]
+    timing_profile: str | None
+    image_topics: tuple[str, ...]
+    qos: str
+    max_rate_hz: float
+    output_topic: str
+    publish_patch_tokens: bool
+    patch_tokens_topic: str
+    diagnostic_period: float
+
+
+def default_shards_dir(share_dir: str | Path) -> Path:
+    """Where colcon installs the shard set the node uses when ``shards`` is empty."""
+    return Path(share_dir) / "shards" / "default"
+
+
+def message_type_for(topic: str) -> str:
+    """``sensor_msgs/msg/CompressedImage`` for image_transport's ``.../compressed`` topics, else ``Image``."""
+    return COMPRESSED_TYPE if topic.rstrip("/").endswith(COMPRESSED_SUFFIX) else IMAGE_TYPE
+
+
+def parse_topic_list(text: str) -> list[str]:
+    """Topics from a launch argument: "[/a, /b]", "/a,/b", "/a /b" or "['/a', '/b']" all give ["/a", "/b"]."""
+    inner = text.strip()
+    if inner.startswith("[") and inner.endswith("]"):
+        inner = inner[1:-1]
+    topics = [part.strip().strip("'\"").strip() for part in re.split(r"[,\s]+", inner)]
+    return [topic for topic in topics if topic]
+
+
+def check_shards_dir(path: Path) -> Path:
+    """The shard folder, or ConfigError telling the user how to build one."""
+    if not (path / MANIFEST_NAME).is_file():
+        what = "does not exist" if not path.exists() else f"has no {MANIFEST_NAME}"
+        raise ConfigError(f"shards folder {path} {what}. Build a shard set with `{BUILD_HINT.format(path=path)}` "
+                          f"(any SigLIP checkpoint or local folder works as --model), or point the node at one with "
+                          f"the `shards` parameter (launch: shards:=<dir>)")
+    return path
+
+
+def validate(values: Mapping[str, Any], share_dir: str | Path | None = None) -> NodeConfig:
+    """Check every parameter; ``share_dir`` resolves an empty ``shards`` to the installed default."""
+    unknown = set(values) - set(PARAMETERS)
+    if unknown:
+        raise ConfigError(f"unknown parameters: {', '.join(sorted(unknown))}")
+    merged = {name: values.get(name, spec.default) for name, spec in PARAMETERS.items()}
+
+    backend = _choice(merged, "backend", BACKENDS)
+    mode = _choice(merged, "mode", MODES)
+    qos = _choice(merged, "qos", QOS_PROFILES)
+
+    cores = tuple(int(core) for core in merged["cores"])
+    if not cores or len(set(cores)) != len(cores) or not set(cores) <= set(NPU_CORES):
+        raise ConfigError(f"cores must be distinct NPU core ids from {list(NPU_CORES)}, got {list(cores)}")
+
+    topics = tuple(str(topic).strip() for topic in merged["image_topics"])
+    if not topics or any(not topic for topic in topics):
+        raise ConfigError(f"image_topics must list at least one topic name, got {list(merged['image_topics'])}")
+    if len(set(topics)) != len(topics):
+        raise ConfigError(f"image_topics lists a topic twice: {list(topics)}")
+
+    max_rate = float(merged["max_rate_hz"])
+    if not (max_rate >= 0.0 and math.isfinite(max_rate)):
+        raise ConfigError(f"max_rate_hz must be >= 0 (0 = unlimited), got {merged['max_rate_hz']}")
+    period = float(merged["diagnostic_period"])
+    if not (period > 0.0 and math.isfinite(period)):
+        raise ConfigError(f"diagnostic_period must be > 0 seconds, got {merged['diagnostic_period']}")
+    for name in ("output_topic", "patch_tokens_topic"):
+        if not str(merged[name]).strip():
+            raise ConfigError(f"{name} must not be empty")
+
+    shards_text = str(merged["shards"]).strip()
+    if shards_text:
+        shards = Path(shards_text).expanduser()
+    elif share_dir is not None:
+        shards = default_shards_dir(share_dir)
+    else:
+        raise ConfigError("shards is empty and the package's share folder is unknown; set shards:=<dir>")
+    check_shards_dir(shards)
+
+    return NodeConfig(
+        shards=shards, backend=backend, mode=mode, cores=cores,
+        timing_profile=str(merged["timing_profile"]).strip() or None, image_topics=topics, qos=qos,
+        max_rate_hz=max_rate, output_topic=str(merged["output_topic"]).strip(),
+        publish_patch_tokens=bool(merged["publish_patch_tokens"]),
+        patch_tokens_topic=str(merged["patch_tokens_topic"]).strip(), diagnostic_period=period,
+    )
+
+
+def _choice(values: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str:
+    value = str(values[name]).strip()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {'|'.join(choices)}, got {values[name]!r}")
+    return value

@@ -1,0 +1,104 @@
+"""What the encoder node does, minus ROS: encoder + dispatcher + stats + throttled problem logs, ROS-free.
+
+``node.py`` creates one :class:`EncoderService` from a validated :class:`~rk_siglip_ros.node_config.NodeConfig`
+and gives it three things it cannot know without rclpy: how to publish message fields with a header, what time it
+is on the node's clock, and where log lines go. Subscription callbacks call :meth:`EncoderService.offer`; the
+diagnostics timer calls :meth:`EncoderService.diagnostics`; shutdown calls :meth:`EncoderService.close`.
+Because nothing here imports ROS, the whole path (message in -> fields out) is tested with rosbags messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rk_siglip_ros.mailbox import Dispatcher, Frame
+from rk_siglip_ros.messages import embedding_fields
+from rk_siglip_ros.node_config import NodeConfig
+from rk_siglip_ros.node_stats import DiagnosticReport, LogThrottle, NodeStats, stamp_to_seconds
+
+# publish(header, fields): fields as from messages.embedding_fields; header is the source message's header object.
+PublishFields = Callable[[Any, dict[str, Any]], None]
+LogLine = Callable[[str], None]
+LOG_PERIOD_S = 5.0
+DRAIN_TIMEOUT_S = 5.0
+
+
+def open_encoder(config: NodeConfig) -> Any:
+    """The SiglipEncoder the config asks for (imported here so tests can pass their own factory)."""
+    from rk_siglip_ros.encoder import SiglipEncoder
+
+    return SiglipEncoder.open(config.shards, backend=config.backend, mode=config.mode, cores=config.cores,
+                              timing_profile=config.timing_profile)
+
+
+class EncoderService:
+    """Frames in (any thread), embeddings out (dispatcher thread), diagnostics on demand."""
+
+    def __init__(self, config: NodeConfig, publish_embedding: PublishFields, now_s: Callable[[], float],
+                 warn: LogLine, error: LogLine, publish_tokens: PublishFields | None = None,
+                 encoder_factory: Callable[[NodeConfig], Any] = open_encoder) -> None:
+        self.config = config
+        self._publish_embedding = publish_embedding
+        self._publish_tokens = publish_tokens if config.publish_patch_tokens else None
+        self._now_s = now_s
+        self._warn, self._error = warn, error
+        self._throttle = LogThrottle(LOG_PERIOD_S)
+        self._closed = False
+        self.stats = NodeStats(config.image_topics)
+        self.encoder = encoder_factory(config)
+        try:
+            self.dispatcher = Dispatcher(self.encoder, self._publish, cameras=config.image_topics,
+                                         max_rate_hz=config.max_rate_hz, tokens=self._publish_tokens is not None,
+                                         stats=self.stats, on_bad_frame=self._on_bad_frame, on_error=self._on_error)
+            self.dispatcher.start()
+        except BaseException:
+            self.encoder.close()  # never leave NPU contexts behind a failed start
+            raise
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.encoder.embedding_dim)
+
+    def offer(self, topic: str, message: Any) -> None:
+        """The subscription callback: store the frame, return at once."""
+        self.dispatcher.offer(topic, message)
+
+    def set_max_rate(self, max_rate_hz: float) -> None:
+        self.dispatcher.set_max_rate(max_rate_hz)
+
+    def diagnostics(self) -> DiagnosticReport:
+        return self.stats.report(core_busy=self.encoder.core_busy(), in_flight=self.dispatcher.in_flight,
+                                 capacity=self.encoder.capacity)
+
+    def close(self, drain: bool = True) -> None:
+        """Finish (drain) or drop the frames in flight, then release the encoder (every NPU context)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.dispatcher.stop(drain=drain, timeout=DRAIN_TIMEOUT_S)
+        finally:
+            self.encoder.close()
+
+    # ------------------------------------------------------------------------------------------ callbacks
+
+    def _publish(self, frame: Frame, result: Any) -> float | None:
+        header = frame.message.header
+        self._publish_embedding(header, embedding_fields(result.embedding))
+        if self._publish_tokens is not None and getattr(result, "tokens", None) is not None:
+            self._publish_tokens(header, embedding_fields(result.tokens))
+        stamp = stamp_to_seconds(header.stamp)
+        return self._now_s() - stamp if stamp > 0 else None  # an unset stamp says nothing about latency
+
+    def _on_bad_frame(self, frame: Frame, reason: str) -> None:
+        self._log(self._warn, f"bad frame {frame.camera}", f"{frame.camera}: skipped a bad frame: {reason}")
+
+    def _on_error(self, frame: Frame, reason: str) -> None:
+        self._log(self._error, f"error {frame.camera}", f"{frame.camera}: {reason}")
+
+    def _log(self, sink: LogLine, key: str, line: str) -> None:
+        held = self._throttle.admit(key)
+        if held is None:
+            return
+        sink(line if not held else f"{line} (+{held} similar in the last {LOG_PERIOD_S:.0f} s)")

@@ -1,0 +1,87 @@
+"""The rclpy adapter's edges that can be checked without ROS: the off-ROS exit, import layering, the launch file."""
+
+import ast
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = REPO / "rk_siglip_ros"
+ROS_PACKAGES = {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "diagnostic_updater", "rcl_interfaces",
+                "builtin_interfaces", "ament_index_python", "launch", "launch_ros", "launch_testing", "cv_bridge"}
+NEEDS_ROS = "needs ROS 2 (rclpy, launch_ros): source /opt/ros/<distro>/setup.bash"
+
+
+def ros_available() -> bool:
+    return importlib.util.find_spec("rclpy") is not None
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_off_ros_encoder_node_exits_with_one_line():
+    if ros_available():
+        pytest.skip("ROS 2 is sourced here; the off-ROS message cannot be shown")
+    script = Path(sys.executable).parent / "encoder_node"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "rk_siglip_ros.node"]
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.splitlines() == ["encoder_node: ROS 2 is not sourced: source /opt/ros/<distro>/setup.bash"]
+    assert done.stdout == ""
+
+
+def test_only_node_py_imports_ros():
+    offenders = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        relative = path.relative_to(REPO).as_posix()
+        allowed = ROS_PACKAGES if relative == "rk_siglip_ros/node.py" else set()
+        if relative == "rk_siglip_ros/imaging.py":
+            allowed = {"cv_bridge"}  # the preferred converter on a robot, imported lazily when present
+        found = (imported_roots(path) & ROS_PACKAGES) - allowed
+        if found:
+            offenders[relative] = sorted(found)
+    assert offenders == {}
+
+
+def test_node_helpers_stay_off_the_model_stack():
+    for name in ("imaging", "messages", "mailbox", "node_stats", "node_config", "node_core", "node"):
+        roots = imported_roots(PACKAGE_DIR / f"{name}.py")
+        assert not roots & {"torch", "transformers", "rknn", "onnx"}, (name, roots)
+
+
+def test_node_module_imports_off_ros():
+    import rk_siglip_ros.node as node
+
+    assert callable(node.main) and node.NOT_SOURCED.startswith("encoder_node: ROS 2 is not sourced")
+
+
+def test_launch_file_is_valid_python_that_uses_the_documented_arguments():
+    source = (REPO / "launch" / "encoder.launch.py").read_text()
+    tree = ast.parse(source)
+    declared = {call.args[0].value for call in ast.walk(tree)
+                if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "DeclareLaunchArgument"}
+    assert declared == {"shards", "image_topics", "backend", "mode", "params_file"}
+    compile(source, "encoder.launch.py", "exec")
+
+
+def test_launch_description_builds():
+    if importlib.util.find_spec("launch_ros") is None:
+        pytest.skip(NEEDS_ROS)
+    spec = importlib.util.spec_from_file_location("encoder_launch", REPO / "launch" / "encoder.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    names = {entity.name for entity in description.entities if hasattr(entity, "default_value")}
+    assert {"shards", "image_topics", "backend", "mode", "params_file"} <= names
