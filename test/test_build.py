@@ -53,3 +53,37 @@ def test_manifest_records_what_the_host_needs(shard_factory):
     assert all(shard.macs > 0 for shard in manifest.shards)
     assert set(manifest.toolchain) >= {"torch", "transformers", "onnx", "onnxruntime"}
     assert manifest.outputs == {"pooled": "pooled", "tokens": "tokens"}
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("profile", ["seed", "pipeline3", "whole"])
+@pytest.mark.parametrize("tile", [0, 24])
+@pytest.mark.parametrize("barrier", ["none", "poison", "disable-rules", "both"])
+def test_every_profile_tiling_and_barrier_matches_transformers(shard_factory, model, profile, tile, barrier):
+    folder = shard_factory(model=model, profile=profile, tile=tile, barrier=barrier)
+    tokens_cos, pooled_cos = _chain_vs_transformers(folder, model, seed=11)
+    assert tokens_cos >= 0.99999
+    assert pooled_cos is None or pooled_cos >= 0.99999
+
+
+def test_seed_profile_yields_26_shards_for_12_layers(shard_factory):
+    manifest = load_manifest(shard_factory(model="random:tiny-12", profile="seed"))
+    assert len(manifest.shards) == 26
+    assert manifest.shards[0].inputs[0].name == "pixel_values"
+    assert [shard.layers for shard in manifest.shards[1:-1]] == [[layer] for layer in range(12) for _ in (0, 1)]
+    names = [spec.name for shard in manifest.shards for spec in shard.outputs]
+    assert len(names) == len(set(names))  # tensor names are unique across the chain
+
+
+def test_pipeline3_shards_are_mac_balanced(shard_factory):
+    manifest = load_manifest(shard_factory(model="random:tiny-12", profile="pipeline3"))
+    macs = [shard.macs for shard in manifest.shards]
+    assert len(macs) == 3 and max(macs) <= 1.15 * min(macs)
+
+
+def test_shard_count_override(shard_factory):
+    folder = shard_factory(model="random:tiny-12", profile="pipeline3", shards=5)
+    manifest = load_manifest(folder)
+    assert len(manifest.shards) == 5
+    tokens_cos, pooled_cos = _chain_vs_transformers(folder, "random:tiny-12")
+    assert tokens_cos >= 0.99999 and pooled_cos >= 0.99999

@@ -304,13 +304,13 @@ def _step(plan: ShardPlan, runner: object, references: list[dict[str, np.ndarray
             for spec, value in zip(plan.spec.outputs, outputs, strict=True):
                 cos = cosine(value, reference[spec.name])
                 if sink is None:
-                    alone = min(alone, cos)
+                    alone = _worst(alone, cos)
                 else:
                     sink[spec.name] = value
-                    chained = min(chained, cos)
+                    chained = _worst(chained, cos)
     plan.stats[f"{kind}_cos"] = alone
     plan.stats[f"{kind}_chain_cos"] = chained
-    if alone < minimum:
+    if _below(alone, minimum):
         raise VerificationError(f"shard {plan.spec.name} ({_describe(plan)}): {kind} output vs fp32 reference cos "
                                 f"{alone:.7f} < {minimum} (run alone on the exact reference input)")
 
@@ -321,13 +321,21 @@ def _final_cosines(plans: list[ShardPlan], chains: list[dict[str, np.ndarray]],
     for role in ("tokens", "pooled"):
         if role in references[0]:
             result[role] = min(cosine(chain[role], ref[role]) for chain, ref in zip(chains, references, strict=True))
-    worst = min(result.values())
-    if worst < minimum:
-        first_bad = next((plan for plan in plans if plan.stats[f"{kind}_chain_cos"] < minimum), plans[-1])
+    worst = min(result.values(), key=lambda value: -1.0 if np.isnan(value) else value)
+    if _below(worst, minimum):
+        first_bad = next((plan for plan in plans if _below(plan.stats[f"{kind}_chain_cos"], minimum)), plans[-1])
         raise VerificationError(f"{kind} chain end to end vs the fp32 transformers model: cos {worst:.7f} < {minimum} "
                                 f"(first shard below it: {first_bad.spec.name}, {_describe(first_bad)}, chain cos "
                                 f"{first_bad.stats[f'{kind}_chain_cos']:.7f})")
     return result
+
+
+def _worst(a: float, b: float) -> float:
+    return float("nan") if np.isnan(a) or np.isnan(b) else min(a, b)
+
+
+def _below(cos: float, minimum: float) -> bool:
+    return not cos >= minimum  # NaN (overflow, 0/0) counts as a failure
 
 
 def _describe(plan: ShardPlan) -> str:

@@ -190,7 +190,14 @@ def _checkpoint_tower(path: Path, source: str) -> VisionTower:
 
         # A full SigLIP checkpoint (vision + text) loads too: SiglipVisionConfig takes its vision_config and the
         # text tower's weights are ignored.
-        module = SiglipVisionModel.from_pretrained(path, torch_dtype=torch.float32)
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a full checkpoint's text weights are listed as "unexpected": expected here
+        try:
+            module = SiglipVisionModel.from_pretrained(path, dtype=torch.float32)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         return _finish("siglip", source, module, module.config, preprocess)
     if model_type in SMOLVLM_MODEL_TYPES:
         return _finish("smolvlm", source, *_smolvlm_from_checkpoint(path, config_data), preprocess)

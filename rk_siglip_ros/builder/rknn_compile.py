@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ class RknnError(RuntimeError):
 def _captured_output() -> Iterator[list[str]]:
     """Send fd 1 and 2 to a temp file for the duration; the yielded list receives the captured text afterwards."""
     captured: list[str] = []
-    with tempfile.TemporaryFile(mode="w+b") as sink:
+    # The toolkit also trips numpy/onnx deprecation warnings by the thousand; they say nothing about our graphs.
+    with tempfile.TemporaryFile(mode="w+b") as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         saved = [os.dup(1), os.dup(2)]
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)

@@ -1,0 +1,55 @@
+"""RKNN compile + x86 simulator (real rknn-toolkit2): the fp16 shard chain stays within cos 0.999 of fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rk_siglip_ros.builder.models import load_vision_tower
+from rk_siglip_ros.builder.verify import cosine, run_chain
+from rk_siglip_ros.manifest import load_manifest
+
+pytest.importorskip("rknn.api", reason="rknn-toolkit2 is not installed (x86_64/aarch64 workstation only)")
+
+
+def _simulator_chain_cos(folder, model: str) -> dict[str, float]:
+    """Recompile each shard from its ONNX file and run the chain on the simulator, independently of the build."""
+    from rk_siglip_ros.builder.rknn_compile import compile_shard
+
+    manifest = load_manifest(folder)
+    tower = load_vision_tower(model)
+    pixels = np.random.default_rng(21).normal(0.0, 0.6, (1, 3, tower.image_size, tower.image_size))
+    pixels = pixels.astype(np.float32)
+    compiled = {}
+    try:
+        for index, shard in enumerate(manifest.shards):
+            compiled[shard.name] = compile_shard(manifest.path(shard, "onnx"), folder / f"check-{shard.name}.rknn",
+                                                 manifest.target, "fp16", None, [], index == 0)
+        tensors = run_chain(manifest, lambda shard, feeds: compiled[shard.name].run(feeds), pixels)
+    finally:
+        for shard in compiled.values():
+            shard.release()
+    pooled, tokens = tower.reference(torch.from_numpy(pixels))
+    result = {"tokens": cosine(tensors["tokens"], tokens.numpy())}
+    if manifest.outputs["pooled"]:
+        result["pooled"] = cosine(tensors["pooled"], pooled.numpy())
+    return result
+
+
+@pytest.mark.parametrize("model", ["random:tiny", "random:tiny-smolvlm"])
+def test_pipeline3_rknn_simulator_chain(shard_factory, model):
+    folder = shard_factory(model=model, profile="pipeline3", formats=("onnx", "rknn"))
+    manifest = load_manifest(folder)  # verifies the sha256 of every .onnx and .rknn
+    assert manifest.has_files("rknn") and manifest.toolchain["rknn_toolkit2"]
+    assert manifest.verification["rknn_sim_vs_fp32_cos"] >= 0.999
+    assert all(entry["rknn_sim_cos"] >= 0.999 for entry in manifest.verification["per_shard"])
+    assert min(_simulator_chain_cos(folder, model).values()) >= 0.999
+
+
+def test_seed_tiled_with_both_barriers_on_the_simulator(shard_factory):
+    folder = shard_factory(model="random:tiny-12", profile="seed", formats=("onnx", "rknn"), tile=24, barrier="both")
+    manifest = load_manifest(folder)
+    assert len(manifest.shards) == 26
+    assert manifest.verification["rknn_sim_vs_fp32_cos"] >= 0.999
+    assert manifest.verification["onnx_vs_fp32_cos"] >= 0.99999
