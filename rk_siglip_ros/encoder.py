@@ -28,6 +28,10 @@ from .preprocess import Preprocessor, pooled_embedding, token_matrix
 from .scheduler import MODES, Scheduler
 
 DEFAULT_CORES = (0, 1, 2)
+# Frames admitted beyond one per worker. One waiting frame could absorb jitter in a pipeline (admission is a closed
+# loop), but measured in the sim it bought no throughput and added a stage time of latency: off by default, so
+# a frame submitted by the node is always the freshest one the cores will take next.
+DEFAULT_QUEUE_SLOTS = {"sequential": 0, "pipeline": 0, "replicas": 0}
 # A host scale pair multiplying to 1 within this tolerance is skipped: the tensor goes to the next shard untouched.
 _UNIT = 1e-9
 
@@ -66,7 +70,7 @@ class SiglipEncoder:
     """Use :meth:`open`; the constructor takes already-built parts."""
 
     def __init__(self, manifest: Manifest, backend: Backend, mode: str = "pipeline",
-                 cores: Sequence[int] = DEFAULT_CORES, trace: bool = False) -> None:
+                 cores: Sequence[int] = DEFAULT_CORES, trace: bool = False, queue_slots: int | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self.manifest = manifest
@@ -81,7 +85,10 @@ class SiglipEncoder:
         self._runners: dict[tuple[int, int], ShardRunner] = {}
         self._closed = False
         costs = [backend.estimated_cost(manifest, shard) for shard in manifest.shards]
-        self._scheduler = Scheduler(mode, self.cores, costs, self._run_shard, self._finish, trace=trace)
+        if queue_slots is None:
+            queue_slots = DEFAULT_QUEUE_SLOTS.get(mode, 0)
+        self._scheduler = Scheduler(mode, self.cores, costs, self._run_shard, self._finish, queue_slots=queue_slots,
+                                    trace=trace)
         try:
             backend.set_concurrency(len(self._scheduler.plan))
             for assignment in self._scheduler.plan:
@@ -95,13 +102,15 @@ class SiglipEncoder:
     @classmethod
     def open(cls, shards_dir: str | Path, backend: str = "auto", mode: str = "pipeline",
              cores: Sequence[int] = DEFAULT_CORES, timing_profile: str | Path | dict[str, Any] | None = None,
-             *, time_scale: float = 1.0, threads: int | None = None, trace: bool = False) -> SiglipEncoder:
+             *, time_scale: float = 1.0, threads: int | None = None, trace: bool = False,
+             queue_slots: int | None = None) -> SiglipEncoder:
         """Load and verify the shard set in ``shards_dir`` and start the workers.
 
         backend: auto | onnxruntime | rknnlite | sim. mode: sequential | pipeline | replicas. cores: NPU cores (for
         onnxruntime, worker slots). timing_profile / time_scale: the sim backend's profile (name, JSON path or dict)
         and a factor on its sleep times (tests use small ones). threads: onnxruntime intra-op threads per session
-        (default: CPUs / concurrent workers). trace: keep per-shard events (``scheduler.trace``).
+        (default: CPUs / concurrent workers). trace: keep per-shard events (``scheduler.trace``). queue_slots: frames
+        admitted beyond one per worker (default: see DEFAULT_QUEUE_SLOTS).
         """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -115,7 +124,7 @@ class SiglipEncoder:
                                     f"shard set has none for some shards; rebuild with --formats {instance.file_kind}"
                                     " or pick another --backend")
             verify_files(manifest, instance.file_kind, str(Path(shards_dir)))
-        return cls(manifest, instance, mode=mode, cores=cores, trace=trace)
+        return cls(manifest, instance, mode=mode, cores=cores, trace=trace, queue_slots=queue_slots)
 
     # ------------------------------------------------------------------------------------------------- public
 
