@@ -130,9 +130,11 @@ class Dispatcher:
             else:
                 replaced = self._slots[camera]
                 self._slots[camera] = Frame(camera, message, now)
-                # Replaced while the encoder was full: "busy"; with room to spare only the rate limit held it back.
+                # Replaced while the encoder was full: "busy"; with room to spare only the rate limit held it back
+                # (or, without a limit, the dispatcher had not reached it yet: still "busy").
                 full = len(self._in_flight) + self._converting >= self._encoder.capacity
-                drop_reason = None if replaced is None else ("busy" if full else "rate_limit")
+                held_by_limit = self._max_period > 0 and not full
+                drop_reason = None if replaced is None else ("rate_limit" if held_by_limit else "busy")
                 self._lock.notify_all()
         if drop_reason is not None:
             self.stats.dropped(camera, drop_reason)
