@@ -469,7 +469,9 @@ def _progress_bar(total: int, enabled: bool) -> Any:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total or None, unit="frame", desc="encode_bag", dynamic_ncols=True)
+    # rate_noinv: always frames/s, where tqdm would flip slow rates to s/frame
+    return tqdm(total=total or None, unit="frame", desc="encode_bag", dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]")
 
 
 def _one_line(error: BaseException) -> str:
