@@ -1,0 +1,184 @@
+"""Runtime benchmark for `make bench`: SigLIP-B/16@512 (random weights, full size) on this machine, side by side.
+
+(a) the `whole` vs `pipeline3` vs `seed` shard chains on ONNX Runtime (CPU), per-frame time and ratio to `whole`
+    (goal <= 1.05): what sharding itself costs;
+(b) host overhead per frame (preprocess + host scales + postprocess) for 640x480 and 1920x1080 inputs, as a fraction
+    of one frame's compute (goal <= 1%);
+(c) the `sim` NPU prediction (timing profile rk3588-fp16) per profile x scheduler mode: latency and frames/s
+    (goal: a configuration >= 3 frames/s);
+(d) PyTorch eager on the same model: the CPU anchor.
+
+Shard sets are built once into bench_out/runtime/<profile> (ONNX only) and reused while they verify. Goals missed
+are printed, never asserted. Repetitions of (a) are interleaved across profiles so machine load hits all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "random:siglip-base-patch16-512"
+PROFILES = ("whole", "pipeline3", "seed")
+MODES = ("sequential", "pipeline", "replicas")
+SIZES = ((480, 640), (1080, 1920))
+
+
+def shard_set(model: str, profile: str, out: Path) -> Path:
+    """A verified ONNX shard set for ``profile``, built unless a valid one for ``model`` is already there."""
+    from rk_siglip_ros.manifest import ManifestError, load_manifest
+
+    folder = out / profile
+    try:
+        if load_manifest(folder, verify=("onnx",)).model.source == model:
+            print(f"  reusing {folder}", flush=True)
+            return folder
+    except ManifestError:
+        pass
+    from rk_siglip_ros.builder.build import build_shards
+
+    started = time.perf_counter()
+    build_shards(model, folder, profile=profile, formats=("onnx",), force=True, progress=False)
+    print(f"  built {folder} in {time.perf_counter() - started:.0f} s", flush=True)
+    return folder
+
+
+def chain_times(folders: dict[str, Path], reps: int, threads: int) -> dict[str, list[float]]:
+    """Seconds per frame of each profile's chain on ONNX Runtime, one frame at a time, reps interleaved."""
+    from rk_siglip_ros.cli.bench import synthetic_frame
+    from rk_siglip_ros.encoder import SiglipEncoder
+
+    image = synthetic_frame(480, 640)
+    encoders = {p: SiglipEncoder.open(f, backend="onnxruntime", mode="sequential", threads=threads)
+                for p, f in folders.items()}
+    times: dict[str, list[float]] = {p: [] for p in folders}
+    try:
+        for encoder in encoders.values():
+            encoder.encode(image)  # warm-up: ORT allocates on first run
+        for _ in range(reps):
+            for profile, encoder in encoders.items():
+                start = time.perf_counter()
+                encoder.encode(image)
+                times[profile].append(time.perf_counter() - start)
+    finally:
+        for encoder in encoders.values():
+            encoder.close()
+    return times
+
+
+def host_overhead(folders: dict[str, Path], compute_s: float, frames: int = 5) -> list[dict[str, object]]:
+    """Host work per frame (measured through the encoder on the sim backend, so no compute competes with it)."""
+    from rk_siglip_ros.cli.bench import synthetic_frame
+    from rk_siglip_ros.encoder import SiglipEncoder
+
+    rows = []
+    for profile, folder in folders.items():
+        for height, width in SIZES:
+            image = synthetic_frame(height, width)
+            with SiglipEncoder.open(folder, backend="sim", mode="sequential", time_scale=0.02) as encoder:
+                encoder.encode(image)
+                encoder.reset_stats()
+                for _ in range(frames):
+                    encoder.encode(image)
+                host = encoder.host_times()
+            rows.append({"profile": profile, "input": f"{width}x{height}", "preprocess_ms": host.preprocess_s * 1e3,
+                         "scales_ms": host.scales_s * 1e3, "postprocess_ms": host.postprocess_s * 1e3,
+                         "total_ms": host.total_s * 1e3, "fraction_of_compute": host.total_s / compute_s})
+    return rows
+
+
+def sim_predictions(folders: dict[str, Path], frames: int, time_scale: float) -> list[dict[str, object]]:
+    from dataclasses import asdict
+
+    from rk_siglip_ros.cli.bench import bench_encoder
+    from rk_siglip_ros.encoder import SiglipEncoder
+
+    rows = []
+    for folder in folders.values():
+        for mode in MODES:
+            with SiglipEncoder.open(folder, backend="sim", mode=mode, time_scale=time_scale) as encoder:
+                rows.append(asdict(bench_encoder(encoder, frames=frames, warmup=1, time_scale=time_scale)))
+    return rows
+
+
+def torch_eager(model: str, reps: int, threads: int) -> list[float]:
+    import torch
+
+    from rk_siglip_ros.builder.models import hf_image_processor, load_vision_tower
+    from rk_siglip_ros.cli.bench import synthetic_frame
+
+    torch.set_num_threads(threads)
+    tower = load_vision_tower(model)
+    pixels = hf_image_processor(tower)(images=[synthetic_frame(480, 640)], return_tensors="pt")["pixel_values"]
+    tower.reference(pixels)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        tower.reference(pixels)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "runtime")
+    parser.add_argument("--reps", type=int, default=3, help="measured frames per profile for (a) and (d)")
+    parser.add_argument("--sim-frames", type=int, default=12)
+    parser.add_argument("--time-scale", type=float, default=0.25, help="sim speed-up (results reported unscaled)")
+    args, _ = parser.parse_known_args(argv)  # make bench passes its own arguments to every benchmark
+    threads = os.cpu_count() or 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"runtime_bench: {args.model}, {threads} CPU threads, shard sets in {args.out}", flush=True)
+    folders = {profile: shard_set(args.model, profile, args.out) for profile in PROFILES}
+
+    print("\n(a) shard chains on ONNX Runtime (CPU), one frame at a time", flush=True)
+    times = chain_times(folders, args.reps, threads)
+    whole = statistics.median(times["whole"])
+    for profile, values in times.items():
+        ratio = statistics.median(values) / whole
+        flag = "" if ratio <= 1.05 else "   <-- goal <= 1.05 missed"
+        print(f"  {profile:<10} {1e3 * statistics.median(values):8.0f} ms/frame (median of {len(values)})  "
+              f"x{ratio:.3f} of whole{flag}")
+
+    print("\n(b) host overhead per frame vs one frame's compute (whole on ONNX Runtime)", flush=True)
+    host = host_overhead(folders, whole)
+    for row in host:
+        flag = "" if row["fraction_of_compute"] <= 0.01 else "   <-- goal <= 1% missed"
+        print(f"  {row['profile']:<10} {row['input']:>9}: preprocess {row['preprocess_ms']:6.2f} ms, scales "
+              f"{row['scales_ms']:5.2f} ms, postprocess {row['postprocess_ms']:5.2f} ms = {row['total_ms']:6.2f} ms "
+              f"= {100 * row['fraction_of_compute']:.2f}% of {1e3 * whole:.0f} ms{flag}")
+
+    print(f"\n(c) sim NPU prediction (timing profile rk3588-fp16, 3 cores, {args.sim_frames} frames, 640x480)",
+          flush=True)
+    sim = sim_predictions(folders, args.sim_frames, args.time_scale)
+    for row in sim:
+        busy = "/".join(f"{100 * v:.0f}" for v in row["core_busy"].values())
+        print(f"  {row['profile']:<10} {row['mode']:<10} latency p50 {row['latency_p50_ms']:7.0f} ms, "
+              f"{row['frames_per_s']:5.2f} frames/s, core busy {busy}%")
+    best = max(sim, key=lambda r: r["frames_per_s"])
+    quick = min(sim, key=lambda r: r["latency_p50_ms"])
+    goal = "met" if best["frames_per_s"] >= 3 else "MISSED"
+    print(f"  fastest: {best['profile']} x {best['mode']} {best['frames_per_s']:.2f} frames/s (goal >= 3: {goal}), "
+          f"latency {best['latency_p50_ms']:.0f} ms; lowest latency: {quick['profile']} x {quick['mode']} "
+          f"{quick['latency_p50_ms']:.0f} ms (goal <= 420 ms needs one frame split across cores: a later step)")
+
+    print("\n(d) PyTorch eager (transformers, fp32) on the same model", flush=True)
+    eager = torch_eager(args.model, args.reps, threads)
+    print(f"  torch eager {1e3 * statistics.median(eager):8.0f} ms/frame; ONNX Runtime whole is "
+          f"x{whole / statistics.median(eager):.2f} of it")
+
+    report = {"model": args.model, "threads": threads, "chain_s": times, "host": host, "sim": sim,
+              "torch_eager_s": eager}
+    (args.out / "runtime_bench.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    print(f"\nwrote {args.out / 'runtime_bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
