@@ -77,6 +77,7 @@ class SiglipEncoder:
         self.backend = backend
         self.mode = mode
         self.cores = tuple(int(c) for c in cores)
+        _check_embedding_dim(manifest)
         self._preprocess = Preprocessor(manifest.preprocess, manifest.pixel_input.scale)
         self._pixel_factor = 1.0 / manifest.pixel_input.scale
         self._last_use = _last_uses(manifest)
@@ -264,3 +265,15 @@ def _last_uses(manifest: Manifest) -> dict[int, list[str]]:
         if name not in keep:
             by_shard.setdefault(index, []).append(name)
     return by_shard
+
+
+def _check_embedding_dim(manifest: Manifest) -> None:
+    """The vector the encoder returns must have the manifest's embedding_dim (load_manifest does not check this)."""
+    pooled, tokens = manifest.outputs.get("pooled"), manifest.outputs.get("tokens")
+    source = pooled if pooled is not None else tokens
+    if source is None:
+        raise ManifestError("the manifest names neither a pooled nor a tokens output; rebuild the shard set")
+    width = manifest.tensor(source).shape[-1]
+    if width != manifest.model.embedding_dim:
+        raise ManifestError(f"model.embedding_dim is {manifest.model.embedding_dim} but output {source!r} is "
+                            f"{width} wide; the manifest is inconsistent, rebuild the shard set")

@@ -222,3 +222,9 @@ def test_the_backend_only_hashes_the_files_it_loads(toy):
     with pytest.raises(ManifestError, match="modified or corrupted"):
         load_manifest(toy)
     SiglipEncoder.open(toy, backend="onnxruntime").close()
+
+
+def test_embedding_dim_must_match_the_pooled_output(toy):
+    _edit_manifest(toy, lambda d: d["model"].update(embedding_dim=TOY_DIM + 1))
+    message = _open_error(toy)
+    assert f"embedding_dim is {TOY_DIM + 1}" in message and "'pooled'" in message
