@@ -81,7 +81,8 @@ class EncoderNode(Node):
         """Finish or drop the frames in flight and release the NPU; safe to call twice."""
         service = getattr(self, "_service", None)
         if service is not None:
-            service.close()
+            # After an external shutdown (Jazzy's SIGINT handling) publishing fails: drop instead of draining.
+            service.close(drain=rclpy.ok())
 
     # ------------------------------------------------------------------------------------------------ ROS glue
 
