@@ -95,8 +95,12 @@ def raw_pixels(msg: Any) -> np.ndarray:
 
 def _rgb_from_raw(msg: Any) -> np.ndarray:
     pixels = raw_pixels(msg)  # validates first, whichever library converts
-    encoding = GENERIC_ALIASES.get(str(msg.encoding), str(msg.encoding))
-    convert = _colour_converter()  # outside the try: a missing library is not a bad frame
+    encoding = str(msg.encoding)
+    if encoding in GENERIC_ALIASES:
+        # cv_bridge would pass 8UC3 through unswapped; read generics the same way everywhere (as mono8 / bgr8).
+        encoding, convert = GENERIC_ALIASES[encoding], _convert_with_rosbags
+    else:
+        convert = _colour_converter()  # outside the try: a missing library is not a bad frame
     try:
         rgb = convert(pixels, encoding, msg)
     except Exception as error:  # cv2.error, ImageConversionError, CvBridgeError: all mean "this frame is bad"

@@ -136,6 +136,12 @@ def test_mono16_scales_full_range_linearly(types):
     assert rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255
 
 
+def test_generic_opencv_encodings_read_as_mono8_and_bgr8(types, photo):
+    bgr = cv2.cvtColor(photo, cv2.COLOR_RGB2BGR)
+    np.testing.assert_array_equal(image_from_message(raw_message(types, bgr, "8UC3")), photo)
+    np.testing.assert_array_equal(image_from_message(raw_message(types, grey(photo), "8UC1"))[..., 1], grey(photo))
+
+
 @pytest.mark.parametrize("encoding", ["rgb8", "mono16", "yuyv"])
 def test_row_padding_is_ignored(types, photo, encoding):
     layout, _ = LAYOUTS[encoding]
