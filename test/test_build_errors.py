@@ -89,3 +89,13 @@ def test_verification_failure_is_loud_and_leaves_nothing(tmp_path, capsys):
 
 def test_build_input_error_is_a_value_error():
     assert issubclass(BuildInputError, ValueError)
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model", "--out", "--profile", "--shards", "--tile", "--barrier", "--scale", "--target",
+                   "--dtype", "--calibration", "--formats", "--no-verify", "--force"):
+        assert option in text

@@ -163,7 +163,7 @@ def _build_into(tower: VisionTower, source: str, folder: Path, options: BuildOpt
     plans = _plan(tower, folded, groups, options)
     manifest = _manifest(tower, source, plans, options)
     images = verification_images(tower)
-    references = _references(tower, plans, images)
+    references = _references(tower, plans, images, progress)
 
     for plan in _bar(plans, "export onnx", progress):
         plan.spec.onnx = f"{plan.spec.name}.onnx"
@@ -190,7 +190,7 @@ def _build_into(tower: VisionTower, source: str, folder: Path, options: BuildOpt
 
 
 def _bar(items: list[ShardPlan], stage: str, progress: bool) -> tqdm:
-    return tqdm(items, desc=f"{stage:<12}", unit="shard", file=sys.stderr, disable=not progress, leave=True)
+    return tqdm(items, desc=f"{stage:<14}", unit="shard", file=sys.stderr, disable=not progress, leave=True)
 
 
 def _plan(tower: VisionTower, folded: VisionTower, groups: list[list[Block]], options: BuildOptions) -> list[ShardPlan]:
@@ -261,11 +261,12 @@ def verification_images(tower: VisionTower) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def _references(tower: VisionTower, plans: list[ShardPlan], images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+def _references(tower: VisionTower, plans: list[ShardPlan], images: list[np.ndarray],
+                progress: bool) -> list[dict[str, np.ndarray]]:
     """Per image, the fp32 truth of every tensor crossing a shard boundary (unscaled, untiled, no barrier); the final
     tokens and pooled come from the unmodified transformers forward itself."""
     references = []
-    for image in images:
+    for image in tqdm(images, desc=f"{'fp32 reference':<14}", unit="image", file=sys.stderr, disable=not progress):
         tensors = {PIXEL_INPUT: image}
         value: torch.Tensor | tuple[torch.Tensor, ...] = torch.from_numpy(image)
         for plan in plans[:-1]:
