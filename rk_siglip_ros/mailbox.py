@@ -77,10 +77,9 @@ class Dispatcher:
         self.stats = stats if stats is not None else NodeStats(cameras, clock=clock)
         self._on_bad_frame = on_bad_frame or (lambda frame, reason: LOG.warning("%s: %s", frame.camera, reason))
         self._on_error = on_error or (lambda frame, reason: LOG.error("%s: %s", frame.camera, reason))
+        self._lock = threading.Condition()
         self._max_period = 0.0
         self.set_max_rate(max_rate_hz)
-
-        self._lock = threading.Condition()
         self._order: list[str] = []  # round-robin order: cameras in the order they were declared / first seen
         self._slots: dict[str, Frame | None] = {}
         self._last_submit: dict[str, float] = {}
@@ -99,7 +98,9 @@ class Dispatcher:
         """Per-camera submission rate limit; 0 = as fast as the encoder allows."""
         if not max_rate_hz >= 0.0:  # also rejects NaN
             raise ValueError(f"max_rate_hz must be >= 0 (0 = unlimited), got {max_rate_hz}")
-        self._max_period = 1.0 / max_rate_hz if max_rate_hz > 0 else 0.0
+        with self._lock:  # may change at run time (a ROS parameter): wake the thread to re-plan its wait
+            self._max_period = 1.0 / max_rate_hz if max_rate_hz > 0 else 0.0
+            self._lock.notify_all()
 
     @property
     def cameras(self) -> list[str]:

@@ -433,3 +433,17 @@ def test_frames_arriving_before_the_encoder_has_room_are_not_lost_with_a_thread(
 
 def test_bad_frame_exception_type_is_exported():
     assert issubclass(BadFrame, ValueError)
+
+
+def test_rate_limit_can_change_while_running():
+    dispatcher, encoder, published, clock = make(capacity=3, max_rate_hz=1.0)
+    dispatcher.offer(CAMERAS[0], frame_message(0, 0))
+    assert dispatcher.pump() == 1
+    clock.now = 0.2
+    dispatcher.offer(CAMERAS[0], frame_message(0, 1))
+    assert dispatcher.pump() == 0  # 1 Hz: not before t = 1
+    dispatcher.set_max_rate(5.0)
+    assert dispatcher.pump() == 1  # 5 Hz: t = 0.2 is already allowed
+    dispatcher.set_max_rate(0.0)
+    dispatcher.offer(CAMERAS[0], frame_message(0, 2))
+    assert dispatcher.pump() == 1  # unlimited
