@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-import yaml
+from ruamel.yaml import YAML
 
 from rk_siglip_ros.node_config import (
     COMPRESSED_TYPE,
@@ -96,7 +96,7 @@ def test_compressed_topics_get_compressed_image():
 
 
 def test_shipped_yaml_declares_every_parameter_with_its_default():
-    document = yaml.safe_load((REPO / "config" / "encoder.yaml").read_text())
+    document = YAML(typ="safe").load((REPO / "config" / "encoder.yaml").read_text())
     parameters = document["/**"]["ros__parameters"]
     assert parameters == {name: spec.default for name, spec in PARAMETERS.items()}
 
