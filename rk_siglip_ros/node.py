@@ -11,6 +11,20 @@ import array
 import sys
 from typing import Any
 
+from rk_siglip_ros.backends.base import BackendError
+from rk_siglip_ros.manifest import ManifestError
+from rk_siglip_ros.node_config import (
+    COMPRESSED_TYPE,
+    NODE_NAME,
+    PACKAGE,
+    PARAMETERS,
+    ConfigError,
+    NodeConfig,
+    message_type_for,
+    validate,
+)
+from rk_siglip_ros.node_core import EncoderService
+
 NOT_SOURCED = "encoder_node: ROS 2 is not sourced: source /opt/ros/<distro>/setup.bash"
 MISSING_ROS_PACKAGE: str | None = None
 
@@ -32,20 +46,6 @@ if rclpy is not None:
         from sensor_msgs.msg import CompressedImage, Image
     except ImportError as missing:
         MISSING_ROS_PACKAGE = missing.name or str(missing)
-
-from rk_siglip_ros.backends.base import BackendError  # noqa: E402 -- after the guarded ROS imports on purpose
-from rk_siglip_ros.manifest import ManifestError  # noqa: E402
-from rk_siglip_ros.node_config import (  # noqa: E402
-    COMPRESSED_TYPE,
-    NODE_NAME,
-    PACKAGE,
-    PARAMETERS,
-    ConfigError,
-    NodeConfig,
-    message_type_for,
-    validate,
-)
-from rk_siglip_ros.node_core import EncoderService  # noqa: E402
 
 RELIABLE_DEPTH = 10
 
