@@ -12,11 +12,11 @@ params_file (default: the installed config/encoder.yaml). Non-empty arguments ov
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import LaunchDescription
 from rk_siglip_ros.node_config import NODE_NAME, PACKAGE, default_shards_dir, parse_topic_list
 
 

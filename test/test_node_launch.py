@@ -18,14 +18,13 @@ import pytest
 
 NEEDS_ROS = "needs ROS 2 (rclpy, launch_testing): source /opt/ros/<distro>/setup.bash"
 try:
+    import launch
     import launch_ros.actions
     import launch_testing
     import launch_testing.actions
     import launch_testing.asserts
     import rclpy
     from sensor_msgs.msg import CompressedImage, Image
-
-    import launch
 except ImportError:
     pytest.skip(NEEDS_ROS, allow_module_level=True)
 
