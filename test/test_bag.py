@@ -324,3 +324,22 @@ def test_a_custom_message_type_is_copied_with_the_bags_own_definition(tmp_path, 
         _, _, raw = next(reader.messages([connection]))
         decoded = reader.deserialize(raw, connection.msgtype)
     assert decoded.battery_volts == 24.5 and list(decoded.warnings) == ["hot"]
+
+
+@pytest.mark.parametrize(("mode", "storage"), [("MESSAGE", "sqlite3"), ("FILE", "sqlite3"), ("STORAGE", "mcap")])
+def test_zstd_compressed_input(tmp_path, encoder, mode, storage):
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode
+
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    written = write_camera_bag(plain, StoragePlugin.MCAP, Stores.ROS2_JAZZY)
+    writer = Writer(packed, version=9, storage_plugin=StoragePlugin[storage.upper()])
+    writer.set_compression(CompressionMode[mode], CompressionFormat.ZSTD)
+    with Reader(plain) as reader, writer:
+        mapping = {c.id: writer.add_connection(c.topic, c.msgtype, msgdef=c.msgdef.data, rihs01=c.digest)
+                   for c in reader.connections}
+        for connection, log_ns, raw in reader.messages():
+            writer.write(mapping[connection.id], log_ns, raw)
+    summary = encode_bag(packed, tmp_path / "out", encoder)
+    assert summary.storage == storage
+    assert summary.frames == sum(w.good for w in written) and len(summary.skipped) == 1
+    assert read_all(tmp_path / "out")[FRONT] == read_all(plain)[FRONT]

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--topics", nargs="+", metavar="T",
                         help="image topics to encode (default: every Image/CompressedImage topic)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="auto: RKNN-Lite on an RK3588, else ONNX Runtime on the CPU (default: auto)")
+                        help="auto: RKNN-Lite on an RK3588, else ONNX Runtime on the CPU (default: auto); sim only "
+                             "simulates NPU timing and writes zero embeddings")
     parser.add_argument("--mode", choices=MODES, default="pipeline",
                         help="how shards use the cores, as in the node (default: pipeline)")
     parser.add_argument("--storage", choices=tuple(STORAGES),
@@ -76,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("encode_bag: interrupted; nothing written", file=sys.stderr)
         return 130
+    if args.backend == "sim":
+        print("encode_bag: note: --backend sim simulates NPU timing only; the embeddings it writes are zeros",
+              file=sys.stderr)
     try:
         with encoder:
             summary = encode_bag(args.input, args.output, encoder, topics=args.topics, storage=args.storage,
