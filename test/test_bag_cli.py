@@ -209,3 +209,12 @@ def test_sigint_to_the_console_script_leaves_no_output(tmp_path, shards):
     assert "interrupted" in stderr
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long_bag"]
+
+
+def test_the_replay_path_imports_no_torch_transformers_rknn_or_rclpy():
+    """The bag tool is runtime code: it must run on a robot that has none of the builder's heavy stack."""
+    code = ("import sys, rk_siglip_ros.bag, rk_siglip_ros.cli.encode_bag, rk_siglip_ros.encoder\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'rknn', 'rclpy'}))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
