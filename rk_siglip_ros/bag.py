@@ -228,7 +228,7 @@ def image_connections(connections: Sequence[Connection], topics: Sequence[str] |
             raise BagError(f"the bag has no image topics (sensor_msgs Image/CompressedImage); its topics: {listing}")
         return images
     chosen = []
-    for topic in topics:
+    for topic in dict.fromkeys(topics):  # keep the order, drop repeats
         matching = [c for c in connections if c.topic == topic]
         if not matching:
             known = ", ".join(sorted({c.topic for c in images})) or "none"
