@@ -111,7 +111,8 @@ def format_summary(summary: ReplaySummary) -> str:
         f"  copied through   {summary.copied_messages} messages",
         f"  skipped frames   {len(summary.skipped)}",
     ]
-    lines += [f"    {count} x {reason}" for reason, count in summary.skipped_by_reason().most_common()]
+    by_topic = Counter(f"{frame.topic}: {frame.reason}" for frame in summary.skipped)
+    lines += [f"    {count} x {what}" for what, count in by_topic.most_common()]
     lines += [f"  NOT copied       {topic}: {why}" for topic, why in summary.dropped_topics.items()]
     return "\n".join(lines)
 
