@@ -53,3 +53,20 @@ def test_seed_tiled_with_both_barriers_on_the_simulator(shard_factory):
     assert len(manifest.shards) == 26
     assert manifest.verification["rknn_sim_vs_fp32_cos"] >= 0.999
     assert manifest.verification["onnx_vs_fp32_cos"] >= 0.99999
+
+
+def test_disable_rules_barrier_keeps_attention_unfused(shard_factory, tmp_path):
+    """The compiled graph names its fused attention op; with the barrier's disable_rules it must not appear."""
+    from rk_siglip_ros.builder.barrier import disabled_rules
+    from rk_siglip_ros.builder.rknn_compile import compile_shard
+
+    manifest = load_manifest(shard_factory(model="random:tiny", profile="seed", tile=0, barrier="none"))
+    attention_half = manifest.shards[1]
+    assert attention_half.layers == [0]
+    found = {}
+    for barrier in ("none", "disable-rules"):
+        path = tmp_path / f"{barrier}.rknn"
+        compile_shard(manifest.path(attention_half, "onnx"), path, "rk3588", "fp16", None, disabled_rules(barrier),
+                      False).release()
+        found[barrier] = b"exSDPAttention" in path.read_bytes()
+    assert found == {"none": True, "disable-rules": False}, f"exSDPAttention in the compiled graph: {found}"
