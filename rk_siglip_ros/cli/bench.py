@@ -3,10 +3,10 @@
     bench --shards shards/siglip-b16-512-pipeline3 shards/siglip-b16-512-whole --backend rknnlite \\
           --modes sequential,pipeline,replicas --frames 30 --json bench.json --plot bench.png
 
-Per configuration: latency p50/p95 (submit -> embedding, with the encoder kept full), throughput, mean time per shard
-call, per-core busy %, and host overhead per frame (preprocess + host scales + postprocess) against the frame's
-compute. With ``--backend sim`` nothing is computed: the timing profile predicts the board (times are reported
-unscaled, as the board would show them).
+Per configuration: latency p50/p95 (submit -> embedding, with the encoder kept full), steady-state throughput (after
+the pipeline has filled), mean time per shard call, per-core busy % (steady state), and host overhead per frame
+(preprocess + host scales + postprocess) against the frame's compute. With ``--backend sim`` nothing is computed: the
+timing profile predicts the board (times are reported unscaled, as the board would show them).
 """
 
 from __future__ import annotations
@@ -61,29 +61,46 @@ def synthetic_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(base + rng.normal(0, 20, size=(height, width, 3)), 0, 255).astype(np.uint8)
 
 
-def stream(encoder: Any, image: np.ndarray, frames: int) -> tuple[list[float], float]:
+def stream(encoder: Any, image: np.ndarray, frames: int) -> tuple[list[float], float, dict[int, float]]:
     """Feed ``frames`` frames keeping the encoder exactly full (never blocking in submit, so latency is time in the
-    encoder); returns per-frame latencies and the wall time."""
+    encoder). Returns per-frame latencies, the steady-state seconds per frame and per-core busy fractions, both
+    measured after the first ``capacity`` frames so that filling the pipeline does not count."""
     slots = threading.Semaphore(encoder.capacity)
+    # Frames 0..capacity-1 fill the encoder; the window starts when the last of them completes. In replicas mode
+    # frames complete in bursts of `capacity`, so frame counts are rounded up to whole bursts by the caller.
+    skip = min(encoder.capacity - 1, max(frames - 2, 0))
+    marks: dict[int, float] = {}
+
+    def finished(index: int) -> None:
+        marks[index] = time.perf_counter()
+        if index == skip:
+            encoder.core_busy()  # start the busy window with the pipeline full
+        slots.release()
+
     futures = []
     start = time.perf_counter()
-    for _ in range(frames):
+    for index in range(frames):
         slots.acquire()
         future = encoder.submit(image)
-        future.add_done_callback(lambda _: slots.release())
+        future.add_done_callback(lambda _, i=index: finished(i))
         futures.append(future)
     latencies = [future.result().latency_s for future in futures]
-    return latencies, time.perf_counter() - start
+    while len(marks) < frames:  # done callbacks may still be running
+        time.sleep(0.001)
+    busy = encoder.core_busy()
+    last = frames - 1
+    period = (marks[last] - marks[skip]) / (last - skip) if last > skip else marks[last] - start
+    return latencies, period, busy
 
 
 def bench_encoder(encoder: Any, frames: int = 20, warmup: int = 2, image_size: tuple[int, int] = (480, 640),
                   time_scale: float = 1.0, label: str | None = None) -> BenchResult:
     """Measure an open SiglipEncoder. ``time_scale``: the sim's factor, divided out so times read as on the board."""
     image = synthetic_frame(*image_size)
+    frames = -(-max(frames, 2 * encoder.capacity) // encoder.capacity) * encoder.capacity  # whole bursts
     encoder.encode_batch([image] * max(warmup, 0))
     encoder.reset_stats()
-    latencies, wall = stream(encoder, image, frames)
-    busy = encoder.core_busy()
+    latencies, period, busy = stream(encoder, image, frames)
     host = encoder.host_times()
     shard_s = encoder.shard_times()
     unscale = 1.0 / time_scale
@@ -97,7 +114,7 @@ def bench_encoder(encoder: Any, frames: int = 20, warmup: int = 2, image_size: t
         frames=frames, image_size=tuple(image_size),
         latency_p50_ms=float(np.percentile(latencies, 50)) * 1000,
         latency_p95_ms=float(np.percentile(latencies, 95)) * 1000,
-        frames_per_s=frames / wall / unscale, compute_ms_per_frame=compute_ms, host_ms_per_frame=host_ms,
+        frames_per_s=1.0 / (period * unscale), compute_ms_per_frame=compute_ms, host_ms_per_frame=host_ms,
         host_fraction=host_ms / compute_ms if compute_ms > 0 else float("nan"),
         preprocess_ms=host.preprocess_s * 1000, scales_ms=host.scales_s * 1000,
         postprocess_ms=host.postprocess_s * 1000,
@@ -165,7 +182,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shards", required=True, nargs="+", type=Path, help="one or more shard set folders")
     parser.add_argument("--backend", default="auto", choices=BENCH_BACKENDS)
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
-    parser.add_argument("--frames", type=int, default=20, help="frames measured per configuration (default 20)")
+    parser.add_argument("--frames", type=int, default=20,
+                        help="frames measured per configuration, rounded up to a multiple of the encoder's capacity "
+                             "(default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="frames run before measuring (default 2)")
     parser.add_argument("--cores", default="0,1,2", help="comma-separated NPU cores (default 0,1,2)")
     parser.add_argument("--image-size", default="640x480", help="input frame WIDTHxHEIGHT (default 640x480)")
