@@ -110,3 +110,9 @@ def test_image_size_not_divisible_by_patch_size(tmp_path):
     SiglipVisionModel(SiglipVisionConfig(**{**TINY_VISION, "image_size": 60})).save_pretrained(tmp_path / "bad")
     with pytest.raises(ModelSourceError, match="not divisible by patch size"):
         load_vision_tower(str(tmp_path / "bad"))
+
+
+def test_unreachable_or_unknown_hub_id_is_a_clear_error():
+    # Either the hub is unreachable (this machine) or the repository does not exist: one actionable message.
+    with pytest.raises(ModelSourceError, match="could not download from the Hugging Face hub.*--model DIR"):
+        load_vision_tower("rk-siglip-ros-tests/no-such-model-here")

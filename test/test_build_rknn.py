@@ -70,3 +70,22 @@ def test_disable_rules_barrier_keeps_attention_unfused(shard_factory, tmp_path):
                       False).release()
         found[barrier] = b"exSDPAttention" in path.read_bytes()
     assert found == {"none": True, "disable-rules": False}, f"exSDPAttention in the compiled graph: {found}"
+
+
+def test_int8_build_calibrates_on_a_folder_of_images(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    from rk_siglip_ros.builder.build import build_shards
+
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).save(calibration / f"{name}.png")
+    manifest = build_shards("random:tiny", tmp_path / "set", profile="whole", dtype="int8", calibration=calibration,
+                            progress=False)
+    assert manifest.dtype == "int8" and manifest.has_files("rknn")
+    # int8 is lossy by design: it must still point the same way as fp32, and the ONNX files stay exact
+    assert 0.98 <= manifest.verification["rknn_sim_vs_fp32_cos"] < 1.0
+    assert manifest.verification["onnx_vs_fp32_cos"] >= 0.99999
+    assert sorted(path.name for path in (tmp_path / "set").iterdir()) == ["manifest.json", "s0.onnx", "s0.rknn"]
