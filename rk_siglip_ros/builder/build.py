@@ -26,7 +26,7 @@ from .partition import FINAL, PROFILES, Block, encoder_blocks, plan_shards
 from .scale_fold import check_scale, fold_host_scale
 from .shard_modules import ShardModule
 from .tiling import check_tile
-from .verify import ONNX_MIN_COS, RKNN_MIN_COS, VerificationError, cosine, onnx_runner
+from .verify import ONNX_MIN_COS, RKNN_MIN_COS, ShardRunner, VerificationError, cosine, onnx_runner
 
 FORMATS = ("onnx", "rknn")
 DTYPES = ("fp16", "int8")
@@ -280,28 +280,30 @@ def _references(tower: VisionTower, plans: list[ShardPlan], images: list[np.ndar
     return references
 
 
-def _run_checked(plan: ShardPlan, runner: object, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    outputs = runner(plan.spec, feeds)  # type: ignore[operator]
+def _run_in_host_units(plan: ShardPlan, runner: ShardRunner, feeds: list[np.ndarray]) -> list[np.ndarray]:
+    outputs = runner(plan.spec, feeds)
     return [np.asarray(value, np.float32).reshape(spec.shape) * np.float32(spec.scale)
             for spec, value in zip(plan.spec.outputs, outputs, strict=True)]
 
 
-def _verify_chain(plans: list[ShardPlan], runner: object, references: list[dict[str, np.ndarray]],
+def _verify_chain(plans: list[ShardPlan], runner: ShardRunner, references: list[dict[str, np.ndarray]],
                   images: list[np.ndarray], kind: str, minimum: float, progress: bool) -> dict[str, float]:
     """Run every shard alone on the reference inputs and the whole chain on its own outputs; fail below minimum."""
     chains = [{PIXEL_INPUT: image} for image in images]
     for plan in _bar(plans, f"verify {kind}", progress):
-        _step(plan, runner, references, chains, kind, minimum)
+        _verify_shard(plan, runner, references, chains, kind, minimum)
     return _final_cosines(plans, chains, references, kind, minimum)
 
 
-def _step(plan: ShardPlan, runner: object, references: list[dict[str, np.ndarray]],
+def _verify_shard(plan: ShardPlan, runner: ShardRunner, references: list[dict[str, np.ndarray]],
           chains: list[dict[str, np.ndarray]], kind: str, minimum: float) -> None:
+    """One shard on every image: alone on the exact reference input (its own error) and on the chain so far (the
+    accumulated error, whose outputs feed the next shard). Records both worst cosines in plan.stats."""
     alone, chained = 1.0, 1.0
     for reference, chain in zip(references, chains, strict=True):
         for source, sink in ((reference, None), (chain, chain)):
             feeds = [(source[spec.name] * np.float32(spec.scale)).astype(np.float32) for spec in plan.spec.inputs]
-            outputs = _run_checked(plan, runner, feeds)
+            outputs = _run_in_host_units(plan, runner, feeds)
             for spec, value in zip(plan.spec.outputs, outputs, strict=True):
                 cos = cosine(value, reference[spec.name])
                 if sink is None:
@@ -361,8 +363,8 @@ def _compile_rknn(plans: list[ShardPlan], folder: Path, options: BuildOptions,
             plan.stats["compile_s"] = compiled.compile_s
             plan.stats["rknn_bytes"] = (folder / plan.spec.rknn).stat().st_size
             if options.verify:
-                _step(plan, lambda _spec, feeds, shard=compiled: shard.run(feeds), references, chains, "rknn_sim",
-                      minimum)
+                run_on_simulator: ShardRunner = lambda _spec, feeds, shard=compiled: shard.run(feeds)  # noqa: E731
+                _verify_shard(plan, run_on_simulator, references, chains, "rknn_sim", minimum)
         finally:
             compiled.release()
     return _final_cosines(plans, chains, references, "rknn_sim", minimum) if options.verify else None

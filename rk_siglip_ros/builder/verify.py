@@ -60,26 +60,3 @@ def onnx_runner(root: Path) -> ShardRunner:
                            {spec.name: value for spec, value in zip(shard.inputs, feeds, strict=True)})
 
     return run
-
-
-def chain_cosines(manifest: Manifest, tensors: list[dict[str, np.ndarray]],
-                  references: list[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Worst cosine over the images of every tensor the reference knows, per tensor name."""
-    result: dict[str, float] = {}
-    for produced, reference in zip(tensors, references, strict=True):
-        for name, expected in reference.items():
-            if name in produced:
-                result[name] = min(result.get(name, 1.0), cosine(produced[name], expected))
-    return result
-
-
-def shard_cosine(shard: ShardSpec, run_shard: ShardRunner, references: list[dict[str, np.ndarray]]) -> float:
-    """Worst cosine of one shard run alone on the exact reference inputs (isolates its own error)."""
-    worst = 1.0
-    for reference in references:
-        feeds = [(reference[spec.name] * np.float32(spec.scale)).astype(np.float32) for spec in shard.inputs]
-        outputs = run_shard(shard, feeds)
-        for spec, value in zip(shard.outputs, outputs, strict=True):
-            produced = np.asarray(value, np.float32).reshape(spec.shape) * np.float32(spec.scale)
-            worst = min(worst, cosine(produced, reference[spec.name]))
-    return worst
