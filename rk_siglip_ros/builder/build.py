@@ -7,6 +7,7 @@ interrupted build never leaves a folder that looks like a shard set.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import shutil
 import sys
 import tempfile
@@ -118,6 +119,10 @@ def _check_options(profile: str, shards: int | None, tile: int | None, barrier: 
             raise ValueError(f"--dtype {dtype!r}: choose fp16 or int8")
         if not formats or any(kind not in FORMATS for kind in formats):
             raise ValueError(f"--formats {','.join(formats)!r}: choose from onnx,rknn (onnx is always written)")
+        if "rknn" in formats and importlib.util.find_spec("rknn") is None:
+            raise ValueError("--formats includes rknn but rknn-toolkit2 is not installed here; install it "
+                             "(`pip install --no-deps rknn-toolkit2==2.5.0`, x86_64/aarch64, Python <= 3.12) or pass "
+                             "--formats onnx")
         if dtype == "int8" and "rknn" in formats and (calibration is None or not Path(calibration).is_dir()):
             raise ValueError("--dtype int8 needs --calibration DIR (a folder of representative images)")
     except ValueError as error:

@@ -74,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RknnError as error:
         print(f"build_shards: RKNN compilation failed: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # unwritable --out, disk full: say which file, no traceback
+        print(f"build_shards: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("build_shards: interrupted; nothing was written to --out", file=sys.stderr)
         return 130
