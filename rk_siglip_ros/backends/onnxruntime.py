@@ -44,6 +44,9 @@ class OnnxRuntimeBackend(Backend):
         options.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle intra-op threads would spin-wait after each run and steal the CPUs from the next shard's session
+        # (a chain of shards, or stages running side by side); measured no slower for a single session.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = self._ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # noqa: BLE001 - ORT raises several unrelated types for a bad file
