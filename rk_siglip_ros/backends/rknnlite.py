@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from ..manifest import Manifest, ShardSpec
+from ..manifest import PIXEL_INPUT, Manifest, ShardSpec
 from .base import Backend, BackendError, ShardRunner, declared_outputs
 
 OFF_BOARD_HINT = ("the rknnlite backend needs an RK3588 board with rknn-toolkit-lite2 installed "
@@ -106,8 +106,10 @@ class _RknnRunner(ShardRunner):
         if self._context is None:
             raise BackendError(f"shard {self.shard.name} on core {self.core} was released")
         arrays = [np.ascontiguousarray(inputs[spec.name], dtype=np.float32) for spec in self.shard.inputs]
-        # Inputs are already in the model's layout (the builder exported them that way): no NHWC conversion.
-        values = self._context.inference(inputs=arrays, data_format=["nchw"] * len(arrays))
+        # The pixel input is NCHW as exported (RKNN assumes NHWC for 4-D inputs unless told); other inputs are 3-D,
+        # for which data_format does not apply. This is the call the builder verified on the simulator.
+        layout = "nchw" if self.shard.inputs[0].name == PIXEL_INPUT else None
+        values = self._context.inference(inputs=arrays, data_format=layout)
         if values is None:
             raise BackendError(f"RKNNLite.inference failed for shard {self.shard.name} on core {self.core}")
         names = [spec.name for spec in self.shard.outputs]
