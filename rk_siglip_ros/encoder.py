@@ -77,7 +77,7 @@ class SiglipEncoder:
         self.backend = backend
         self.mode = mode
         self.cores = tuple(int(c) for c in cores)
-        _check_embedding_dim(manifest)
+        _check_runtime_support(manifest)
         self._preprocess = Preprocessor(manifest.preprocess, manifest.pixel_input.scale)
         self._pixel_factor = 1.0 / manifest.pixel_input.scale
         self._last_use = _last_uses(manifest)
@@ -267,8 +267,15 @@ def _last_uses(manifest: Manifest) -> dict[int, list[str]]:
     return by_shard
 
 
-def _check_embedding_dim(manifest: Manifest) -> None:
-    """The vector the encoder returns must have the manifest's embedding_dim (load_manifest does not check this)."""
+def _check_runtime_support(manifest: Manifest) -> None:
+    """What load_manifest does not check but the encoder relies on: float32 tensors at every shard boundary, and an
+    output as wide as the manifest's embedding_dim."""
+    for shard in manifest.shards:
+        for spec in (*shard.inputs, *shard.outputs):
+            if spec.dtype != "float32":
+                raise ManifestError(f"shard {shard.name} tensor {spec.name!r} has dtype {spec.dtype!r}; this runtime "
+                                    "exchanges float32 tensors with the shards (quantisation happens inside the .rknn);"
+                                    " rebuild the shard set")
     pooled, tokens = manifest.outputs.get("pooled"), manifest.outputs.get("tokens")
     source = pooled if pooled is not None else tokens
     if source is None:

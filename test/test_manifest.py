@@ -228,3 +228,8 @@ def test_embedding_dim_must_match_the_pooled_output(toy):
     _edit_manifest(toy, lambda d: d["model"].update(embedding_dim=TOY_DIM + 1))
     message = _open_error(toy)
     assert f"embedding_dim is {TOY_DIM + 1}" in message and "'pooled'" in message
+
+
+def test_non_float32_boundary_tensors_are_refused(toy):
+    _edit_manifest(toy, lambda d: d["shards"][1]["outputs"][0].update(dtype="float16"))
+    assert "dtype 'float16'" in _open_error(toy)
