@@ -92,3 +92,22 @@ def test_open_refuses_unknown_mode_and_backend(tmp_path):
         SiglipEncoder.open(folder, mode="turbo")
     with pytest.raises(RuntimeError, match="unknown backend"):
         SiglipEncoder.open(folder, backend="cuda")
+
+
+def test_the_runtime_imports_no_torch_transformers_or_rknn(tmp_path):
+    """Layering: encoding with ONNX Runtime or the sim must not pull in the builder's stack."""
+    import subprocess
+    import sys
+
+    folder = write_toy_shards(tmp_path / "toy")
+    code = (
+        "import sys, numpy as np\n"
+        "from rk_siglip_ros.encoder import SiglipEncoder\n"
+        "import rk_siglip_ros.cli.bench, rk_siglip_ros.cli.encode_images\n"
+        "image = np.zeros((9, 9, 3), np.uint8)\n"
+        f"with SiglipEncoder.open({str(folder)!r}, backend='onnxruntime') as e: e.encode(image)\n"
+        f"with SiglipEncoder.open({str(folder)!r}, backend='sim', time_scale=0.01) as e: e.encode(image)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'rknn', 'rknnlite')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
