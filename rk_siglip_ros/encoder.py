@@ -77,7 +77,6 @@ class SiglipEncoder:
         self.backend = backend
         self.mode = mode
         self.cores = tuple(int(c) for c in cores)
-        _check_runtime_support(manifest)
         self._preprocess = Preprocessor(manifest.preprocess, manifest.pixel_input.scale)
         self._pixel_factor = 1.0 / manifest.pixel_input.scale
         self._last_use = _last_uses(manifest)
@@ -266,21 +265,3 @@ def _last_uses(manifest: Manifest) -> dict[int, list[str]]:
             by_shard.setdefault(index, []).append(name)
     return by_shard
 
-
-def _check_runtime_support(manifest: Manifest) -> None:
-    """What load_manifest does not check but the encoder relies on: float32 tensors at every shard boundary, and an
-    output as wide as the manifest's embedding_dim."""
-    for shard in manifest.shards:
-        for spec in (*shard.inputs, *shard.outputs):
-            if spec.dtype != "float32":
-                raise ManifestError(f"shard {shard.name} tensor {spec.name!r} has dtype {spec.dtype!r}; this runtime "
-                                    "exchanges float32 tensors with the shards (quantisation happens inside the .rknn);"
-                                    " rebuild the shard set")
-    pooled, tokens = manifest.outputs.get("pooled"), manifest.outputs.get("tokens")
-    source = pooled if pooled is not None else tokens
-    if source is None:
-        raise ManifestError("the manifest names neither a pooled nor a tokens output; rebuild the shard set")
-    width = manifest.tensor(source).shape[-1]
-    if width != manifest.model.embedding_dim:
-        raise ManifestError(f"model.embedding_dim is {manifest.model.embedding_dim} but output {source!r} is "
-                            f"{width} wide; the manifest is inconsistent, rebuild the shard set")

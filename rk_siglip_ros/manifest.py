@@ -51,6 +51,9 @@ class ShardSpec:
     sha256: dict[str, str] = field(default_factory=dict)
     layers: list[int] = field(default_factory=list)
     macs: int = 0
+    # What the shard computes, in order: "embedding", "attention<i>", "mlp<i>", "final" (post-norm, head). Lets a
+    # consumer (the NPU timing simulation) cost a shard without opening it.
+    blocks: list[str] = field(default_factory=list)
 
     def file(self, kind: str) -> str | None:
         """The relative path of this shard's ``onnx`` or ``rknn`` file, or None when not built."""
@@ -96,6 +99,8 @@ class Manifest:
     host_scale: float = 1.0
     toolchain: dict[str, str] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
+    # How the graph was rewritten: {"tile": T or None, "barrier": "none|poison|disable-rules|both", "shards": N}.
+    build: dict[str, Any] = field(default_factory=dict)
     # Where the manifest was loaded from; not serialised. Shard paths resolve against it.
     root: Path | None = None
 
@@ -172,6 +177,7 @@ def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
         "toolchain": dict(manifest.toolchain),
         "shards": shards,
         "outputs": dict(manifest.outputs),
+        "build": dict(manifest.build),
         "verification": manifest.verification,
     }
 
@@ -210,12 +216,14 @@ def parse_manifest(data: Any, source: str) -> Manifest:
             host_scale=float(data.get("host_scale", 1.0)),
             toolchain={str(k): str(v) for k, v in dict(data.get("toolchain", {})).items()},
             verification=dict(data.get("verification", {})),
+            build=dict(data.get("build", {})),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ManifestError(f"{source}: malformed manifest ({type(error).__name__}: {error}); {REBUILD_HINT}") from None
     _check_model(manifest, source)
     _check_paths(manifest, source)
     _check_chain(manifest, source)
+    _check_outputs(manifest, source)
     _check_toolchain(manifest, source)
     return manifest
 
@@ -262,6 +270,7 @@ def _parse_shard(data: dict[str, Any]) -> ShardSpec:
         sha256={str(k): str(v) for k, v in dict(data.get("sha256", {})).items()},
         layers=[int(v) for v in data.get("layers", [])],
         macs=int(data.get("macs", 0)),
+        blocks=[str(label) for label in data.get("blocks", [])],
     )
 
 
@@ -331,6 +340,25 @@ def _check_chain(manifest: Manifest, source: str) -> None:
     for role, name in manifest.outputs.items():
         if name is not None and name not in available:
             raise ManifestError(f"{source}: outputs.{role} names {name!r}, which no shard produces")
+
+
+def _check_outputs(manifest: Manifest, source: str) -> None:
+    """Host and shards exchange float32 (quantisation lives inside the .rknn), and the embedding the runtime returns
+    (pooled, or the token mean) is ``embedding_dim`` wide."""
+    for shard in manifest.shards:
+        for spec in (*shard.inputs, *shard.outputs):
+            if spec.dtype != "float32":
+                raise ManifestError(f"{source}: shard {shard.name} tensor {spec.name!r} has dtype {spec.dtype!r}; "
+                                    "shard boundaries must be float32 (quantisation happens inside the .rknn); "
+                                    f"{REBUILD_HINT}")
+    pooled, tokens = manifest.outputs.get("pooled"), manifest.outputs.get("tokens")
+    source_name = pooled if pooled is not None else tokens
+    if source_name is None:
+        raise ManifestError(f"{source}: outputs name neither a pooled nor a tokens tensor; {REBUILD_HINT}")
+    width = manifest.tensor(source_name).shape[-1]
+    if width != manifest.model.embedding_dim:
+        raise ManifestError(f"{source}: model.embedding_dim is {manifest.model.embedding_dim} but output "
+                            f"{source_name!r} is {width} wide; the manifest is inconsistent, {REBUILD_HINT}")
 
 
 def _check_toolchain(manifest: Manifest, source: str) -> None:

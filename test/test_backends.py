@@ -80,21 +80,20 @@ EMBED_MACS = T * 3 * 16 * 16 * C
 HEAD_MACS = T * C + 2 * T * C * C + 2 * C * C + 2 * T * C + 2 * C * MLP
 
 
-def siglip_b16_manifest(profile: str, groups: list[list[str]]) -> Manifest:
+def siglip_b16_manifest(profile: str, groups: list[list[str]], tile: int | None = None) -> Manifest:
     """SigLIP-B/16@512's shard chain as the builder records it (MACs and block labels), without any files."""
     macs = {"embedding": EMBED_MACS, "final": HEAD_MACS}
     macs.update({f"attention{i}": ATTENTION_MACS for i in range(12)})
     macs.update({f"mlp{i}": MLP_MACS for i in range(12)})
     stream = (1, T, C)
-    shards, per_shard = [], []
+    shards = []
     for index, group in enumerate(groups):
         inputs = [TensorSpec("pixel_values", (1, 3, 512, 512))] if index == 0 else [shards[-1].outputs[0]]
         shards.append(ShardSpec(f"s{index}", inputs, [TensorSpec(f"h{index}", stream)], onnx=f"s{index}.onnx",
-                                macs=sum(macs[label] for label in group)))
-        per_shard.append({"name": f"s{index}", "blocks": "+".join(group)})
+                                macs=sum(macs[label] for label in group), blocks=list(group)))
     return Manifest(ModelInfo("random:siglip-base-patch16-512", "siglip", 512, 16, C, T, C),
                     PreprocessSpec(size=(512, 512)), shards, {"pooled": None, "tokens": f"h{len(groups) - 1}"},
-                    profile=profile, verification={"per_shard": per_shard})
+                    profile=profile, build={"tile": tile})
 
 
 def all_blocks(head: bool) -> list[str]:
@@ -108,13 +107,13 @@ def test_packaged_profile_reproduces_its_anchors():
     sim = SimBackend("rk3588-fp16")
     whole = siglip_b16_manifest("whole", [all_blocks(head=False)])  # SmolVLM-256M's encoder: no head
     assert sim.predicted_ms(whole, whole.shards[0]) == pytest.approx(842, rel=0.02)
-    seed = siglip_b16_manifest("seed", [[label] for label in all_blocks(head=True)])
-    for shard, entry in zip(seed.shards, seed.verification["per_shard"], strict=True):
+    seed = siglip_b16_manifest("seed", [[label] for label in all_blocks(head=True)], tile=32)
+    for shard in seed.shards:
         milliseconds = sim.predicted_ms(seed, shard)
-        if entry["blocks"].startswith("attention"):
-            assert 107 <= milliseconds <= 131, (entry, milliseconds)
-        elif entry["blocks"].startswith("mlp"):
-            assert 45 <= milliseconds <= 67, (entry, milliseconds)
+        if shard.blocks[0].startswith("attention"):
+            assert 107 <= milliseconds <= 131, (shard.blocks, milliseconds)
+        elif shard.blocks[0].startswith("mlp"):
+            assert 45 <= milliseconds <= 67, (shard.blocks, milliseconds)
     dense, attention = shard_gmacs(seed, seed.shards[1])
     assert attention == pytest.approx(2 * T * T * C / 1e9)
     assert dense == pytest.approx(4 * T * C * C / 1e9)

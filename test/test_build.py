@@ -73,6 +73,10 @@ def test_seed_profile_yields_26_shards_for_12_layers(shard_factory):
     assert [shard.layers for shard in manifest.shards[1:-1]] == [[layer] for layer in range(12) for _ in (0, 1)]
     names = [spec.name for shard in manifest.shards for spec in shard.outputs]
     assert len(names) == len(set(names))  # tensor names are unique across the chain
+    # What each shard computes and how the graph was rewritten are recorded for consumers (the NPU timing sim).
+    expected_blocks = [["embedding"], *([f"{kind}{i}"] for i in range(12) for kind in ("attention", "mlp")), ["final"]]
+    assert [shard.blocks for shard in manifest.shards] == expected_blocks
+    assert manifest.build == {"tile": 32, "barrier": "poison", "shards": 26}
 
 
 def test_pipeline3_shards_are_mac_balanced(shard_factory):

@@ -21,7 +21,6 @@ from ..manifest import Manifest, ShardSpec
 from .base import Backend, BackendError, ShardRunner
 
 DEFAULT_PROFILE = "rk3588-fp16"
-TILED_PROFILES = ("seed",)
 
 
 @dataclass(frozen=True)
@@ -70,21 +69,17 @@ def load_timing_profile(profile: str | Path | dict[str, Any] | TimingProfile | N
     return TimingProfile.from_dict(json.loads(packaged.read_text()))
 
 
-def attention_blocks(manifest: Manifest, shard: ShardSpec) -> int:
-    """How many attention blocks a shard holds.
-
-    The builder lists each shard's blocks in ``verification.per_shard[i].blocks`` (e.g. "mlp0+attention1"); without
-    that record every listed layer is assumed to bring its attention (an upper bound: a cut can split a layer).
-    """
-    for entry in manifest.verification.get("per_shard", []) or []:
-        if isinstance(entry, dict) and entry.get("name") == shard.name and isinstance(entry.get("blocks"), str):
-            return sum(1 for label in entry["blocks"].split("+") if label.startswith("attention"))
+def attention_blocks(shard: ShardSpec) -> int:
+    """How many attention blocks a shard holds: from the builder's block list, else every listed layer is assumed to
+    bring its attention (an upper bound: a cut can split a layer)."""
+    if shard.blocks:
+        return sum(1 for label in shard.blocks if label.startswith("attention"))
     return len(shard.layers)
 
 
 def attention_is_tiled(manifest: Manifest) -> bool:
-    """Tiled attention behind a fusion barrier (the seed profile, or a build that records a tile) cannot be fused."""
-    return manifest.profile in TILED_PROFILES or bool(manifest.verification.get("tile"))
+    """Attention the builder tiled (behind a fusion barrier) runs as many small unfused ops: the slow rate."""
+    return bool(manifest.build.get("tile"))
 
 
 def shard_gmacs(manifest: Manifest, shard: ShardSpec) -> tuple[float, float]:
@@ -93,7 +88,7 @@ def shard_gmacs(manifest: Manifest, shard: ShardSpec) -> tuple[float, float]:
         raise BackendError(f"shard {shard.name} records no MAC count; the sim backend needs the builder's per-shard "
                            "`macs` (rebuild the shard set)")
     tokens, width = manifest.model.num_tokens, manifest.model.hidden_size
-    attention = min(float(shard.macs), attention_blocks(manifest, shard) * 2.0 * tokens * tokens * width)
+    attention = min(float(shard.macs), attention_blocks(shard) * 2.0 * tokens * tokens * width)
     return (shard.macs - attention) / 1e9, attention / 1e9
 
 

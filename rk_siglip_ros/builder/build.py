@@ -216,7 +216,7 @@ def _plan(tower: VisionTower, folded: VisionTower, groups: list[list[Block]], op
             outputs = [TensorSpec(f"hidden_{index}", stream_shape, "float32", 1.0 / scale)]
         layers = sorted({block.layer for block in group if block.layer is not None})
         spec = ShardSpec(name=f"s{index}", inputs=inputs, outputs=outputs, layers=layers,
-                         macs=sum(block.macs for block in group))
+                         macs=sum(block.macs for block in group), blocks=[block.label for block in group])
         module = ShardModule(folded, group, options.tile, uses_poison(options.barrier)).eval()
         plans.append(ShardPlan(spec, group, module, ShardModule(tower, group).eval(),
                                {"blocks": len(group)}))
@@ -230,7 +230,8 @@ def _manifest(tower: VisionTower, source: str, plans: list[ShardPlan], options: 
     return Manifest(model=model, preprocess=tower.preprocess, shards=[plan.spec for plan in plans],
                     outputs={"pooled": "pooled" if tower.head is not None else None, "tokens": "tokens"},
                     profile=options.profile, target=options.target, dtype=options.dtype, host_scale=options.scale,
-                    toolchain=toolchain_versions("rknn" in options.formats))
+                    toolchain=toolchain_versions("rknn" in options.formats),
+                    build={"tile": options.tile, "barrier": options.barrier, "shards": len(plans)})
 
 
 def toolchain_versions(with_rknn: bool) -> dict[str, str]:
