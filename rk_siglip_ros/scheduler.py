@@ -16,7 +16,6 @@ before joining the workers.
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 import time
@@ -25,6 +24,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
+
+from .partitioning import min_max_partition
 
 MODES = ("sequential", "pipeline", "replicas")
 
@@ -72,33 +73,14 @@ _STOP = object()
 def balanced_stages(costs: Sequence[float], stages: int) -> list[list[int]]:
     """Cut shards 0..n-1 into ``min(stages, n)`` contiguous non-empty ranges minimising the costliest range.
 
-    Exact dynamic programme (n is at most a few dozen shards). Zero/unknown costs count as equal costs.
+    Zero/unknown costs count as equal costs.
     """
-    n = len(costs)
-    if n == 0:
+    if not costs:
         return []
     weights = [float(c) for c in costs]
     if not any(w > 0 for w in weights):
-        weights = [1.0] * n
-    stages = max(1, min(stages, n))
-    prefix = [0.0, *itertools.accumulate(weights)]
-    inf = float("inf")
-    # best[s][i]: the smallest possible max-stage cost when the first i shards form s stages.
-    best = [[inf] * (n + 1) for _ in range(stages + 1)]
-    cut = [[0] * (n + 1) for _ in range(stages + 1)]
-    best[0][0] = 0.0
-    for s in range(1, stages + 1):
-        for i in range(s, n + 1):
-            for j in range(s - 1, i):
-                value = max(best[s - 1][j], prefix[i] - prefix[j])
-                if value < best[s][i]:
-                    best[s][i], cut[s][i] = value, j
-    ranges, end = [], n
-    for s in range(stages, 0, -1):
-        start = cut[s][end]
-        ranges.append(list(range(start, end)))
-        end = start
-    return ranges[::-1]
+        weights = [1.0] * len(weights)
+    return min_max_partition(weights, max(1, min(stages, len(weights))))
 
 
 def plan_workers(mode: str, cores: Sequence[int], costs: Sequence[float]) -> list[list[tuple[int, int]]]:

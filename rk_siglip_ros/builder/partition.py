@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..partitioning import min_max_partition
 from .models import VisionTower
 
 PROFILES = ("seed", "pipeline3", "whole")
@@ -47,35 +48,12 @@ def encoder_blocks(tower: VisionTower) -> list[Block]:
 
 
 def balanced_cut(macs: list[int], parts: int) -> list[list[int]]:
-    """Split indices 0..len(macs)-1 into ``parts`` contiguous non-empty groups minimising the largest group's MACs.
-
-    Classic linear partition by dynamic programming; ties prefer the earlier cut (deterministic).
-    """
+    """Split block indices into ``parts`` contiguous non-empty groups minimising the largest group's MACs."""
     count = len(macs)
     if not 1 <= parts <= count:
         raise ValueError(f"--shards {parts}: this model has {count} blocks (embedding, 2 per layer, norm + head); "
                          f"choose 1..{count}")
-    prefix = [0]
-    for value in macs:
-        prefix.append(prefix[-1] + value)
-    infinity = float("inf")
-    # cost[k][i]: best max-group MACs splitting the first i blocks into k groups; cut[k][i]: start of the last group
-    cost = [[infinity] * (count + 1) for _ in range(parts + 1)]
-    cut = [[0] * (count + 1) for _ in range(parts + 1)]
-    cost[0][0] = 0
-    for k in range(1, parts + 1):
-        for i in range(k, count + 1):
-            for j in range(k - 1, i):
-                candidate = max(cost[k - 1][j], prefix[i] - prefix[j])
-                if candidate < cost[k][i]:
-                    cost[k][i], cut[k][i] = candidate, j
-    groups: list[list[int]] = []
-    stop = count
-    for k in range(parts, 0, -1):
-        start = cut[k][stop]
-        groups.append(list(range(start, stop)))
-        stop = start
-    return groups[::-1]
+    return min_max_partition(macs, parts)
 
 
 def seed_cut(blocks: list[Block]) -> list[list[int]]:
