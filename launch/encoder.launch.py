@@ -4,9 +4,10 @@
     ros2 launch rk_siglip_ros encoder.launch.py image_topics:="[/cam0/image_raw, /cam1/image_raw/compressed]"
     ros2 launch rk_siglip_ros encoder.launch.py shards:=/data/shards/siglip-b16-512 backend:=rknnlite mode:=pipeline
 
-Arguments: shards (default: the installed share/rk_siglip_ros/shards/default), image_topics (a list "[/a, /b]",
-or comma- or space-separated "/a,/b"; empty = the params file's), backend and mode (empty = the params file's),
-params_file (default: the installed config/encoder.yaml). Non-empty arguments override the params file.
+Arguments: shards, image_topics (a list "[/a, /b]", or comma- or space-separated "/a,/b"), backend and mode: empty
+(the default) = the params file's value; a non-empty argument overrides the params file. params_file defaults to
+the installed config/encoder.yaml. With shards empty in both, the node uses the installed
+share/rk_siglip_ros/shards/default.
 """
 
 from pathlib import Path
@@ -17,7 +18,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from rk_siglip_ros.node_config import NODE_NAME, PACKAGE, default_shards_dir, parse_topic_list
+from rk_siglip_ros.node_config import LAUNCH_ARGUMENTS, NODE_NAME, PACKAGE, launch_overrides
 
 
 def node_with_overrides(context: object) -> list:
@@ -25,22 +26,20 @@ def node_with_overrides(context: object) -> list:
     def argument(name: str) -> str:
         return LaunchConfiguration(name).perform(context).strip()
 
-    overrides: dict = {"shards": argument("shards")}
-    topics = parse_topic_list(argument("image_topics"))
-    if topics:
-        overrides["image_topics"] = topics
-    for name in ("backend", "mode"):
-        if argument(name):
-            overrides[name] = argument(name)
+    parameters: list = [argument("params_file")]
+    overrides = launch_overrides({name: argument(name) for name in LAUNCH_ARGUMENTS})
+    if overrides:
+        parameters.append(overrides)
     return [Node(package=PACKAGE, executable="encoder_node", name=NODE_NAME, output="screen", emulate_tty=True,
-                 parameters=[argument("params_file"), overrides])]
+                 parameters=parameters)]
 
 
 def generate_launch_description() -> LaunchDescription:
     share = Path(get_package_share_directory(PACKAGE))
     return LaunchDescription([
-        DeclareLaunchArgument("shards", default_value=str(default_shards_dir(share)),
-                              description="Shard set folder (build one with build_shards)"),
+        DeclareLaunchArgument("shards", default_value="",
+                              description="Shard set folder (build one with build_shards); empty = from params_file, "
+                                          "else the installed shards/default"),
         DeclareLaunchArgument("image_topics", default_value="",
                               description='Camera topics, e.g. "[/cam0/image_raw, /cam1/image_raw/compressed]"; '
                                           "empty = from params_file"),

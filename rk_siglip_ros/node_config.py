@@ -2,7 +2,7 @@
 
 ``node.py`` declares every entry of :data:`PARAMETERS` with a ParameterDescriptor, reads the values and hands them
 to :func:`validate`, which returns a :class:`NodeConfig` or raises :class:`ConfigError` with a message that says
-what to do. The launch file uses :func:`parse_topic_list` for its ``image_topics`` argument.
+what to do. The launch file turns its arguments into parameter overrides with :func:`launch_overrides`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ NPU_CORES = (0, 1, 2)  # RK3588
 COMPRESSED_SUFFIX = "/compressed"
 IMAGE_TYPE, COMPRESSED_TYPE = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
 BUILD_HINT = "build_shards --model google/siglip-base-patch16-512 --out {path}"
+# encoder.launch.py's arguments that map onto node parameters (params_file is the parameter file itself).
+LAUNCH_ARGUMENTS = ("shards", "image_topics", "backend", "mode")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,24 @@ def parse_topic_list(text: str) -> list[str]:
         inner = inner[1:-1]
     topics = [part.strip().strip("'\"").strip() for part in re.split(r"[,\s]+", inner)]
     return [topic for topic in topics if topic]
+
+
+def launch_overrides(arguments: Mapping[str, str]) -> dict[str, Any]:
+    """The parameters the launch arguments set over ``params_file``: only the non-empty ones.
+
+    An empty argument leaves the params file's value; an empty ``shards`` in both then means the installed
+    default (see :func:`validate`).
+    """
+    overrides: dict[str, Any] = {}
+    for name in LAUNCH_ARGUMENTS:
+        text = str(arguments.get(name, "")).strip()
+        if name == "image_topics":
+            topics = parse_topic_list(text)
+            if topics:
+                overrides[name] = topics
+        elif text:
+            overrides[name] = text
+    return overrides
 
 
 def check_shards_dir(path: Path) -> Path:

@@ -76,6 +76,18 @@ def test_launch_file_is_valid_python_that_uses_the_documented_arguments():
     compile(source, "encoder.launch.py", "exec")
 
 
+def test_launch_arguments_that_override_the_params_file_default_to_empty():
+    """A non-empty default would always replace the params file's value (launch_overrides skips only empty ones)."""
+    tree = ast.parse((REPO / "launch" / "encoder.launch.py").read_text())
+    defaults = {call.args[0].value: keyword.value for call in ast.walk(tree)
+                if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "DeclareLaunchArgument"
+                for keyword in call.keywords if keyword.arg == "default_value"}
+    from rk_siglip_ros.node_config import LAUNCH_ARGUMENTS
+
+    for name in LAUNCH_ARGUMENTS:
+        assert isinstance(defaults[name], ast.Constant) and defaults[name].value == "", name
+
+
 def test_launch_description_builds():
     if importlib.util.find_spec("launch_ros") is None:
         pytest.skip(NEEDS_ROS)

@@ -8,9 +8,11 @@ from ruamel.yaml import YAML
 from rk_siglip_ros.node_config import (
     COMPRESSED_TYPE,
     IMAGE_TYPE,
+    LAUNCH_ARGUMENTS,
     PARAMETERS,
     ConfigError,
     default_shards_dir,
+    launch_overrides,
     message_type_for,
     parse_topic_list,
     validate,
@@ -85,6 +87,25 @@ def test_launch_argument_topic_lists(text):
     assert parse_topic_list(text) == ["/cam0/image_raw", "/cam1/image_raw/compressed"]
 
 
+def test_launch_overrides_carry_only_the_arguments_the_user_set():
+    nothing_set = dict.fromkeys(LAUNCH_ARGUMENTS, " ")
+    assert launch_overrides(nothing_set) == {}  # the params file keeps its shards, topics, backend and mode
+    assert launch_overrides({**nothing_set, "shards": " /data/shards/b16 ", "image_topics": "[/a, /b]",
+                             "mode": "replicas"}) == {"shards": "/data/shards/b16", "image_topics": ["/a", "/b"],
+                                                      "mode": "replicas"}
+    assert launch_overrides({"backend": "sim", "image_topics": "[]"}) == {"backend": "sim"}
+
+
+def test_shards_from_the_params_file_survive_an_unset_launch_argument(shards, tmp_path):
+    """The launch file's layering: params file first, then the overrides; an empty shards:= changes nothing."""
+    share = tmp_path / "share"
+    params_file = {"shards": str(shards), "mode": "sequential"}
+    config = validate({**params_file, **launch_overrides(dict.fromkeys(LAUNCH_ARGUMENTS, ""))}, share_dir=share)
+    assert config.shards == shards and config.mode == "sequential"
+    with pytest.raises(ConfigError, match=f"shards folder {default_shards_dir(share)} does not exist"):
+        validate({**launch_overrides(dict.fromkeys(LAUNCH_ARGUMENTS, ""))}, share_dir=share)  # empty everywhere
+
+
 def test_empty_topic_argument_means_none():
     assert parse_topic_list("") == [] and parse_topic_list("[]") == []
 
@@ -102,7 +123,7 @@ def test_shipped_yaml_declares_every_parameter_with_its_default():
 
 
 def test_docs_list_every_parameter_and_launch_argument():
-    docs = (REPO / "docs" / "node.md").read_text()
+    docs = (REPO / "README.md").read_text()
     for name in PARAMETERS:
         assert f"`{name}`" in docs, name
     for argument in ("shards", "image_topics", "backend", "mode", "params_file"):
