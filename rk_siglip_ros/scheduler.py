@@ -148,7 +148,9 @@ class Scheduler:
             frame = _Frame(self._next_index, state, future)
             self._next_index += 1
             self._pending[frame.index] = frame
-        self._workers[0].inbox.put(frame)
+            # Enqueued under the lock so close() cannot put the stop marker ahead of an admitted frame (whose future
+            # would then never resolve). The inbox is unbounded: this put never blocks.
+            self._workers[0].inbox.put(frame)
         return future
 
     def core_busy(self) -> dict[int, float]:

@@ -261,6 +261,40 @@ def test_a_blocked_submit_is_released_by_close():
     assert not thread.is_alive() and len(errors) == 1
 
 
+@pytest.mark.parametrize("mode", ["sequential", "pipeline", "replicas"])
+def test_a_frame_admitted_while_close_runs_still_resolves(mode, monkeypatch):
+    """close() racing submit(): a frame admitted before close() must reach the workers ahead of the stop marker.
+
+    The first worker's inbox holds its put() until close() has begun (or 0.5 s pass), which forces the interleaving
+    where close() runs between submit's admission and its enqueue, when there is such a gap."""
+    scheduler = Scheduler(mode, CORES, [1.0] * 3, lambda s, c, state: state, lambda state: state)
+    inbox = scheduler._workers[0].inbox
+    put = inbox.put
+    first_put = threading.Event()
+
+    def held_put(item, *args, **kwargs):
+        if not first_put.is_set():
+            first_put.set()
+            deadline = time.monotonic() + 0.5
+            while not scheduler._closed and time.monotonic() < deadline:
+                time.sleep(0.005)
+        put(item, *args, **kwargs)
+
+    monkeypatch.setattr(inbox, "put", held_put)
+    futures = []
+    submitter = threading.Thread(target=lambda: futures.append(scheduler.submit("frame")))
+    submitter.start()
+    assert first_put.wait(timeout=10)
+    closer = threading.Thread(target=scheduler.close)
+    closer.start()
+    submitter.join(timeout=10)
+    closer.join(timeout=10)
+    try:
+        assert len(futures) == 1 and futures[0].result(timeout=5) == "frame"
+    finally:
+        scheduler.close(cancel=True)
+
+
 def test_bad_image_is_a_value_error_on_submit():
     with sim_encoder("pipeline", ms_per_shard=1.0) as encoder:
         for bad in (np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8), np.zeros((8, 8, 3), np.float32),
