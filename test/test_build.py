@@ -91,3 +91,15 @@ def test_shard_count_override(shard_factory):
     assert len(manifest.shards) == 5
     tokens_cos, pooled_cos = _chain_vs_transformers(folder, "random:tiny-12")
     assert tokens_cos >= 0.99999 and pooled_cos >= 0.99999
+
+
+def test_summary_table_names_each_shards_blocks(shard_factory):
+    from rk_siglip_ros.builder.report import describe_blocks, summary_table
+
+    labels = ["embedding", "attention0", "mlp0", "attention1", "mlp1", "attention2"]
+    assert describe_blocks(labels) == "emb L0-1 L2.attn"
+    assert describe_blocks(["mlp2", "attention3", "mlp3", "final"], head=False) == "L2.mlp L3 norm"
+    manifest = load_manifest(shard_factory(model="random:tiny-12", profile="seed"))
+    rows = [line.split()[:2] for line in summary_table(manifest).splitlines() if line.split()[0][1:].isdigit()]
+    expected = ["emb", *(f"L{i}.{kind}" for i in range(12) for kind in ("attn", "mlp")), "norm+head"]
+    assert rows == [[f"s{index}", label] for index, label in enumerate(expected)]

@@ -88,4 +88,5 @@ def test_int8_build_calibrates_on_a_folder_of_images(tmp_path):
     # int8 is lossy by design: it must still point the same way as fp32, and the ONNX files stay exact
     assert 0.98 <= manifest.verification["rknn_sim_vs_fp32_cos"] < 1.0
     assert manifest.verification["onnx_vs_fp32_cos"] >= 0.99999
+    assert manifest.verification["thresholds"] == {"onnx": 0.99999, "rknn_sim": 0.98}  # what it was held to
     assert sorted(path.name for path in (tmp_path / "set").iterdir()) == ["manifest.json", "s0.onnx", "s0.rknn"]

@@ -178,17 +178,18 @@ def _build_into(tower: VisionTower, source: str, folder: Path, options: BuildOpt
         plan.stats["onnx_bytes"] = (folder / plan.spec.onnx).stat().st_size
 
     verification: dict[str, object] = {}
+    thresholds = {"onnx": ONNX_MIN_COS}
     if options.verify:
         runner = onnx_runner(folder)
         verification["onnx"] = _verify_chain(plans, runner, references, images, "onnx", ONNX_MIN_COS, progress)
     if "rknn" in options.formats:
         dataset = _calibration_dataset(folded, plans, options, folder) if options.dtype == "int8" else {}
-        minimum = RKNN_MIN_COS if options.dtype == "fp16" else INT8_MIN_COS
+        minimum = thresholds["rknn_sim"] = RKNN_MIN_COS if options.dtype == "fp16" else INT8_MIN_COS
         verification["rknn_sim"] = _compile_rknn(plans, folder, options, references, images, dataset, minimum,
                                                  progress)
         for path in folder.glob(".calibration*"):
             shutil.rmtree(path, ignore_errors=True)
-    manifest.verification = _verification_summary(plans, verification, images)
+    manifest.verification = _verification_summary(plans, verification, thresholds, images)
     record_hashes(manifest, folder)
     save_manifest(manifest, folder)
     return manifest
@@ -218,8 +219,7 @@ def _plan(tower: VisionTower, folded: VisionTower, groups: list[list[Block]], op
         spec = ShardSpec(name=f"s{index}", inputs=inputs, outputs=outputs, layers=layers,
                          macs=sum(block.macs for block in group), blocks=[block.label for block in group])
         module = ShardModule(folded, group, options.tile, uses_poison(options.barrier)).eval()
-        plans.append(ShardPlan(spec, group, module, ShardModule(tower, group).eval(),
-                               {"blocks": len(group)}))
+        plans.append(ShardPlan(spec, group, module, ShardModule(tower, group).eval()))
     return plans
 
 
@@ -348,7 +348,7 @@ def _below(cos: float, minimum: float) -> bool:
 
 
 def _describe(plan: ShardPlan) -> str:
-    return "+".join(block.label for block in plan.blocks)
+    return "+".join(plan.spec.blocks)
 
 
 # -------------------------------------------------------------------------------------------------------- rknn
@@ -407,7 +407,7 @@ def _calibration_dataset(folded: VisionTower, plans: list[ShardPlan], options: B
     return datasets
 
 
-def _verification_summary(plans: list[ShardPlan], verification: dict[str, object],
+def _verification_summary(plans: list[ShardPlan], verification: dict[str, object], thresholds: dict[str, float],
                           images: list[np.ndarray]) -> dict[str, object]:
     def worst(kind: str) -> float | None:
         values = verification.get(kind)
@@ -415,15 +415,13 @@ def _verification_summary(plans: list[ShardPlan], verification: dict[str, object
 
     per_shard = []
     for plan in plans:
-        entry: dict[str, object] = {"name": plan.spec.name, "blocks": _describe(plan)}
-        entry.update({key: value for key, value in plan.stats.items() if key != "blocks"})
-        per_shard.append(entry)
+        per_shard.append({"name": plan.spec.name, **plan.stats})
     return {
         "onnx_vs_fp32_cos": worst("onnx"),
         "rknn_sim_vs_fp32_cos": worst("rknn_sim"),
         "onnx_vs_fp32": verification.get("onnx"),
         "rknn_sim_vs_fp32": verification.get("rknn_sim"),
-        "thresholds": {"onnx": ONNX_MIN_COS, "rknn_sim": RKNN_MIN_COS},
+        "thresholds": thresholds,  # the minimums this build was actually held to (int8 has its own)
         "images": len(images),
         "per_shard": per_shard,
     }

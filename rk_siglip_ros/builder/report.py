@@ -7,11 +7,10 @@ from ..manifest import Manifest
 COLUMNS = ("shard", "layers", "MMACs", "ONNX cos", "RKNN-sim cos", "size", "compile s")
 
 
-def describe_blocks(blocks: str, head: bool = True) -> str:
-    """'embedding+attention0+mlp0+attention1' -> 'emb L0 L1.attn' (full layers merged into ranges)."""
+def describe_blocks(labels: list[str], head: bool = True) -> str:
+    """['embedding', 'attention0', 'mlp0', 'attention1'] -> 'emb L0 L1.attn' (full layers merged into ranges)."""
     parts: list[str] = []
     full: list[int] = []
-    labels = blocks.split("+") if blocks else []
 
     def flush() -> None:
         if full:
@@ -51,7 +50,7 @@ def summary_table(manifest: Manifest) -> str:
         size = int(entry.get("onnx_bytes", 0) or 0) + int(entry.get("rknn_bytes", 0) or 0)
         rows.append((
             shard.name,
-            describe_blocks(str(entry.get("blocks", "")), has_head) or ",".join(map(str, shard.layers)),
+            describe_blocks(shard.blocks, has_head) or ",".join(map(str, shard.layers)),
             f"{shard.macs / 1e6:.1f}",
             _cos(entry.get("onnx_cos")),
             _cos(entry.get("rknn_sim_cos")),
