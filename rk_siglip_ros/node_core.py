@@ -71,15 +71,18 @@ class EncoderService:
         return self.stats.report(core_busy=self.encoder.core_busy(), in_flight=self.dispatcher.in_flight,
                                  capacity=self.encoder.capacity)
 
-    def close(self, drain: bool = True) -> None:
-        """Finish (drain) or drop the frames in flight, then release the encoder (every NPU context)."""
+    def close(self, drain: bool = True, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Finish (drain, up to ``timeout_s``) or drop the frames in flight, then release the encoder (every NPU
+        context)."""
         if self._closed:
             return
         self._closed = True
         try:
-            self.dispatcher.stop(drain=drain, timeout=DRAIN_TIMEOUT_S)
+            self.dispatcher.stop(drain=drain, timeout=timeout_s)
         finally:
-            self.encoder.close()
+            # Whatever the dispatcher did not publish is already counted dropped: cancel it, so shutdown waits for at
+            # most the shards running now instead of computing frames nobody will publish.
+            self.encoder.close(cancel=True)
 
     # ------------------------------------------------------------------------------------------ callbacks
 

@@ -169,6 +169,29 @@ def test_close_releases_the_encoder_and_drops_late_frames(tiny_shards, types):
     assert service.stats.totals()["dropped_shutdown"] == 1 and embeddings.messages == []
 
 
+def test_close_does_not_wait_for_frames_the_drain_gave_up_on(tiny_shards, types, tmp_path):
+    """A frame still running when the drain times out is dropped and cancelled: its remaining shards never run."""
+    profile = tmp_path / "slow.json"
+    profile.write_text('{"name": "slow", "per_call_ms": 1500, "dense_ms_per_gmac": 0}')  # 1.5 s per shard call
+    embeddings, warnings, errors = Outbox(types), [], []
+    config = validate({"shards": str(tiny_shards), "backend": "sim", "mode": "pipeline", "timing_profile": str(profile),
+                       "image_topics": list(TOPICS)})
+    service = EncoderService(config, publish_embedding=embeddings, now_s=time.time, warn=warnings.append,
+                             error=errors.append)
+    shards = len(service.encoder.manifest.shards)
+    assert shards == 3
+    try:
+        service.offer(TOPICS[0], camera_messages(types, 3)[TOPICS[0]])
+        assert wait_until(lambda: service.dispatcher.in_flight == 1), "the frame never reached the encoder"
+    finally:
+        service.close(drain=True, timeout_s=0.05)
+    calls = sum(count for count, _ in service.encoder.scheduler.shard_times().values())
+    assert calls < shards  # without the cancel, close() would have run all three 1.5 s shards of the dropped frame
+    totals = service.stats.totals()
+    assert totals["dropped_shutdown"] == 1 and totals.get("published", 0) == 0 and embeddings.messages == []
+    assert errors == []
+
+
 def test_diagnostics_report_cores_and_capacity(tiny_shards, types):
     service, embeddings, _, _, _ = make_service(tiny_shards, types)
     try:
