@@ -71,6 +71,20 @@ def test_onnxruntime_threads_follow_the_number_of_workers(tmp_path):
         assert fixed.backend.threads == 1
 
 
+
+def test_ort_sessions_share_one_set_of_options(tmp_path):
+    """The runtime's sessions and the builder's verification sessions come from the same helper: no spin-waiting."""
+    from rk_siglip_ros.backends.onnxruntime import create_session
+
+    folder = write_toy_shards(tmp_path / "toy")
+    with SiglipEncoder.open(folder, backend="onnxruntime", mode="sequential", threads=1) as encoder:
+        runner_options = encoder._runners[(0, 0)]._session.get_session_options()
+    manifest = load_manifest(folder, verify=())
+    helper_options = create_session(manifest.path(manifest.shards[0], "onnx"), 2).get_session_options()
+    for options, threads in ((runner_options, 1), (helper_options, 2)):
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.intra_op_num_threads == threads
+
 # ------------------------------------------------------------------------------------------------- timing model
 
 T, C, MLP = 1024, 768, 3072

@@ -7,11 +7,36 @@ sized so that the sessions that can run at once share the machine's CPUs instead
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..manifest import Manifest, ShardSpec
 from .base import Backend, BackendError, ShardRunner, declared_outputs
+
+
+def session_options(threads: int) -> Any:
+    """The onnxruntime.SessionOptions every ORT session of this package uses (the runtime's and the builder's)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # Idle intra-op threads would spin-wait after each run and steal the CPUs from the next shard's session
+    # (a chain of shards, or stages running side by side); measured no slower for a single session.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def create_session(path: str | Path, threads: int) -> Any:
+    """A CPU onnxruntime.InferenceSession for ``path`` with :func:`session_options`; ORT's own errors propagate."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeBackend(Backend):
@@ -20,11 +45,10 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, threads: int | None = None) -> None:
         try:
-            import onnxruntime
+            import onnxruntime  # noqa: F401 - fail here, saying what to install, rather than at the first load
         except ImportError as error:  # pragma: no cover - onnxruntime is a runtime requirement
             raise BackendError(f"the onnxruntime backend needs the onnxruntime package ({error}); "
                                "pip install onnxruntime") from None
-        self._ort = onnxruntime
         self._fixed_threads = threads
         self._threads = threads or os.cpu_count() or 1
 
@@ -38,17 +62,8 @@ class OnnxRuntimeBackend(Backend):
 
     def load(self, manifest: Manifest, shard: ShardSpec, core: int) -> ShardRunner:
         path = manifest.path(shard, "onnx")
-        options = self._ort.SessionOptions()
-        options.intra_op_num_threads = self._threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # Idle intra-op threads would spin-wait after each run and steal the CPUs from the next shard's session
-        # (a chain of shards, or stages running side by side); measured no slower for a single session.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            session = self._ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = create_session(path, self._threads)
         except Exception as error:  # noqa: BLE001 - ORT raises several unrelated types for a bad file
             raise BackendError(f"onnxruntime cannot load {path}: {error}") from None
         return _OrtRunner(shard, core, session)

@@ -6,8 +6,10 @@ after reading it. ``run_chain`` follows exactly that, for any per-shard runner (
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,17 +46,15 @@ def run_chain(manifest: Manifest, run_shard: ShardRunner, pixel_values: np.ndarr
 
 
 def onnx_runner(root: Path) -> ShardRunner:
-    """Run shards with ONNX Runtime (CPU, fp32), sessions opened once."""
-    import onnxruntime as ort
+    """Run shards with ONNX Runtime (CPU, fp32), sessions opened once, one at a time (so each gets every CPU)."""
+    from ..backends.onnxruntime import create_session  # imports only onnxruntime and numpy
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    sessions: dict[str, ort.InferenceSession] = {}
+    threads = os.cpu_count() or 1
+    sessions: dict[str, Any] = {}
 
     def run(shard: ShardSpec, feeds: list[np.ndarray]) -> list[np.ndarray]:
         if shard.name not in sessions:
-            sessions[shard.name] = ort.InferenceSession(str(root / shard.onnx), options,
-                                                        providers=["CPUExecutionProvider"])
+            sessions[shard.name] = create_session(root / shard.onnx, threads)
         session = sessions[shard.name]
         return session.run([spec.name for spec in shard.outputs],
                            {spec.name: value for spec, value in zip(shard.inputs, feeds, strict=True)})
