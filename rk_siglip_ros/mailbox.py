@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rk_siglip_ros.imaging import BadFrame, image_from_message
+from rk_siglip_ros.node_config import check_max_rate
 from rk_siglip_ros.node_stats import NodeStats
 
 LOG = logging.getLogger(__name__)
@@ -95,9 +96,9 @@ class Dispatcher:
     # --------------------------------------------------------------------------------------- configuration
 
     def set_max_rate(self, max_rate_hz: float) -> None:
-        """Per-camera submission rate limit; 0 = as fast as the encoder allows."""
-        if not max_rate_hz >= 0.0:  # also rejects NaN
-            raise ValueError(f"max_rate_hz must be >= 0 (0 = unlimited), got {max_rate_hz}")
+        """Per-camera submission rate limit; 0 = as fast as the encoder allows. Bad values raise ConfigError (a
+        ValueError), the same check as at node start."""
+        max_rate_hz = check_max_rate(max_rate_hz)
         with self._lock:  # may change at run time (a ROS parameter): wake the thread to re-plan its wait
             self._max_period = 1.0 / max_rate_hz if max_rate_hz > 0 else 0.0
             self._lock.notify_all()

@@ -125,8 +125,8 @@ class EncoderNode(Node):
         for parameter in parameters:
             if parameter.name == "max_rate_hz":
                 try:
-                    self._service.set_max_rate(float(parameter.value))
-                except (TypeError, ValueError) as error:
+                    self._service.set_max_rate(parameter.value)  # node_config.check_max_rate, as at start
+                except ValueError as error:
                     return SetParametersResult(successful=False, reason=str(error))
         return SetParametersResult(successful=True)
 

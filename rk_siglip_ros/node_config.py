@@ -113,6 +113,17 @@ def launch_overrides(arguments: Mapping[str, str]) -> dict[str, Any]:
     return overrides
 
 
+def check_max_rate(value: Any) -> float:
+    """``max_rate_hz`` as a float: finite and >= 0 (0 = unlimited). Checked at start and on every run-time change."""
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = math.nan
+    if not (rate >= 0.0 and math.isfinite(rate)):  # also refuses NaN
+        raise ConfigError(f"max_rate_hz must be a finite number >= 0 (0 = unlimited), got {value!r}")
+    return rate
+
+
 def check_shards_dir(path: Path) -> Path:
     """The shard folder, or ConfigError telling the user how to build one."""
     if not (path / MANIFEST_NAME).is_file():
@@ -144,9 +155,7 @@ def validate(values: Mapping[str, Any], share_dir: str | Path | None = None) -> 
     if len(set(topics)) != len(topics):
         raise ConfigError(f"image_topics lists a topic twice: {list(topics)}")
 
-    max_rate = float(merged["max_rate_hz"])
-    if not (max_rate >= 0.0 and math.isfinite(max_rate)):
-        raise ConfigError(f"max_rate_hz must be >= 0 (0 = unlimited), got {merged['max_rate_hz']}")
+    max_rate = check_max_rate(merged["max_rate_hz"])
     period = float(merged["diagnostic_period"])
     if not (period > 0.0 and math.isfinite(period)):
         raise ConfigError(f"diagnostic_period must be > 0 seconds, got {merged['diagnostic_period']}")

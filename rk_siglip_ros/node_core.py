@@ -65,6 +65,7 @@ class EncoderService:
         self.dispatcher.offer(topic, message)
 
     def set_max_rate(self, max_rate_hz: float) -> None:
+        """A run-time change of ``max_rate_hz``; raises ConfigError (a ValueError) for a value start would refuse."""
         self.dispatcher.set_max_rate(max_rate_hz)
 
     def diagnostics(self) -> DiagnosticReport:

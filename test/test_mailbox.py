@@ -224,12 +224,14 @@ def test_rate_limit_is_per_camera():
     assert dispatcher.pump() == 3  # one camera's limit does not hold back the others
 
 
-def test_max_rate_must_not_be_negative():
+def test_max_rate_must_be_finite_and_not_negative():
     dispatcher, *_ = make(capacity=1)
     with pytest.raises(ValueError, match="max_rate_hz"):
         dispatcher.set_max_rate(-1.0)
     with pytest.raises(ValueError, match="max_rate_hz"):
         dispatcher.set_max_rate(float("nan"))
+    with pytest.raises(ValueError, match="max_rate_hz"):  # refused at node start too: one rule for both
+        dispatcher.set_max_rate(float("inf"))
 
 
 # ------------------------------------------------------------------------------------------- bad frames
