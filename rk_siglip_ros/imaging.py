@@ -82,7 +82,12 @@ def check_raw(msg: Any) -> tuple[str, int, int]:
 
 def raw_pixels(msg: Any) -> np.ndarray:
     """The message's pixels as a compact native-endian array (H, W) or (H, W, C), row padding (step) removed."""
-    encoding, pixel_bytes, channel_bytes = check_raw(msg)
+    _, pixel_bytes, channel_bytes = check_raw(msg)
+    return _pixels(msg, pixel_bytes, channel_bytes)
+
+
+def _pixels(msg: Any, pixel_bytes: int, channel_bytes: int) -> np.ndarray:
+    """raw_pixels for a message check_raw has passed."""
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     rows = as_uint8(msg.data)[: step * height].reshape(height, step)[:, : width * pixel_bytes]
     byte_order = ">" if msg.is_bigendian else "<"
@@ -94,22 +99,21 @@ def raw_pixels(msg: Any) -> np.ndarray:
 
 
 def _rgb_from_raw(msg: Any) -> np.ndarray:
-    pixels = raw_pixels(msg)  # validates first, whichever library converts
-    encoding = str(msg.encoding)
+    encoding, _, _ = check_raw(msg)  # validates first, whichever library converts
     if encoding in GENERIC_ALIASES:
         # cv_bridge would pass 8UC3 through unswapped; read generics the same way everywhere (as mono8 / bgr8).
         encoding, convert = GENERIC_ALIASES[encoding], _convert_with_rosbags
     else:
         convert = _colour_converter()  # outside the try: a missing library is not a bad frame
     try:
-        rgb = convert(pixels, encoding, msg)
+        rgb = convert(msg, encoding)
     except Exception as error:  # cv2.error, ImageConversionError, CvBridgeError: all mean "this frame is bad"
         raise BadFrame(f"cannot convert {encoding} to {TARGET_ENCODING}: {error}") from error
     return _checked_rgb(rgb)
 
 
 @functools.lru_cache(maxsize=1)
-def _colour_converter() -> Callable[[np.ndarray, str, Any], np.ndarray]:
+def _colour_converter() -> Callable[[Any, str], np.ndarray]:
     """cv_bridge's converter on a robot, rosbags-image's elsewhere; picked once per process."""
     try:
         from cv_bridge import CvBridge  # ROS's own; the PyPI "cv-bridge" is a ROS 1 copy and fails to import
@@ -117,18 +121,20 @@ def _colour_converter() -> Callable[[np.ndarray, str, Any], np.ndarray]:
         return _convert_with_rosbags
     bridge = CvBridge()
 
-    def convert_with_cv_bridge(pixels: np.ndarray, encoding: str, msg: Any) -> np.ndarray:
-        # cv_bridge reads step and byte order itself; give it the original message, its encoding unchanged.
-        del pixels, encoding
+    def convert_with_cv_bridge(msg: Any, encoding: str) -> np.ndarray:
+        # cv_bridge reads step and byte order itself: give it the original message, its encoding unchanged.
+        del encoding
         return bridge.imgmsg_to_cv2(msg, desired_encoding=TARGET_ENCODING)
 
     return convert_with_cv_bridge
 
 
-def _convert_with_rosbags(pixels: np.ndarray, encoding: str, msg: Any) -> np.ndarray:
-    # rosbags-image ignores `step`: hand it a compact native-endian copy of the message instead of the original.
+def _convert_with_rosbags(msg: Any, encoding: str) -> np.ndarray:
+    """``encoding``: the message's, or the colour encoding a generic one (8UC1, 8UC3) is read as."""
+    # rosbags-image ignores `step`: hand it a compact native-endian copy of the pixels instead of the original.
     from rosbags.image import message_to_cvimage
 
+    pixels = _pixels(msg, *RAW_ENCODINGS[str(msg.encoding)])
     compact = SimpleNamespace(encoding=encoding, height=pixels.shape[0], width=pixels.shape[1],
                               is_bigendian=int(sys.byteorder == "big"), data=pixels.reshape(-1).view(np.uint8))
     return message_to_cvimage(compact, TARGET_ENCODING)
