@@ -22,7 +22,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -317,51 +317,84 @@ class _Pending:
     log_time_ns: int
 
 
+@dataclass
+class ReplayPlan:
+    """A checked encode_bag request, with the input bag open: :func:`check_request` makes it, :func:`replay` runs it.
+
+    Close it (or use it in a ``with`` block) when done; closing closes the input bag.
+    """
+
+    bag: OpenBag
+    output: Path
+    storage: str  # of the output
+    embedding_topic: str
+    chosen: list[Connection]  # the image connections to encode
+    _resources: ExitStack = field(repr=False)
+
+    @property
+    def image_topics(self) -> list[str]:
+        return sorted({c.topic for c in self.chosen})
+
+    def close(self) -> None:
+        self._resources.close()
+
+    def __enter__(self) -> ReplayPlan:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def check_request(in_path: str | Path, out_path: str | Path, *, topics: Sequence[str] | None = None,
                   storage: str | None = None, typestore: str = "auto", embedding_topic: str = EMBEDDING_TOPIC,
-                  force: bool = False) -> list[str]:
-    """Every check :func:`encode_bag` makes before it needs the encoder; returns the image topics it would encode.
-    Raises BagError. The CLI calls it first so a bad request fails before the (slower) encoder starts."""
-    _check_storage(storage)
-    check_output(in_path, out_path, force)
-    with open_bag(in_path, typestore) as bag:
-        return sorted({c.topic for c in _chosen(bag, topics, embedding_topic)})
+                  force: bool = False) -> ReplayPlan:
+    """Every check :func:`encode_bag` makes before it needs the encoder, each done once; raises BagError.
 
-
-def _check_storage(storage: str | None) -> None:
+    Returns the plan :func:`replay` carries out, holding the input bag open. The CLI calls it first so a bad request
+    fails before the (slower) encoder starts.
+    """
     if storage is not None and storage not in STORAGES:
         raise BagError(f"unknown storage {storage!r}; choose one of {', '.join(STORAGES)}")
-
-
-def _chosen(bag: OpenBag, topics: Sequence[str] | None, embedding_topic: str) -> list[Connection]:
-    connections = bag.reader.connections
-    if any(c.topic == embedding_topic for c in connections):
-        raise BagError(f"the input already has {embedding_topic}; pass --embedding-topic to write elsewhere")
-    return image_connections(connections, topics, exclude=(embedding_topic,))
+    check_output(in_path, out_path, force)
+    resources = ExitStack()
+    try:
+        bag = resources.enter_context(open_bag(in_path, typestore))
+        if any(c.topic == embedding_topic for c in bag.reader.connections):
+            raise BagError(f"the input already has {embedding_topic}; pass --embedding-topic to write elsewhere")
+        chosen = image_connections(bag.reader.connections, topics, exclude=(embedding_topic,))
+    except BaseException:
+        resources.close()
+        raise
+    return ReplayPlan(bag, Path(out_path), storage or bag.storage, embedding_topic, chosen, resources)
 
 
 def encode_bag(in_path: str | Path, out_path: str | Path, encoder: SiglipEncoder, *,
                topics: Sequence[str] | None = None, storage: str | None = None, typestore: str = "auto",
                embedding_topic: str = EMBEDDING_TOPIC, force: bool = False, progress: bool = False) -> ReplaySummary:
-    """Replay ``in_path`` through ``encoder`` into a new bag at ``out_path``; see the module docstring."""
-    in_path, out_path = Path(in_path), Path(out_path)
-    _check_storage(storage)
-    check_output(in_path, out_path, force)
-    with open_bag(in_path, typestore) as bag:
-        connections = list(bag.reader.connections)
-        chosen = _chosen(bag, topics, embedding_topic)
-        # Generate the (de)serialisers now: rosbags compiles them on first use with exec(), and a Ctrl-C landing
-        # inside exec'd code makes CPython exit by SIGINT even after the interrupt is handled.
-        _warm_up(bag.typestore, {c.msgtype for c in chosen})
-        summary = ReplaySummary(output=out_path, storage=storage or bag.storage, typestore=bag.typestore_name,
-                                image_topics=sorted({c.topic for c in chosen}), embedding_topic=embedding_topic,
-                                embedding_dim=encoder.embedding_dim)
-        started = time.perf_counter()
-        with staged_output(out_path) as stage, Writer(stage, version=Writer.VERSION_LATEST,
-                                                       storage_plugin=STORAGES[summary.storage]) as writer:
-            _record_provenance(writer, encoder, summary)
-            _replay(bag, connections, chosen, writer, encoder, summary, progress)
-        summary.wall_s = time.perf_counter() - started
+    """Replay ``in_path`` through ``encoder`` into a new bag at ``out_path``; see the module docstring.
+
+    :func:`check_request` then :func:`replay`, for callers that already have an encoder.
+    """
+    with check_request(in_path, out_path, topics=topics, storage=storage, typestore=typestore,
+                       embedding_topic=embedding_topic, force=force) as plan:
+        return replay(plan, encoder, progress=progress)
+
+
+def replay(plan: ReplayPlan, encoder: SiglipEncoder, progress: bool = False) -> ReplaySummary:
+    """Carry out a checked request: copy every message through and write one embedding per good frame."""
+    bag = plan.bag
+    # Generate the (de)serialisers now: rosbags compiles them on first use with exec(), and a Ctrl-C landing inside
+    # exec'd code makes CPython exit by SIGINT even after the interrupt is handled.
+    _warm_up(bag.typestore, {c.msgtype for c in plan.chosen})
+    summary = ReplaySummary(output=plan.output, storage=plan.storage, typestore=bag.typestore_name,
+                            image_topics=plan.image_topics, embedding_topic=plan.embedding_topic,
+                            embedding_dim=encoder.embedding_dim)
+    started = time.perf_counter()
+    with staged_output(plan.output) as stage, Writer(stage, version=Writer.VERSION_LATEST,
+                                                     storage_plugin=STORAGES[summary.storage]) as writer:
+        _record_provenance(writer, encoder, summary)
+        _replay(bag, list(bag.reader.connections), plan.chosen, writer, encoder, summary, progress)
+    summary.wall_s = time.perf_counter() - started
     return summary
 
 

@@ -18,7 +18,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from ruamel.yaml import YAML
 
-from rk_siglip_ros.bag import EMBEDDING_TOPIC, encode_bag
+from rk_siglip_ros.bag import EMBEDDING_TOPIC, check_request, encode_bag, replay
 from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.imaging import image_from_message
 from rk_siglip_ros.messages import embedding_from_message
@@ -240,6 +240,20 @@ def test_topics_option_encodes_only_the_chosen_topic(tmp_path, encoder):
     assert list(out.glob("*.mcap"))
     after = read_all(out)
     assert len(after[FRONT]) == sum(w.topic == FRONT for w in written)  # still copied through
+
+
+@pytest.mark.parametrize("storage", [StoragePlugin.MCAP, StoragePlugin.SQLITE3])
+def test_a_checked_plan_replays_the_bag_it_opened(tmp_path, encoder, storage):
+    """check_request opens and checks the bag once; replay reads that open bag (moved away, the run still works)."""
+    source, out = tmp_path / "camera_bag", tmp_path / "out"
+    written = write_camera_bag(source, storage, Stores.ROS2_HUMBLE)
+    with check_request(source, out, topics=[FRONT]) as plan:
+        assert plan.image_topics == [FRONT] and plan.output == out
+        moved = source.rename(tmp_path / "moved_away")  # opening `source` again would now fail: no such bag
+        summary = replay(plan, encoder)
+    assert summary.image_topics == [FRONT]
+    assert summary.frames == sum(w.good for w in written if w.topic == FRONT)
+    assert read_all(out)[NOTES] == read_all(moved)[NOTES]
 
 
 def _real_bag_checks(tmp_path: Path, source: Path, encoder) -> None:

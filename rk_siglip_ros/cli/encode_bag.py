@@ -12,10 +12,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from ..bag import EMBEDDING_TOPIC, STORAGES, TYPESTORES, BagError, check_request, encode_bag, format_summary
+from ..bag import (
+    EMBEDDING_TOPIC,
+    STORAGES,
+    TYPESTORES,
+    BagError,
+    ReplayPlan,
+    check_request,
+    format_summary,
+    replay,
+)
 
 BACKENDS = ("auto", "onnxruntime", "rknnlite", "sim")
 MODES = ("sequential", "pipeline", "replicas")
+# A request that cannot start (bad bags, shards, backend): one line, exit 2.
+SETUP_ERRORS = (BagError, ValueError, OSError, RuntimeError, ImportError)
 
 DESCRIPTION = """\
 Replay a recorded rosbag2 (MCAP or sqlite3, any ROS 2 distro) through the SigLIP encoder, offline.
@@ -66,13 +77,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        # Everything about the bags is checked before the (slower) encoder starts.
-        check_request(args.input, args.output, topics=args.topics, storage=args.storage, typestore=args.typestore,
-                      embedding_topic=args.embedding_topic, force=args.force)
+        # Everything about the bags is checked, once, before the (slower) encoder starts; the plan keeps IN open.
+        plan = check_request(args.input, args.output, topics=args.topics, storage=args.storage,
+                             typestore=args.typestore, embedding_topic=args.embedding_topic, force=args.force)
+    except SETUP_ERRORS as error:
+        return _fail(error)
+    except KeyboardInterrupt:
+        print("encode_bag: interrupted; nothing written", file=sys.stderr)
+        return 130
+    with plan:
+        return _encode(plan, args)
+
+
+def _encode(plan: ReplayPlan, args: argparse.Namespace) -> int:
+    try:
         from ..encoder import SiglipEncoder  # after the cheap checks: it loads ONNX Runtime / RKNN-Lite
 
         encoder = SiglipEncoder.open(args.shards, backend=args.backend, mode=args.mode)
-    except (BagError, ValueError, OSError, RuntimeError, ImportError) as error:
+    except SETUP_ERRORS as error:
         return _fail(error)
     except KeyboardInterrupt:
         print("encode_bag: interrupted; nothing written", file=sys.stderr)
@@ -82,9 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
     try:
         with encoder:
-            summary = encode_bag(args.input, args.output, encoder, topics=args.topics, storage=args.storage,
-                                 typestore=args.typestore, embedding_topic=args.embedding_topic, force=args.force,
-                                 progress=not args.no_progress)
+            summary = replay(plan, encoder, progress=not args.no_progress)
     except BagError as error:
         return _fail(error)
     except KeyboardInterrupt:
