@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rk_siglip_ros.manifest import Manifest
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "random:siglip-base-patch16-512"
 PROFILES = ("whole", "pipeline3", "seed")
@@ -32,34 +34,36 @@ MODES = ("sequential", "pipeline", "replicas")
 SIZES = ((480, 640), (1080, 1920))
 
 
-def shard_set(model: str, profile: str, out: Path) -> Path:
-    """A verified ONNX shard set for ``profile``, built unless a valid one for ``model`` is already there."""
+def shard_set(model: str, profile: str, out: Path) -> Manifest:
+    """The ONNX shard set for ``profile`` (its manifest, root set), built unless a valid one for ``model`` is already
+    there. A reused set is hashed once here; the encoders opened from the returned manifest do not hash it again."""
     from rk_siglip_ros.manifest import ManifestError, load_manifest
 
     folder = out / profile
     try:
-        if load_manifest(folder, verify=("onnx",)).model.source == model:
+        manifest = load_manifest(folder, verify=("onnx",))
+        if manifest.model.source == model:
             print(f"  reusing {folder}", flush=True)
-            return folder
+            return manifest
     except ManifestError:
         pass
     from rk_siglip_ros.builder.build import build_shards
 
     started = time.perf_counter()
-    build_shards(model, folder, profile=profile, formats=("onnx",), force=True, progress=False)
+    manifest = build_shards(model, folder, profile=profile, formats=("onnx",), force=True, progress=False)
     print(f"  built {folder} in {time.perf_counter() - started:.0f} s", flush=True)
-    return folder
+    return manifest
 
 
-def chain_times(folders: dict[str, Path], reps: int, threads: int, model: str) -> dict[str, list[float]]:
+def chain_times(shard_sets: dict[str, Manifest], reps: int, threads: int, model: str) -> dict[str, list[float]]:
     """Seconds per frame of each profile's chain on ONNX Runtime and of PyTorch eager, one frame at a time, with
     the repetitions interleaved so that load from other processes hits every contender alike."""
     from rk_siglip_ros.cli.bench import synthetic_frame
     from rk_siglip_ros.encoder import SiglipEncoder
 
     image = synthetic_frame(480, 640)
-    encoders = {p: SiglipEncoder.open(f, backend="onnxruntime", mode="sequential", threads=threads)
-                for p, f in folders.items()}
+    encoders = {p: SiglipEncoder.open(m, backend="onnxruntime", mode="sequential", threads=threads)
+                for p, m in shard_sets.items()}
     runners = {profile: (lambda e=encoder: e.encode(image)) for profile, encoder in encoders.items()}
     runners["torch eager"] = torch_eager(model, threads, image)
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -77,16 +81,16 @@ def chain_times(folders: dict[str, Path], reps: int, threads: int, model: str) -
     return times
 
 
-def host_overhead(folders: dict[str, Path], compute_s: float, frames: int = 5) -> list[dict[str, object]]:
+def host_overhead(shard_sets: dict[str, Manifest], compute_s: float, frames: int = 5) -> list[dict[str, object]]:
     """Host work per frame (measured through the encoder on the sim backend, so no compute competes with it)."""
     from rk_siglip_ros.cli.bench import synthetic_frame
     from rk_siglip_ros.encoder import SiglipEncoder
 
     rows = []
-    for profile, folder in folders.items():
+    for profile, manifest in shard_sets.items():
         for height, width in SIZES:
             image = synthetic_frame(height, width)
-            with SiglipEncoder.open(folder, backend="sim", mode="sequential", time_scale=0.02) as encoder:
+            with SiglipEncoder.open(manifest, backend="sim", mode="sequential", time_scale=0.02) as encoder:
                 encoder.encode(image)
                 encoder.reset_stats()
                 for _ in range(frames):
@@ -98,16 +102,16 @@ def host_overhead(folders: dict[str, Path], compute_s: float, frames: int = 5) -
     return rows
 
 
-def sim_predictions(folders: dict[str, Path], frames: int, time_scale: float) -> list[dict[str, object]]:
+def sim_predictions(shard_sets: dict[str, Manifest], frames: int, time_scale: float) -> list[dict[str, object]]:
     from dataclasses import asdict
 
     from rk_siglip_ros.cli.bench import bench_encoder
     from rk_siglip_ros.encoder import SiglipEncoder
 
     rows = []
-    for folder in folders.values():
+    for manifest in shard_sets.values():
         for mode in MODES:
-            with SiglipEncoder.open(folder, backend="sim", mode=mode, time_scale=time_scale) as encoder:
+            with SiglipEncoder.open(manifest, backend="sim", mode=mode, time_scale=time_scale) as encoder:
                 rows.append(asdict(bench_encoder(encoder, frames=frames, warmup=1, time_scale=time_scale)))
     return rows
 
@@ -135,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = os.cpu_count() or 1
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"runtime_bench: {args.model}, {threads} CPU threads, shard sets in {args.out}", flush=True)
-    folders = {profile: shard_set(args.model, profile, args.out) for profile in PROFILES}
+    shard_sets = {profile: shard_set(args.model, profile, args.out) for profile in PROFILES}
 
     print("\n(a) shard chains on ONNX Runtime (CPU) and PyTorch eager, one frame at a time, interleaved", flush=True)
-    times = chain_times(folders, args.reps, threads, args.model)
+    times = chain_times(shard_sets, args.reps, threads, args.model)
     whole = statistics.median(times["whole"])
     for name, values in times.items():
         ratio = statistics.median(values) / whole
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     eager = times.pop("torch eager")
 
     print("\n(b) host overhead per frame vs one frame's compute (whole on ONNX Runtime)", flush=True)
-    host = host_overhead(folders, whole)
+    host = host_overhead(shard_sets, whole)
     for row in host:
         flag = "" if row["fraction_of_compute"] <= 0.01 else "   <-- goal <= 1% missed"
         print(f"  {row['profile']:<10} {row['input']:>9}: preprocess {row['preprocess_ms']:6.2f} ms, scales "
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n(c) sim NPU prediction (timing profile rk3588-fp16, 3 cores, {args.sim_frames} frames, 640x480)",
           flush=True)
-    sim = sim_predictions(folders, args.sim_frames, args.time_scale)
+    sim = sim_predictions(shard_sets, args.sim_frames, args.time_scale)
     for row in sim:
         busy = "/".join(f"{100 * v:.0f}" for v in row["core_busy"].values())
         print(f"  {row['profile']:<10} {row['mode']:<10} latency p50 {row['latency_p50_ms']:7.0f} ms, "

@@ -28,7 +28,7 @@ from rosbags.rosbag2 import Reader, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from .bag import EMBEDDING_TOPIC, STORAGES, ReplaySummary, encode_bag, format_summary
-from .manifest import ManifestError, load_manifest
+from .manifest import Manifest, ManifestError, load_manifest
 from .messages import embedding_from_message
 
 DEFAULT_MODEL = "random:siglip-base-patch16-512"
@@ -69,20 +69,19 @@ class SampleFrame:
 # ----------------------------------------------------------------------------------------------- the shards
 
 
-def ensure_shards(model: str, shards_dir: Path, formats: tuple[str, ...], rebuild: bool) -> tuple[Path, bool]:
+def ensure_shards(model: str, shards_dir: Path, formats: tuple[str, ...], rebuild: bool) -> tuple[Manifest, bool]:
     """Reuse ``shards_dir`` when it holds a valid build of ``model`` (hashes checked), else build it.
-    Returns (shards_dir, built_now)."""
+    Returns (its manifest, built_now); the manifest records the hashes checked, so the encoder does not redo them."""
     if not rebuild:
         try:
             manifest = load_manifest(shards_dir, verify=formats)
             if manifest.model.source == model and all(manifest.has_files(kind) for kind in formats):
-                return shards_dir, False
+                return manifest, False
         except ManifestError:
             pass
     from .builder.build import build_shards  # offline builder (torch); only imported when a build is needed
 
-    build_shards(model, shards_dir, profile="pipeline3", formats=formats, force=True, progress=True)
-    return shards_dir, True
+    return build_shards(model, shards_dir, profile="pipeline3", formats=formats, force=True, progress=True), True
 
 
 # ------------------------------------------------------------------------------------------- the sample bag
@@ -233,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[1/3] shards: {args.model} -> {shards_dir}", flush=True)
     if args.model.startswith("random:"):
         print(f"      weights are RANDOM ({args.model}): the architecture is real, the numbers are not", flush=True)
-    shards, built = ensure_shards(args.model, shards_dir, tuple(args.formats), args.rebuild)
+    manifest, built = ensure_shards(args.model, shards_dir, tuple(args.formats), args.rebuild)
     print(f"      {'built' if built else 'reused a valid earlier build'} in {time.perf_counter() - started:.0f} s",
           flush=True)
 
@@ -242,15 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     frames = write_sample_bag(camera_bag, storage=args.storage)
     print(f"      {len(frames)} frames on {FRONT_TOPIC} (rgb8, bgr8, mono8) and {REAR_TOPIC} (jpeg, png)", flush=True)
 
-    print(f"[3/3] encode_bag {camera_bag} {encoded_bag} --shards {shards} --force", flush=True)
+    print(f"[3/3] encode_bag {camera_bag} {encoded_bag} --shards {shards_dir} --force", flush=True)
     from .encoder import SiglipEncoder
 
-    with SiglipEncoder.open(shards, backend=args.backend, mode=args.mode) as encoder:
+    with SiglipEncoder.open(manifest, backend=args.backend, mode=args.mode) as encoder:
         summary = encode_bag(camera_bag, encoded_bag, encoder, force=True, progress=True)
     print(format_summary(summary), flush=True)
 
     print(report(args.model, summary, frames, read_embeddings(encoded_bag)))
-    print(next_steps(shards, encoded_bag))
+    print(next_steps(shards_dir, encoded_bag))
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -100,30 +100,41 @@ class SiglipEncoder:
             raise
 
     @classmethod
-    def open(cls, shards_dir: str | Path, backend: str = "auto", mode: str = "pipeline",
+    def open(cls, shards: str | Path | Manifest, backend: str = "auto", mode: str = "pipeline",
              cores: Sequence[int] = DEFAULT_CORES, timing_profile: str | Path | dict[str, Any] | None = None,
              *, time_scale: float = 1.0, threads: int | None = None, trace: bool = False,
              queue_slots: int | None = None) -> SiglipEncoder:
-        """Load and verify the shard set in ``shards_dir`` and start the workers.
+        """Load the shard set (a folder, or a Manifest already loaded from one), verify the files the backend
+        loads, and start the workers.
 
-        backend: auto | onnxruntime | rknnlite | sim. mode: sequential | pipeline | replicas. cores: NPU cores (for
-        onnxruntime, worker slots). timing_profile / time_scale: the sim backend's profile (name, JSON path or dict)
-        and a factor on its sleep times (tests use small ones). threads: onnxruntime intra-op threads per session
-        (default: CPUs / concurrent workers). trace: keep per-shard events (``scheduler.trace``). queue_slots: frames
-        admitted beyond one per worker (default: see DEFAULT_QUEUE_SLOTS).
+        shards: a shard folder, or a :class:`Manifest` from ``load_manifest`` (its ``root`` set); files of a kind the
+        manifest records in ``verified_kinds`` are not hashed again. backend: auto | onnxruntime | rknnlite | sim.
+        mode: sequential | pipeline | replicas. cores: NPU cores (for onnxruntime, worker slots). timing_profile /
+        time_scale: the sim backend's profile (name, JSON path or dict) and a factor on its sleep times (tests use
+        small ones). threads: onnxruntime intra-op threads per session (default: CPUs / concurrent workers). trace:
+        keep per-shard events (``scheduler.trace``). queue_slots: frames admitted beyond one per worker (default:
+        see DEFAULT_QUEUE_SLOTS).
         """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        manifest = load_manifest(shards_dir, verify=())
+        if isinstance(shards, Manifest):
+            manifest = shards
+            if manifest.root is None:
+                raise ManifestError("SiglipEncoder.open needs a manifest loaded with load_manifest(dir) (its root "
+                                    "folder is unknown), or the shard folder itself")
+        else:
+            manifest = load_manifest(shards, verify=())
         name = resolve_backend_name(backend, manifest)
         instance = create_backend(name, manifest, timing_profile=timing_profile, time_scale=time_scale,
                                   threads=threads)
-        if instance.file_kind is not None:
-            if not manifest.has_files(instance.file_kind):
-                raise ManifestError(f"{shards_dir}: the {name} backend needs .{instance.file_kind} files and this "
-                                    f"shard set has none for some shards; rebuild with --formats {instance.file_kind}"
-                                    " or pick another --backend")
-            verify_files(manifest, instance.file_kind, str(Path(shards_dir)))
+        kind = instance.file_kind
+        if kind is not None:
+            if not manifest.has_files(kind):
+                raise ManifestError(f"{manifest.root}: the {name} backend needs .{kind} files and this shard set "
+                                    f"has none for some shards; rebuild with --formats {kind} or pick another "
+                                    "--backend")
+            if kind not in manifest.verified_kinds:
+                verify_files(manifest, kind, str(manifest.root))
         return cls(manifest, instance, mode=mode, cores=cores, trace=trace, queue_slots=queue_slots)
 
     # ------------------------------------------------------------------------------------------------- public

@@ -103,6 +103,9 @@ class Manifest:
     build: dict[str, Any] = field(default_factory=dict)
     # Where the manifest was loaded from; not serialised. Shard paths resolve against it.
     root: Path | None = None
+    # File kinds whose files verify_files has checked (exist, inside root, sha256 match) since loading; not
+    # serialised. Lets SiglipEncoder.open take an already verified manifest without hashing the files again.
+    verified_kinds: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @property
     def pixel_input(self) -> TensorSpec:
@@ -415,3 +418,4 @@ def verify_files(manifest: Manifest, kind: str, source: str = "manifest") -> Non
         if actual != expected:
             raise ManifestError(f"{source}: {path} has been modified or corrupted (sha256 {actual[:12]}..., "
                                 f"manifest expects {expected[:12]}...); {REBUILD_HINT}")
+    manifest.verified_kinds = manifest.verified_kinds | {kind}

@@ -94,6 +94,37 @@ def test_open_refuses_unknown_mode_and_backend(tmp_path):
         SiglipEncoder.open(folder, backend="cuda")
 
 
+def test_open_takes_a_loaded_manifest_and_hashes_only_kinds_not_yet_verified(tmp_path, monkeypatch):
+    import rk_siglip_ros.manifest as manifest_module
+    from rk_siglip_ros.manifest import ManifestError
+
+    folder = write_toy_shards(tmp_path / "toy")
+    hashed: list[str] = []
+    real_sha256 = manifest_module.file_sha256
+    monkeypatch.setattr(manifest_module, "file_sha256", lambda path: hashed.append(path.name) or real_sha256(path))
+    image = images(1)[0]
+    with SiglipEncoder.open(folder, backend="onnxruntime", mode="sequential") as from_folder:
+        expected = from_folder.encode(image)
+    assert len(hashed) == 3  # three .onnx shards, hashed by open()
+
+    hashed.clear()
+    verified = load_manifest(folder, verify=("onnx",))
+    assert verified.verified_kinds == {"onnx"} and len(hashed) == 3
+    for mode in MODES:  # e.g. bench: one manifest, one encoder per mode, no hashing after the load
+        with SiglipEncoder.open(verified, backend="onnxruntime", mode=mode) as encoder:
+            np.testing.assert_allclose(encoder.encode(image), expected, rtol=1e-6, atol=1e-7)
+    assert len(hashed) == 3
+
+    unverified = load_manifest(folder, verify=())
+    assert unverified.verified_kinds == frozenset()
+    (folder / unverified.shards[0].onnx).write_bytes(b"not the shard that was hashed")
+    with pytest.raises(ManifestError, match="modified or corrupted"):
+        SiglipEncoder.open(unverified, backend="onnxruntime")
+    unverified.root = None
+    with pytest.raises(ManifestError, match="root folder"):
+        SiglipEncoder.open(unverified, backend="onnxruntime")
+
+
 def test_the_runtime_imports_no_torch_transformers_or_rknn(tmp_path):
     """Layering: encoding with ONNX Runtime or the sim must not pull in the builder's stack."""
     import subprocess

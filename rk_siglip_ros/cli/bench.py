@@ -211,14 +211,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from ..backends import BackendError
     from ..encoder import SiglipEncoder
-    from ..manifest import ManifestError
+    from ..manifest import ManifestError, load_manifest
 
     time_scale = args.time_scale if args.backend == "sim" else 1.0
     results: list[BenchResult] = []
     for shards in args.shards:
+        manifest = None
         for mode in modes:
             try:
-                encoder = SiglipEncoder.open(shards, backend=args.backend, mode=mode, cores=cores,
+                # One manifest per shard set: the first open() hashes the files its backend loads, later modes
+                # reuse that verification instead of hashing the (large) shard files again.
+                manifest = manifest or load_manifest(shards, verify=())
+                encoder = SiglipEncoder.open(manifest, backend=args.backend, mode=mode, cores=cores,
                                              timing_profile=args.timing_profile, time_scale=time_scale)
             except (ManifestError, BackendError, ValueError) as error:
                 print(f"bench: {shards}: {error}", file=sys.stderr)
