@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .encoder import EncodeResult, SiglipEncoder
 
 EMBEDDING_TOPIC = "/siglip/embeddings"
-EMBEDDING_MSG_TYPE = "sensor_msgs/msg/Image"
+EMBEDDING_MSG_TYPE = IMAGE_MSG_TYPES[0]  # sensor_msgs/msg/Image, 32FC1 (messages.embedding_fields)
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 # Typestores a user may name; the bag's own message definitions, where it carries them, take precedence.
 TYPESTORES = {
@@ -142,7 +142,7 @@ def open_bag(path: str | Path, typestore: str = "auto") -> Iterator[OpenBag]:
     try:
         reader.open()
     except (ReaderError, OSError, KeyError, ValueError) as error:
-        raise BagError(f"{path}: not a readable rosbag2 ({_one_line(error)})") from None
+        raise BagError(f"{path}: not a readable rosbag2 ({one_line(error)})") from None
     try:
         name = _typestore_name(reader, typestore)
         yield OpenBag(reader, merged_typestore(reader.connections, name), name, _storage_of(path))
@@ -161,7 +161,7 @@ def _reader(path: Path) -> Reader:
     try:
         return Reader(path)
     except (ReaderError, OSError) as error:
-        raise BagError(f"{path}: not a rosbag2 ({_one_line(error)}); pass the bag folder or a .mcap/.db3 file") \
+        raise BagError(f"{path}: not a rosbag2 ({one_line(error)}); pass the bag folder or a .mcap/.db3 file") \
             from None
 
 
@@ -479,13 +479,13 @@ def _submit(store: Typestore, connection: Connection, log_time_ns: int, raw: byt
     try:
         message = store.deserialize_cdr(raw, connection.msgtype)
     except Exception as error:  # noqa: BLE001 - any corrupt payload is a bad frame, not a failed run
-        summary.skipped.append(SkippedFrame(connection.topic, log_time_ns, f"corrupt message: {_one_line(error)}"))
+        summary.skipped.append(SkippedFrame(connection.topic, log_time_ns, f"corrupt message: {one_line(error)}"))
         return None
     try:
         image = image_from_message(message)
         future = encoder.submit(image)
     except (BadFrame, ValueError) as error:
-        summary.skipped.append(SkippedFrame(connection.topic, log_time_ns, _one_line(error)))
+        summary.skipped.append(SkippedFrame(connection.topic, log_time_ns, one_line(error)))
         return None
     return _Pending(future, message.header, log_time_ns)
 
@@ -508,6 +508,7 @@ def _progress_bar(total: int, enabled: bool) -> Any:
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]")
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """An error as one line for a person: whitespace collapsed, no trailing period, the type name if it is empty."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text.rstrip(".")

@@ -14,16 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rk_siglip_ros.backends import BACKENDS
+from rk_siglip_ros.imaging import IMAGE_MSG_TYPES
 from rk_siglip_ros.manifest import MANIFEST_NAME
+from rk_siglip_ros.scheduler import MODES
 
 NODE_NAME = "encoder_node"
 PACKAGE = "rk_siglip_ros"
-BACKENDS = ("auto", "onnxruntime", "rknnlite", "sim")
-MODES = ("sequential", "pipeline", "replicas")
 QOS_PROFILES = ("sensor_data", "reliable")
 NPU_CORES = (0, 1, 2)  # RK3588
 COMPRESSED_SUFFIX = "/compressed"
-IMAGE_TYPE, COMPRESSED_TYPE = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPE, COMPRESSED_TYPE = IMAGE_MSG_TYPES
 BUILD_HINT = "build_shards --model google/siglip-base-patch16-512 --out {path}"
 # encoder.launch.py's arguments that map onto node parameters (params_file is the parameter file itself).
 LAUNCH_ARGUMENTS = ("shards", "image_topics", "backend", "mode")

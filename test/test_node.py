@@ -61,6 +61,17 @@ def test_node_helpers_stay_off_the_model_stack():
         assert not roots & {"torch", "transformers", "rknn", "onnx"}, (name, roots)
 
 
+def test_node_config_stays_light_for_the_launch_file():
+    """The launch file imports node_config: its constants come from backends/scheduler/imaging, which must not load
+    an inference runtime or the model stack."""
+    code = ("import sys, rk_siglip_ros.node_config\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnxruntime', 'rknnlite', 'rknn', 'torch', "
+            "'transformers', 'onnx', 'rclpy'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_node_module_imports_off_ros():
     import rk_siglip_ros.node as node
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from ..backends import BACKENDS
 from ..bag import (
     EMBEDDING_TOPIC,
     STORAGES,
@@ -20,11 +21,11 @@ from ..bag import (
     ReplayPlan,
     check_request,
     format_summary,
+    one_line,
     replay,
 )
+from ..scheduler import MODES
 
-BACKENDS = ("auto", "onnxruntime", "rknnlite", "sim")
-MODES = ("sequential", "pipeline", "replicas")
 # A request that cannot start (bad bags, shards, backend): one line, exit 2.
 SETUP_ERRORS = (BagError, ValueError, OSError, RuntimeError, ImportError)
 
@@ -118,8 +119,7 @@ def _encode(plan: ReplayPlan, args: argparse.Namespace) -> int:
 
 
 def _fail(error: BaseException) -> int:
-    message = " ".join(str(error).split()) or type(error).__name__
-    print(f"encode_bag: error: {message}", file=sys.stderr)
+    print(f"encode_bag: error: {one_line(error)}", file=sys.stderr)
     return 2
 
 
