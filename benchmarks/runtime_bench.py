@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from rk_siglip_ros.manifest import Manifest
+from rk_siglip_ros.scheduler import MODES
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "random:siglip-base-patch16-512"
 PROFILES = ("whole", "pipeline3", "seed")
-MODES = ("sequential", "pipeline", "replicas")
 SIZES = ((480, 640), (1080, 1920))
 
 

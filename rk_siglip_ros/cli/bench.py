@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import BACKENDS
 from ..scheduler import MODES
-
-BENCH_BACKENDS = ("auto", "onnxruntime", "rknnlite", "sim")
 
 
 @dataclass
@@ -180,7 +179,7 @@ def plot(results: Sequence[BenchResult], path: Path) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", required=True, nargs="+", type=Path, help="one or more shard set folders")
-    parser.add_argument("--backend", default="auto", choices=BENCH_BACKENDS)
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--frames", type=int, default=20,
                         help="frames measured per configuration, rounded up to a multiple of the encoder's capacity "
