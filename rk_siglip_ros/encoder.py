@@ -25,7 +25,7 @@ import numpy as np
 from .backends import Backend, ShardRunner, create_backend, resolve_backend_name
 from .manifest import Manifest, ManifestError, load_manifest, verify_files
 from .preprocess import Preprocessor, pooled_embedding, token_matrix
-from .scheduler import MODES, Scheduler
+from .scheduler import Scheduler, check_mode
 
 DEFAULT_CORES = (0, 1, 2)
 # Frames admitted beyond one per worker. One waiting frame could absorb jitter in a pipeline (admission is a closed
@@ -71,8 +71,6 @@ class SiglipEncoder:
 
     def __init__(self, manifest: Manifest, backend: Backend, mode: str = "pipeline",
                  cores: Sequence[int] = DEFAULT_CORES, trace: bool = False, queue_slots: int | None = None) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self.manifest = manifest
         self.backend = backend
         self.mode = mode
@@ -115,8 +113,7 @@ class SiglipEncoder:
         keep per-shard events (``scheduler.trace``). queue_slots: frames admitted beyond one per worker (default:
         see DEFAULT_QUEUE_SLOTS).
         """
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        check_mode(mode)  # before any file is read or hashed (the constructor's scheduler checks it too)
         if isinstance(shards, Manifest):
             manifest = shards
             if manifest.root is None:

@@ -83,10 +83,15 @@ def balanced_stages(costs: Sequence[float], stages: int) -> list[list[int]]:
     return min_max_partition(weights, max(1, min(stages, len(weights))))
 
 
+def check_mode(mode: str) -> None:
+    """ValueError naming the valid modes unless ``mode`` is one of :data:`MODES`."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
 def plan_workers(mode: str, cores: Sequence[int], costs: Sequence[float]) -> list[list[tuple[int, int]]]:
     """Each worker's (shard, core) assignment for ``mode``. Pipeline workers are listed in stage order."""
-    if mode not in MODES:
-        raise ValueError(f"unknown scheduler mode {mode!r}; choose one of {', '.join(MODES)}")
+    check_mode(mode)
     if not cores:
         raise ValueError("at least one core is needed")
     if len(set(cores)) != len(cores):
@@ -131,10 +136,6 @@ class Scheduler:
         """Frames submitted and not yet resolved."""
         with self._lock:
             return len(self._pending)
-
-    @property
-    def stages(self) -> list[list[tuple[int, int]]]:
-        return [list(worker.assignment) for worker in self._workers]
 
     def submit(self, state: Any, timeout: float | None = None) -> Future:
         """Queue one frame; blocks while ``capacity`` frames are in flight (TimeoutError after ``timeout`` s)."""

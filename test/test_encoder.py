@@ -83,7 +83,7 @@ def test_stats_cover_every_core_and_shard(shard_factory):
 
 def test_whole_profile_in_pipeline_mode_uses_one_stage(shard_factory):
     with SiglipEncoder.open(shard_factory(profile="whole"), backend="onnxruntime", mode="pipeline") as encoder:
-        assert encoder.scheduler.stages == [[(0, 0)]] and encoder.capacity == 1
+        assert encoder.scheduler.plan == [[(0, 0)]] and encoder.capacity == 1
 
 
 def test_open_refuses_unknown_mode_and_backend(tmp_path):

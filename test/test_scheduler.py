@@ -91,7 +91,7 @@ def test_plans_per_mode():
     assert plan_workers("pipeline", CORES, costs) == [[(0, 0), (1, 0)], [(2, 1), (3, 1)], [(4, 2), (5, 2)]]
     assert plan_workers("replicas", CORES, costs) == [[(k, core) for k in range(6)] for core in CORES]
     assert plan_workers("pipeline", CORES, [1.0]) == [[(0, 0)]]  # one shard: one stage, one core
-    with pytest.raises(ValueError, match="unknown scheduler mode"):
+    with pytest.raises(ValueError, match="unknown mode"):
         plan_workers("turbo", CORES, costs)
 
 
@@ -101,7 +101,7 @@ def test_sim_balances_by_predicted_time_not_shard_count():
     backend = SimBackend({"per_call_ms": 0.0, "dense_ms_per_gmac": 1.0})
     uneven = SiglipEncoder(sim_manifest([3.0, 1.0, 1.0, 1.0]), backend, mode="pipeline", cores=(0, 1))
     try:
-        assert uneven.scheduler.stages == [[(0, 0)], [(1, 1), (2, 1), (3, 1)]]
+        assert uneven.scheduler.plan == [[(0, 0)], [(1, 1), (2, 1), (3, 1)]]
     finally:
         uneven.close()
 
