@@ -97,9 +97,6 @@ class ReplaySummary:
     def frames_per_s(self) -> float:
         return self.frames / self.wall_s if self.wall_s > 0 else float("nan")
 
-    def skipped_by_reason(self) -> Counter[str]:
-        return Counter(frame.reason for frame in self.skipped)
-
 
 def format_summary(summary: ReplaySummary) -> str:
     lines = [
