@@ -43,9 +43,6 @@ class FrameEncoder(Protocol):
     @property
     def capacity(self) -> int: ...
 
-    @property
-    def in_flight(self) -> int: ...
-
     def submit(self, image: np.ndarray, tokens: bool = False) -> Future: ...
 
 
