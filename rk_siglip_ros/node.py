@@ -56,14 +56,9 @@ class EncoderNode(Node):
     def __init__(self) -> None:
         super().__init__(NODE_NAME)
         config = validate(self._declare_parameters(), share_dir=_share_dir())
-        self._embedding_pub = self.create_publisher(Image, config.output_topic, RELIABLE_DEPTH)
-        self._tokens_pub = (self.create_publisher(Image, config.patch_tokens_topic, RELIABLE_DEPTH)
-                            if config.publish_patch_tokens else None)
         logger = self.get_logger()
-        self._service = EncoderService(
-            config, publish_embedding=self._make_publish(self._embedding_pub), now_s=self._clock_seconds,
-            warn=logger.warning, error=logger.error,
-            publish_tokens=self._make_publish(self._tokens_pub) if self._tokens_pub is not None else None)
+        self._service = EncoderService(config, open_publisher=self._open_publisher, now_s=self._clock_seconds,
+                                       warn=logger.warning, error=logger.error)
         try:
             self._camera_subscriptions = [self._subscribe(topic, config) for topic in config.image_topics]
             self.add_on_set_parameters_callback(self._set_parameters_hook)
@@ -99,7 +94,9 @@ class EncoderNode(Node):
                else QoSProfile(depth=RELIABLE_DEPTH, reliability=ReliabilityPolicy.RELIABLE))
         return self.create_subscription(message_type, topic, lambda msg: self._service.offer(topic, msg), qos)
 
-    def _make_publish(self, publisher: Any) -> Any:
+    def _open_publisher(self, topic: str) -> Any:
+        publisher = self.create_publisher(Image, topic, RELIABLE_DEPTH)
+
         def publish(header: Any, fields: dict[str, Any]) -> None:
             msg = Image()
             msg.header = header

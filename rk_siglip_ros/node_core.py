@@ -1,9 +1,11 @@
 """What the encoder node does, minus ROS: encoder + dispatcher + stats + throttled problem logs, ROS-free.
 
 ``node.py`` creates one :class:`EncoderService` from a validated :class:`~rk_siglip_ros.node_config.NodeConfig`
-and gives it three things it cannot know without rclpy: how to publish message fields with a header, what time it
-is on the node's clock, and where log lines go. Subscription callbacks call :meth:`EncoderService.offer`; the
-diagnostics timer calls :meth:`EncoderService.diagnostics`; shutdown calls :meth:`EncoderService.close`.
+and gives it three things it cannot know without rclpy: how to open a publisher (of message fields with a header)
+on a topic, what time it is on the node's clock, and where log lines go. Which topics get a publisher (the patch
+tokens only with ``publish_patch_tokens``) is decided here. Subscription callbacks call
+:meth:`EncoderService.offer`; the diagnostics timer calls :meth:`EncoderService.diagnostics`; shutdown calls
+:meth:`EncoderService.close`.
 Because nothing here imports ROS, the whole path (message in -> fields out) is tested with rosbags messages.
 """
 
@@ -19,6 +21,8 @@ from rk_siglip_ros.node_stats import DiagnosticReport, LogThrottle, NodeStats, s
 
 # publish(header, fields): fields as from messages.embedding_fields; header is the source message's header object.
 PublishFields = Callable[[Any, dict[str, Any]], None]
+# open_publisher(topic) -> the publish function of a new sensor_msgs/Image publisher on that topic.
+OpenPublisher = Callable[[str], PublishFields]
 LogLine = Callable[[str], None]
 LOG_PERIOD_S = 5.0
 DRAIN_TIMEOUT_S = 5.0
@@ -35,12 +39,11 @@ def open_encoder(config: NodeConfig) -> Any:
 class EncoderService:
     """Frames in (any thread), embeddings out (dispatcher thread), diagnostics on demand."""
 
-    def __init__(self, config: NodeConfig, publish_embedding: PublishFields, now_s: Callable[[], float],
-                 warn: LogLine, error: LogLine, publish_tokens: PublishFields | None = None,
-                 encoder_factory: Callable[[NodeConfig], Any] = open_encoder) -> None:
+    def __init__(self, config: NodeConfig, open_publisher: OpenPublisher, now_s: Callable[[], float],
+                 warn: LogLine, error: LogLine, encoder_factory: Callable[[NodeConfig], Any] = open_encoder) -> None:
         self.config = config
-        self._publish_embedding = publish_embedding
-        self._publish_tokens = publish_tokens if config.publish_patch_tokens else None
+        self._publish_embedding = open_publisher(config.output_topic)
+        self._publish_tokens = open_publisher(config.patch_tokens_topic) if config.publish_patch_tokens else None
         self._now_s = now_s
         self._warn, self._error = warn, error
         self._throttle = LogThrottle(LOG_PERIOD_S)

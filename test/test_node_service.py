@@ -83,18 +83,32 @@ class Outbox:
         return False
 
 
+class Publishers:
+    """Stands where the node opens its publishers: one Outbox per topic, and the topics in the order opened."""
+
+    def __init__(self, types) -> None:
+        self.types, self.outboxes = types, {}
+
+    def __call__(self, topic: str) -> Outbox:
+        assert topic not in self.outboxes, f"{topic} opened twice"
+        self.outboxes[topic] = Outbox(self.types)
+        return self.outboxes[topic]
+
+
 def make_service(tiny_shards, types, **parameters):
-    embeddings, tokens = Outbox(types), Outbox(types)
+    publishers = Publishers(types)
     warnings, errors = [], []
     config = validate({"shards": str(tiny_shards), "backend": "onnxruntime", "image_topics": list(TOPICS),
                        **parameters})
-    service = EncoderService(config, publish_embedding=embeddings, now_s=time.time, warn=warnings.append,
-                             error=errors.append, publish_tokens=tokens)
-    return service, embeddings, tokens, warnings, errors
+    service = EncoderService(config, open_publisher=publishers, now_s=time.time, warn=warnings.append,
+                             error=errors.append)
+    tokens = publishers.outboxes.get(config.patch_tokens_topic, Outbox(types))  # never published to if not opened
+    return service, publishers.outboxes[config.output_topic], tokens, warnings, errors, publishers
 
 
 def test_one_embedding_per_frame_with_the_source_header(tiny_shards, types):
-    service, embeddings, _, warnings, errors = make_service(tiny_shards, types)
+    service, embeddings, _, warnings, errors, publishers = make_service(tiny_shards, types)
+    assert list(publishers.outboxes) == ["/siglip/embeddings"]  # no patch-token topic unless publish_patch_tokens
     sent = []
     try:
         for sec in (100, 101):
@@ -120,13 +134,15 @@ def test_one_embedding_per_frame_with_the_source_header(tiny_shards, types):
 
 
 def test_patch_tokens_are_published_with_the_same_header(tiny_shards, types):
-    service, embeddings, tokens, _, _ = make_service(tiny_shards, types, publish_patch_tokens=True)
+    service, embeddings, tokens, _, _, publishers = make_service(tiny_shards, types, publish_patch_tokens=True,
+                                                                 patch_tokens_topic="/test/tokens")
     try:
         message = camera_messages(types, 7)[TOPICS[0]]
         service.offer(TOPICS[0], message)
         assert embeddings.wait_for(1) and tokens.wait_for(1)
     finally:
         service.close()
+    assert list(publishers.outboxes) == ["/siglip/embeddings", "/test/tokens"]
     published = tokens.messages[0]
     grid = embedding_from_message(published)
     assert grid.shape == (service.encoder.manifest.model.num_tokens, service.encoder.manifest.model.hidden_size)
@@ -134,7 +150,7 @@ def test_patch_tokens_are_published_with_the_same_header(tiny_shards, types):
 
 
 def test_bad_frames_are_logged_with_topic_and_reason_and_skipped(tiny_shards, types):
-    service, embeddings, _, warnings, errors = make_service(tiny_shards, types)
+    service, embeddings, _, warnings, errors, _ = make_service(tiny_shards, types)
     try:
         good = camera_messages(types, 5)
         broken = camera_messages(types, 6)
@@ -160,7 +176,7 @@ def test_bad_frames_are_logged_with_topic_and_reason_and_skipped(tiny_shards, ty
 
 
 def test_close_releases_the_encoder_and_drops_late_frames(tiny_shards, types):
-    service, embeddings, _, _, _ = make_service(tiny_shards, types)
+    service, embeddings, _, _, _, _ = make_service(tiny_shards, types)
     service.close()
     service.close()  # idempotent
     with pytest.raises(Exception, match="closed"):
@@ -176,8 +192,8 @@ def test_close_does_not_wait_for_frames_the_drain_gave_up_on(tiny_shards, types,
     embeddings, warnings, errors = Outbox(types), [], []
     config = validate({"shards": str(tiny_shards), "backend": "sim", "mode": "pipeline", "timing_profile": str(profile),
                        "image_topics": list(TOPICS)})
-    service = EncoderService(config, publish_embedding=embeddings, now_s=time.time, warn=warnings.append,
-                             error=errors.append)
+    service = EncoderService(config, open_publisher=lambda topic: embeddings, now_s=time.time,
+                             warn=warnings.append, error=errors.append)
     shards = len(service.encoder.manifest.shards)
     assert shards == 3
     try:
@@ -193,7 +209,7 @@ def test_close_does_not_wait_for_frames_the_drain_gave_up_on(tiny_shards, types,
 
 
 def test_diagnostics_report_cores_and_capacity(tiny_shards, types):
-    service, embeddings, _, _, _ = make_service(tiny_shards, types)
+    service, embeddings, _, _, _, _ = make_service(tiny_shards, types)
     try:
         for topic, message in camera_messages(types, 11).items():
             service.offer(topic, message)
