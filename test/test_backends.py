@@ -85,6 +85,56 @@ def test_ort_sessions_share_one_set_of_options(tmp_path):
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         assert options.intra_op_num_threads == threads
 
+
+def _four_d_and_three_d_graph(path, rng) -> None:
+    """y = flatten(x) @ w + mean(t, axis=1): a (1, 8, 8, 3) input (NHWC, like an NHWC manifest's pixels) and a
+    (1, 4, 5) input (like the token stream of later shards)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = rng.normal(size=(8 * 8 * 3, 5)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["xw"]),
+         helper.make_node("ReduceMean", ["t"], ["tm"], axes=[1], keepdims=0),
+         helper.make_node("Add", ["xw", "tm"], ["y"])],
+        "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 3]),
+                  helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.array([1, -1], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_rknn_data_format_feeds_4d_inputs_as_exported(tmp_path):
+    """RKNN reads an ONNX graph's 4-D dims as NCHW, so "nchw" (= as exported) is right for an NHWC graph too; the
+    choice follows the inputs' rank, not a name. Checked on the real rknn-toolkit2 simulator against ORT."""
+    from rk_siglip_ros.backends.onnxruntime import create_session
+    from rk_siglip_ros.backends.rknnlite import input_data_format
+
+    pixels_nchw = ShardSpec("s0", [TensorSpec("pixel_values", (1, 3, 8, 8))], [TensorSpec("h0", (1, 4, 5))])
+    tokens = ShardSpec("s1", [TensorSpec("h0", (1, 4, 5))], [TensorSpec("h1", (1, 4, 5))])
+    mixed = ShardSpec("mixed", [TensorSpec("x", (1, 8, 8, 3)), TensorSpec("t", (1, 4, 5))],
+                      [TensorSpec("y", (1, 5))])
+    assert [input_data_format(s) for s in (pixels_nchw, tokens, mixed)] == ["nchw", None, "nchw"]
+
+    rknn_api = pytest.importorskip("rknn.api", reason="rknn-toolkit2 (the x86 simulator) is not installed")
+    rng = np.random.default_rng(0)
+    _four_d_and_three_d_graph(tmp_path / "mixed.onnx", rng)
+    x = rng.normal(size=(1, 8, 8, 3)).astype(np.float32)
+    t = rng.normal(size=(1, 4, 5)).astype(np.float32)
+    expected = create_session(tmp_path / "mixed.onnx", 1).run(None, {"x": x, "t": t})[0]
+    rknn = rknn_api.RKNN(verbose=False)
+    try:
+        rknn.config(target_platform="rk3588")
+        assert rknn.load_onnx(str(tmp_path / "mixed.onnx")) == 0
+        assert rknn.build(do_quantization=False) == 0
+        assert rknn.init_runtime() == 0
+        outputs = rknn.inference(inputs=[x, t], data_format=input_data_format(mixed))
+    finally:
+        rknn.release()
+    np.testing.assert_allclose(np.asarray(outputs[0]).reshape(expected.shape), expected, atol=2e-2, rtol=1e-2)
+
 # ------------------------------------------------------------------------------------------------- timing model
 
 T, C, MLP = 1024, 768, 3072

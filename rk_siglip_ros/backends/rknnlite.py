@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from ..manifest import PIXEL_INPUT, Manifest, ShardSpec
+from ..manifest import Manifest, ShardSpec
 from .base import Backend, BackendError, ShardRunner, declared_outputs
 
 OFF_BOARD_HINT = ("the rknnlite backend needs an RK3588 board with rknn-toolkit-lite2 installed "
@@ -67,6 +67,19 @@ def check_runtime_version(sdk_version: str, toolkit: str, model: str) -> None:
                            "or rebuild the shards with the toolkit version matching the board")
 
 
+def input_data_format(shard: ShardSpec) -> str | None:
+    """The ``data_format`` for RKNN(Lite).inference: "nchw" when the shard has a 4-D input, else None.
+
+    The toolkit reads an ONNX graph's 4-D input dims as N, C, H, W and, unless told "nchw", expects the array in
+    NHWC order and transposes it. "nchw" therefore means "exactly as exported", which is what the host feeds for
+    either preprocess layout (the pixel input of an NHWC manifest is (1, H, W, 3) in the graph too; "nhwc" would
+    demand (1, H, 3, W)). The argument only applies to 4-D inputs: the (1, T, C) inputs of later shards are taken
+    as they are, and None there is the call the builder verifies on the simulator. A list with None entries is
+    refused by the toolkit, so one string covers all inputs.
+    """
+    return "nchw" if any(len(spec.shape) == 4 for spec in shard.inputs) else None
+
+
 class RknnLiteBackend(Backend):
     name = "rknnlite"
     file_kind = "rknn"
@@ -106,10 +119,7 @@ class _RknnRunner(ShardRunner):
         if self._context is None:
             raise BackendError(f"shard {self.shard.name} on core {self.core} was released")
         arrays = [np.ascontiguousarray(inputs[spec.name], dtype=np.float32) for spec in self.shard.inputs]
-        # The pixel input is NCHW as exported (RKNN assumes NHWC for 4-D inputs unless told); other inputs are 3-D,
-        # for which data_format does not apply. This is the call the builder verified on the simulator.
-        layout = "nchw" if self.shard.inputs[0].name == PIXEL_INPUT else None
-        values = self._context.inference(inputs=arrays, data_format=layout)
+        values = self._context.inference(inputs=arrays, data_format=input_data_format(self.shard))
         if values is None:
             raise BackendError(f"RKNNLite.inference failed for shard {self.shard.name} on core {self.core}")
         names = [spec.name for spec in self.shard.outputs]
