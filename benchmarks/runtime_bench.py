@@ -30,19 +30,28 @@ from rk_siglip_ros.scheduler import MODES
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "random:siglip-base-patch16-512"
-PROFILES = ("whole", "pipeline3", "seed")
+# name -> build_shards options. "seed untiled" separates what the seed's 26-way cut costs from what its 32-token
+# attention tiles cost.
+PROFILES: dict[str, dict[str, object]] = {
+    "whole": {"profile": "whole"},
+    "pipeline3": {"profile": "pipeline3"},
+    "seed": {"profile": "seed"},
+    "seed untiled": {"profile": "seed", "tile": 0},
+}
 SIZES = ((480, 640), (1080, 1920))
 
 
-def shard_set(model: str, profile: str, out: Path) -> Manifest:
+def shard_set(model: str, name: str, out: Path) -> Manifest:
     """The ONNX shard set for ``profile`` (its manifest, root set), built unless a valid one for ``model`` is already
     there. A reused set is hashed once here; the encoders opened from the returned manifest do not hash it again."""
     from rk_siglip_ros.manifest import ManifestError, load_manifest
 
-    folder = out / profile
+    options = PROFILES[name]
+    folder = out / name.replace(" ", "-")
     try:
         manifest = load_manifest(folder, verify=("onnx",))
-        if manifest.model.source == model:
+        same_tile = "tile" not in options or (manifest.build.get("tile") or 0) == options["tile"]
+        if manifest.model.source == model and manifest.profile == options["profile"] and same_tile:
             print(f"  reusing {folder}", flush=True)
             return manifest
     except ManifestError:
@@ -50,7 +59,7 @@ def shard_set(model: str, profile: str, out: Path) -> Manifest:
     from rk_siglip_ros.builder.build import build_shards
 
     started = time.perf_counter()
-    manifest = build_shards(model, folder, profile=profile, formats=("onnx",), force=True, progress=False)
+    manifest = build_shards(model, folder, formats=("onnx",), force=True, progress=False, **options)
     print(f"  built {folder} in {time.perf_counter() - started:.0f} s", flush=True)
     return manifest
 
@@ -109,10 +118,11 @@ def sim_predictions(shard_sets: dict[str, Manifest], frames: int, time_scale: fl
     from rk_siglip_ros.encoder import SiglipEncoder
 
     rows = []
-    for manifest in shard_sets.values():
+    for name, manifest in shard_sets.items():
         for mode in MODES:
             with SiglipEncoder.open(manifest, backend="sim", mode=mode, time_scale=time_scale) as encoder:
-                rows.append(asdict(bench_encoder(encoder, frames=frames, warmup=1, time_scale=time_scale)))
+                row = asdict(bench_encoder(encoder, frames=frames, warmup=1, time_scale=time_scale))
+            rows.append({**row, "profile": name})  # the shard set's name: two sets may share a profile
     return rows
 
 
@@ -139,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = os.cpu_count() or 1
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"runtime_bench: {args.model}, {threads} CPU threads, shard sets in {args.out}", flush=True)
-    shard_sets = {profile: shard_set(args.model, profile, args.out) for profile in PROFILES}
+    shard_sets = {name: shard_set(args.model, name, args.out) for name in PROFILES}
 
     print("\n(a) shard chains on ONNX Runtime (CPU) and PyTorch eager, one frame at a time, interleaved", flush=True)
     times = chain_times(shard_sets, args.reps, threads, args.model)
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in times.items():
         ratio = statistics.median(values) / whole
         flag = "   <-- goal <= 1.05 missed" if name in PROFILES and ratio > 1.05 else ""
-        print(f"  {name:<11} {1e3 * statistics.median(values):8.0f} ms/frame (median of {len(values)}: "
+        print(f"  {name:<13} {1e3 * statistics.median(values):8.0f} ms/frame (median of {len(values)}: "
               f"{', '.join(f'{1e3 * v:.0f}' for v in values)})  x{ratio:.3f} of whole{flag}")
     eager = times.pop("torch eager")
 
@@ -155,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     host = host_overhead(shard_sets, whole)
     for row in host:
         flag = "" if row["fraction_of_compute"] <= 0.01 else "   <-- goal <= 1% missed"
-        print(f"  {row['profile']:<10} {row['input']:>9}: preprocess {row['preprocess_ms']:6.2f} ms, scales "
+        print(f"  {row['profile']:<13} {row['input']:>9}: preprocess {row['preprocess_ms']:6.2f} ms, scales "
               f"{row['scales_ms']:5.2f} ms, postprocess {row['postprocess_ms']:5.2f} ms = {row['total_ms']:6.2f} ms "
               f"= {100 * row['fraction_of_compute']:.2f}% of {1e3 * whole:.0f} ms{flag}")
 
@@ -164,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = sim_predictions(shard_sets, args.sim_frames, args.time_scale)
     for row in sim:
         busy = "/".join(f"{100 * v:.0f}" for v in row["core_busy"].values())
-        print(f"  {row['profile']:<10} {row['mode']:<10} latency p50 {row['latency_p50_ms']:7.0f} ms, "
+        print(f"  {row['profile']:<13} {row['mode']:<10} latency p50 {row['latency_p50_ms']:7.0f} ms, "
               f"{row['frames_per_s']:5.2f} frames/s, core busy {busy}%")
     best = max(sim, key=lambda r: r["frames_per_s"])
     quick = min(sim, key=lambda r: r["latency_p50_ms"])
