@@ -371,14 +371,20 @@ class ThreadedEncoder:
         self._pool.shutdown()
 
 
-def test_thread_serves_all_cameras_and_stop_drains_frames_in_flight():
-    encoder = ThreadedEncoder(capacity=3)
+def started_dispatcher(encoder: ThreadedEncoder) -> tuple[Published, Dispatcher]:
+    """A running dispatcher over ``encoder`` with one frame offered per camera."""
     published = Published()
     dispatcher = Dispatcher(encoder, published, cameras=CAMERAS, convert=identity)
     dispatcher.start()
+    for index, camera in enumerate(CAMERAS):
+        dispatcher.offer(camera, frame_message(index, 0))
+    return published, dispatcher
+
+
+def test_thread_serves_all_cameras_and_stop_drains_frames_in_flight():
+    encoder = ThreadedEncoder(capacity=3)
+    published, dispatcher = started_dispatcher(encoder)
     try:
-        for index, camera in enumerate(CAMERAS):
-            dispatcher.offer(camera, frame_message(index, 0))
         assert wait_until(lambda: dispatcher.in_flight == 3), "the thread did not submit one frame per camera"
         for sequence in range(1, 50):  # the encoder is full: these replace each other in the mailboxes
             for index, camera in enumerate(CAMERAS):
@@ -398,11 +404,7 @@ def test_thread_serves_all_cameras_and_stop_drains_frames_in_flight():
 
 def test_stop_without_drain_drops_frames_in_flight():
     encoder = ThreadedEncoder(capacity=2)
-    published = Published()
-    dispatcher = Dispatcher(encoder, published, cameras=CAMERAS, convert=identity)
-    dispatcher.start()
-    for index, camera in enumerate(CAMERAS):
-        dispatcher.offer(camera, frame_message(index, 0))
+    published, dispatcher = started_dispatcher(encoder)
     done = threading.Event()
     threading.Thread(target=lambda: (dispatcher.stop(drain=False), done.set()), daemon=True).start()
     assert done.wait(30.0), "stop(drain=False) must not wait for the encoder"
@@ -418,12 +420,8 @@ def test_stop_without_drain_drops_frames_in_flight():
 def test_frames_arriving_before_the_encoder_has_room_are_not_lost_with_a_thread():
     """The thread wakes on a finished frame, not only on a new one."""
     encoder = ThreadedEncoder(capacity=1)
-    published = Published()
-    dispatcher = Dispatcher(encoder, published, cameras=CAMERAS, convert=identity)
-    dispatcher.start()
+    published, dispatcher = started_dispatcher(encoder)
     try:
-        for index, camera in enumerate(CAMERAS):
-            dispatcher.offer(camera, frame_message(index, 0))
         encoder.release.set()
         # No new frames arrive: the two waiting ones must still go through as the first finishes.
         wait_until(lambda: len(published.frames) == 3)
