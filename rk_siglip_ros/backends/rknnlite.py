@@ -16,8 +16,9 @@ from ..manifest import Manifest, ShardSpec
 from .base import Backend, BackendError, ShardRunner, declared_outputs
 
 OFF_BOARD_HINT = ("the rknnlite backend needs an RK3588 board with rknn-toolkit-lite2 installed "
-                  "(pip install rknn_toolkit_lite2-<version>-cp3XX-...-aarch64.whl from airockchip/rknn-toolkit2, "
-                  "plus librknnrt.so in /usr/lib); off the board use --backend onnxruntime (CPU) or sim (timing)")
+                  "(`pip install rknn-toolkit-lite2==<the toolkit version in manifest.json>`: aarch64 wheels on "
+                  "PyPI; plus librknnrt.so in /usr/lib); off the board use --backend onnxruntime (CPU) or sim "
+                  "(timing)")
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 
