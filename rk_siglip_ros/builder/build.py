@@ -27,7 +27,15 @@ from .partition import FINAL, PROFILES, Block, encoder_blocks, plan_shards
 from .scale_fold import check_scale, fold_host_scale
 from .shard_modules import ShardModule
 from .tiling import check_tile
-from .verify import ONNX_MIN_COS, RKNN_MIN_COS, ShardRunner, VerificationError, cosine, onnx_runner
+from .verify import (
+    ONNX_MIN_COS,
+    RKNN_MIN_COS,
+    ShardRunner,
+    VerificationError,
+    cosine,
+    onnx_runner,
+    run_in_host_units,
+)
 
 FORMATS = ("onnx", "rknn")
 DTYPES = ("fp16", "int8")
@@ -286,12 +294,6 @@ def _references(tower: VisionTower, plans: list[ShardPlan], images: list[np.ndar
     return references
 
 
-def _run_in_host_units(plan: ShardPlan, runner: ShardRunner, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    outputs = runner(plan.spec, feeds)
-    return [np.asarray(value, np.float32).reshape(spec.shape) * np.float32(spec.scale)
-            for spec, value in zip(plan.spec.outputs, outputs, strict=True)]
-
-
 def _verify_chain(plans: list[ShardPlan], runner: ShardRunner, references: list[dict[str, np.ndarray]],
                   images: list[np.ndarray], kind: str, minimum: float, progress: bool) -> dict[str, float]:
     """Run every shard alone on the reference inputs and the whole chain on its own outputs; fail below minimum."""
@@ -308,14 +310,12 @@ def _verify_shard(plan: ShardPlan, runner: ShardRunner, references: list[dict[st
     alone, chained = 1.0, 1.0
     for reference, chain in zip(references, chains, strict=True):
         for source, sink in ((reference, None), (chain, chain)):
-            feeds = [(source[spec.name] * np.float32(spec.scale)).astype(np.float32) for spec in plan.spec.inputs]
-            outputs = _run_in_host_units(plan, runner, feeds)
-            for spec, value in zip(plan.spec.outputs, outputs, strict=True):
-                cos = cosine(value, reference[spec.name])
+            for name, value in run_in_host_units(plan.spec, runner, source).items():
+                cos = cosine(value, reference[name])
                 if sink is None:
                     alone = _worst(alone, cos)
                 else:
-                    sink[spec.name] = value
+                    sink[name] = value
                     chained = _worst(chained, cos)
     plan.stats[f"{kind}_cos"] = alone
     plan.stats[f"{kind}_chain_cos"] = chained

@@ -7,7 +7,7 @@ after reading it. ``run_chain`` follows exactly that, for any per-shard runner (
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,21 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a64, b64) / denominator)
 
 
+def run_in_host_units(shard: ShardSpec, run_shard: ShardRunner,
+                      tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One shard as the host runs it: each input (taken from ``tensors`` by name) times its scale going in, each
+    output times its scale coming out, so what it returns is in true units."""
+    feeds = [(tensors[spec.name] * np.float32(spec.scale)).astype(np.float32) for spec in shard.inputs]
+    outputs = run_shard(shard, feeds)
+    return {spec.name: np.asarray(value, np.float32).reshape(spec.shape) * np.float32(spec.scale)
+            for spec, value in zip(shard.outputs, outputs, strict=True)}
+
+
 def run_chain(manifest: Manifest, run_shard: ShardRunner, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
     """All tensors the chain produces for one image, in host units (output scales applied)."""
     tensors: dict[str, np.ndarray] = {"pixel_values": pixel_values.astype(np.float32)}
     for shard in manifest.shards:
-        feeds = [(tensors[spec.name] * np.float32(spec.scale)).astype(np.float32) for spec in shard.inputs]
-        outputs = run_shard(shard, feeds)
-        for spec, value in zip(shard.outputs, outputs, strict=True):
-            tensors[spec.name] = np.asarray(value, np.float32).reshape(spec.shape) * np.float32(spec.scale)
+        tensors.update(run_in_host_units(shard, run_shard, tensors))
     return tensors
 
 
