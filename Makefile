@@ -32,13 +32,13 @@ test: setup
 	$(BIN)/python -m pytest -rs test
 
 lint: setup
-	$(BIN)/ruff check rk_siglip_ros test launch setup.py benchmarks
+	$(BIN)/ruff check rk_siglip_ros test launch setup.py benchmarks tools
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
 
 demo: setup
-	$(BIN)/python -m rk_siglip_ros.demo
+	$(BIN)/python tools/demo.py
 
 clean:
 	rm -rf $(VENV) build install log *.egg-info .pytest_cache

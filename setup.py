@@ -38,7 +38,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            f"encoder_node = {PACKAGE}.node:main",
+            f"encoder_node = {PACKAGE}.node.encoder_node:main",
             f"build_shards = {PACKAGE}.builder.cli:main",
             f"encode_images = {PACKAGE}.cli.encode_images:main",
             f"encode_bag = {PACKAGE}.cli.encode_bag:main",

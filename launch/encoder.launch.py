@@ -18,7 +18,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from rk_siglip_ros.node_config import LAUNCH_ARGUMENTS, NODE_NAME, PACKAGE, launch_overrides
+from rk_siglip_ros.node.config import LAUNCH_ARGUMENTS, NODE_NAME, PACKAGE, launch_overrides
 
 
 def node_with_overrides(context: object) -> list:

@@ -24,7 +24,8 @@ import numpy as np
 
 from .backends import Backend, ShardRunner, create_backend, resolve_backend_name
 from .manifest import Manifest, ManifestError, load_manifest, verify_files
-from .preprocess import Preprocessor, pooled_embedding, token_matrix
+from .postprocess import pooled_embedding, token_matrix
+from .preprocess import Preprocessor
 from .scheduler import Scheduler, check_mode
 
 DEFAULT_CORES = (0, 1, 2)

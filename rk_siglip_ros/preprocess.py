@@ -1,6 +1,6 @@
-"""Host-side image preparation and embedding post-processing, driven by the manifest.
+"""Host-side image preparation, driven by the manifest: RGB uint8 image -> the first shard's pixel tensor.
 
-The input side does what the checkpoint's Hugging Face image processor does (its PIL backend: resize the uint8 image
+It does what the checkpoint's Hugging Face image processor does (its PIL backend: resize the uint8 image
 with PIL, then rescale and normalise in float), so the runtime needs neither transformers nor torch. PIL is used for
 the resize on purpose: its bicubic filter widens its support when downscaling (antialiasing) and OpenCV's INTER_CUBIC
 does not, so OpenCV would drift from the reference on camera-sized inputs.
@@ -80,25 +80,3 @@ class Preprocessor:
                 planes[0, channel] += self._offset[channel]
             return planes
         return (pixels.astype(np.float32) * self._gain + self._offset)[None]
-
-
-def l2_normalise(vector: np.ndarray) -> np.ndarray:
-    """``vector / ||vector||`` in float32 (a zero vector stays zero rather than becoming NaN)."""
-    vector = np.asarray(vector, dtype=np.float32)
-    norm = float(np.linalg.norm(vector))
-    return vector / norm if norm > 0.0 else vector
-
-
-def pooled_embedding(pooled: np.ndarray | None, tokens: np.ndarray | None) -> np.ndarray:
-    """The (D,) embedding: the model's pooled output, or the mean of the tokens when the model has no head."""
-    if pooled is not None:
-        return l2_normalise(np.asarray(pooled).reshape(-1))
-    if tokens is None:
-        raise ValueError("neither a pooled output nor tokens to pool")
-    return l2_normalise(token_matrix(tokens).mean(axis=0))
-
-
-def token_matrix(tokens: np.ndarray) -> np.ndarray:
-    """(1, T, C) or (T, C) -> (T, C) float32."""
-    tokens = np.asarray(tokens, dtype=np.float32)
-    return tokens.reshape(-1, tokens.shape[-1])

@@ -19,9 +19,9 @@ from rosbags.typesys import Stores, get_typestore
 from ruamel.yaml import YAML
 
 from rk_siglip_ros.bag import EMBEDDING_TOPIC, check_request, encode_bag, replay
+from rk_siglip_ros.camera_frames import image_from_message
+from rk_siglip_ros.embedding_msg import embedding_from_message
 from rk_siglip_ros.encoder import SiglipEncoder
-from rk_siglip_ros.imaging import image_from_message
-from rk_siglip_ros.messages import embedding_from_message
 
 FRONT, REAR, NOTES = "/cam/front/image_raw", "/cam/rear/image_raw/compressed", "/notes"
 REAL_BAG = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "real-rosbag2" / "images.bag"

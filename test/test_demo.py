@@ -1,4 +1,4 @@
-"""`make demo` (python -m rk_siglip_ros.demo) end to end on random:tiny: shards built then reused, the sample camera
+"""`make demo` (tools/demo.py) end to end on random:tiny: shards built then reused, the sample camera
 bag holds the photos it claims, the replay writes one embedding per frame, and the printed table is consistent with
 the output bag."""
 
@@ -11,11 +11,13 @@ import re
 import cv2
 import numpy as np
 import pytest
+from repo_tools import load_tool
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
-from rk_siglip_ros import demo
-from rk_siglip_ros.imaging import image_from_message
+from rk_siglip_ros.camera_frames import image_from_message
+
+demo = load_tool("demo")
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
-from rk_siglip_ros.imaging import BadFrame
-from rk_siglip_ros.mailbox import Dispatcher, Frame
+from rk_siglip_ros.camera_frames import BadFrame
+from rk_siglip_ros.node.mailbox import Dispatcher, Frame
 
 CAMERAS = ("/cam0/image_raw", "/cam1/image_raw", "/cam2/image_raw/compressed")
 

@@ -34,7 +34,7 @@ def test_off_ros_encoder_node_exits_with_one_line():
     if ros_available():
         pytest.skip("ROS 2 is sourced here; the off-ROS message cannot be shown")
     script = Path(sys.executable).parent / "encoder_node"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "rk_siglip_ros.node"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "rk_siglip_ros.node.encoder_node"]
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode != 0
@@ -46,8 +46,8 @@ def test_only_node_py_imports_ros():
     offenders = {}
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         relative = path.relative_to(REPO).as_posix()
-        allowed = ROS_PACKAGES if relative == "rk_siglip_ros/node.py" else set()
-        if relative == "rk_siglip_ros/imaging.py":
+        allowed = ROS_PACKAGES if relative == "rk_siglip_ros/node/encoder_node.py" else set()
+        if relative == "rk_siglip_ros/camera_frames.py":
             allowed = {"cv_bridge"}  # the preferred converter on a robot, imported lazily when present
         found = (imported_roots(path) & ROS_PACKAGES) - allowed
         if found:
@@ -56,15 +56,16 @@ def test_only_node_py_imports_ros():
 
 
 def test_node_helpers_stay_off_the_model_stack():
-    for name in ("imaging", "messages", "mailbox", "node_stats", "node_config", "node_core", "node"):
+    for name in ("camera_frames", "embedding_msg", "node/mailbox", "node/stats", "node/config", "node/core",
+                 "node/encoder_node"):
         roots = imported_roots(PACKAGE_DIR / f"{name}.py")
         assert not roots & {"torch", "transformers", "rknn", "onnx"}, (name, roots)
 
 
 def test_node_config_stays_light_for_the_launch_file():
-    """The launch file imports node_config: its constants come from backends/scheduler/imaging, which must not load
-    an inference runtime or the model stack."""
-    code = ("import sys, rk_siglip_ros.node_config\n"
+    """The launch file imports node.config: its constants come from backends/scheduler/camera_frames, which must not
+    load an inference runtime or the model stack."""
+    code = ("import sys, rk_siglip_ros.node.config\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnxruntime', 'rknnlite', 'rknn', 'torch', "
             "'transformers', 'onnx', 'rclpy'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -73,7 +74,7 @@ def test_node_config_stays_light_for_the_launch_file():
 
 
 def test_node_module_imports_off_ros():
-    import rk_siglip_ros.node as node
+    import rk_siglip_ros.node.encoder_node as node
 
     assert callable(node.main) and node.NOT_SOURCED.startswith("encoder_node: ROS 2 is not sourced")
 
@@ -93,7 +94,7 @@ def test_launch_arguments_that_override_the_params_file_default_to_empty():
     defaults = {call.args[0].value: keyword.value for call in ast.walk(tree)
                 if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "DeclareLaunchArgument"
                 for keyword in call.keywords if keyword.arg == "default_value"}
-    from rk_siglip_ros.node_config import LAUNCH_ARGUMENTS
+    from rk_siglip_ros.node.config import LAUNCH_ARGUMENTS
 
     for name in LAUNCH_ARGUMENTS:
         assert isinstance(defaults[name], ast.Constant) and defaults[name].value == "", name

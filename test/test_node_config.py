@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from rk_siglip_ros.node_config import (
+from rk_siglip_ros.node.config import (
     COMPRESSED_TYPE,
     IMAGE_TYPE,
     LAUNCH_ARGUMENTS,

@@ -31,7 +31,7 @@ except ImportError:
 import cv2  # noqa: E402 -- only meaningful once ROS is known to be there
 import numpy as np  # noqa: E402
 
-from rk_siglip_ros.messages import embedding_from_message  # noqa: E402
+from rk_siglip_ros.embedding_msg import embedding_from_message  # noqa: E402
 
 TOPICS = {"/test_cam0/image_raw": Image, "/test_cam1/image_raw/compressed": CompressedImage}
 OUTPUT = "/siglip/embeddings"

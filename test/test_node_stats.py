@@ -2,7 +2,7 @@
 
 import pytest
 
-from rk_siglip_ros.node_stats import ERROR, OK, WARN, NodeStats, stamp_to_seconds
+from rk_siglip_ros.node.stats import ERROR, OK, WARN, NodeStats, stamp_to_seconds
 
 CAMERAS = ("/cam0/image_raw", "/cam1/image_raw/compressed")
 
@@ -104,7 +104,7 @@ def test_stamp_to_seconds():
 
 
 def test_log_throttle_is_per_key_and_counts_what_it_held_back():
-    from rk_siglip_ros.node_stats import LogThrottle
+    from rk_siglip_ros.node.stats import LogThrottle
 
     clock = Clock()
     throttle = LogThrottle(period_s=5.0, clock=clock)

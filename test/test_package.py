@@ -94,7 +94,7 @@ def test_colcon_build_install_layout(tmp_path: Path) -> None:
     assert install_layout_problems(install) == []
     # The installed console script resolves to the node's main() through the installed entry points.
     entry_points = next(install.glob(f"lib/python3*/site-packages/{PACKAGE}-*.egg-info/entry_points.txt"))
-    assert f"encoder_node = {PACKAGE}.node:main" in entry_points.read_text()
+    assert f"encoder_node = {PACKAGE}.node.encoder_node:main" in entry_points.read_text()
 
 
 def test_layout_check_catches_a_missing_data_files_line(tmp_path: Path) -> None:

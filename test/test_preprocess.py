@@ -8,7 +8,8 @@ from skimage import data as photos
 
 from rk_siglip_ros.builder.models import hf_image_processor
 from rk_siglip_ros.manifest import PreprocessSpec
-from rk_siglip_ros.preprocess import Preprocessor, check_image, l2_normalise, pooled_embedding
+from rk_siglip_ros.postprocess import l2_normalise, pooled_embedding
+from rk_siglip_ros.preprocess import Preprocessor, check_image
 
 
 class _Tower:

@@ -10,7 +10,9 @@ import torch
 
 from rk_siglip_ros.builder.barrier import POISON_WEIGHT, disabled_rules, poison_pill, uses_poison
 from rk_siglip_ros.builder.models import load_vision_tower
-from rk_siglip_ros.builder.partition import (
+from rk_siglip_ros.builder.scale_fold import fold_host_scale
+from rk_siglip_ros.builder.shard_modules import EmbeddingBlock, ShardModule
+from rk_siglip_ros.builder.shard_plan import (
     ATTENTION,
     EMBEDDING,
     FINAL,
@@ -19,8 +21,6 @@ from rk_siglip_ros.builder.partition import (
     encoder_blocks,
     plan_shards,
 )
-from rk_siglip_ros.builder.scale_fold import fold_host_scale
-from rk_siglip_ros.builder.shard_modules import EmbeddingBlock, ShardModule
 from rk_siglip_ros.builder.tiling import attention, check_tile, tile_bounds
 from rk_siglip_ros.builder.verify import cosine
 

@@ -23,9 +23,9 @@ from ..manifest import PIXEL_INPUT, Manifest, ModelInfo, ShardSpec, TensorSpec, 
 from .barrier import check_barrier, disabled_rules, uses_poison
 from .export_onnx import export_onnx
 from .models import ModelSourceError, VisionTower, hf_image_processor, load_vision_tower
-from .partition import FINAL, PROFILES, Block, encoder_blocks, plan_shards
 from .scale_fold import check_scale, fold_host_scale
 from .shard_modules import ShardModule
+from .shard_plan import FINAL, PROFILES, Block, encoder_blocks, plan_shards
 from .tiling import check_tile
 from .verify import (
     ONNX_MIN_COS,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .barrier import BARRIERS
-from .partition import PROFILES
+from .shard_plan import PROFILES
 
 EPILOG = """\
 examples:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .models import VisionTower
-from .partition import ATTENTION, EMBEDDING, FINAL, MLP, Block
+from .shard_plan import ATTENTION, EMBEDDING, FINAL, MLP, Block
 from .tiling import attention
 
 

@@ -21,10 +21,10 @@ from ..bag import (
     ReplayPlan,
     check_request,
     format_summary,
-    one_line,
     replay,
 )
 from ..scheduler import MODES
+from .common import one_line
 
 # A request that cannot start (bad bags, shards, backend): one line, exit 2.
 SETUP_ERRORS = (BagError, ValueError, OSError, RuntimeError, ImportError)
@@ -41,7 +41,7 @@ examples:
   encode_bag recording/ recording_emb/ --shards shards/siglip-b16-512
   encode_bag run.mcap out/ --shards shards/default --topics /front/image_raw /rear/image_raw/compressed
   encode_bag in/ out/ --shards shards/default --backend onnxruntime --mode replicas --storage sqlite3 --force
-Read the embeddings back with rosbags: rk_siglip_ros.messages.embedding_from_message(msg)."""
+Read the embeddings back with rosbags: rk_siglip_ros.embedding_msg.embedding_from_message(msg)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

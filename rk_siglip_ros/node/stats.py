@@ -1,8 +1,8 @@
 """Counters and latencies for the encoder node's diagnostics, ROS-free.
 
 The dispatcher and the node record events here from several threads; :meth:`NodeStats.report` turns what happened
-since the previous report into a level, a one-line summary and plain key/value pairs, which ``node.py`` copies into
-a ``diagnostic_msgs/DiagnosticStatus`` (this module never imports ROS).
+since the previous report into a level, a one-line summary and plain key/value pairs, which
+``encoder_node.py`` copies into a ``diagnostic_msgs/DiagnosticStatus`` (this module never imports ROS).
 """
 
 from __future__ import annotations

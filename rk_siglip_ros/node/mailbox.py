@@ -29,9 +29,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rk_siglip_ros.imaging import BadFrame, image_from_message
-from rk_siglip_ros.node_config import check_max_rate
-from rk_siglip_ros.node_stats import NodeStats
+from rk_siglip_ros.camera_frames import BadFrame, image_from_message
+from rk_siglip_ros.node.config import check_max_rate
+from rk_siglip_ros.node.stats import NodeStats
 
 LOG = logging.getLogger(__name__)
 CLOCK_SLACK_S = 1e-6

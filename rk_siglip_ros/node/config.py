@@ -1,7 +1,7 @@
 """The encoder node's parameters: names, defaults, descriptions and validation, ROS-free.
 
-``node.py`` declares every entry of :data:`PARAMETERS` with a ParameterDescriptor, reads the values and hands them
-to :func:`validate`, which returns a :class:`NodeConfig` or raises :class:`ConfigError` with a message that says
+``encoder_node.py`` declares every entry of :data:`PARAMETERS` with a ParameterDescriptor, reads the values and hands
+them to :func:`validate`, which returns a :class:`NodeConfig` or raises :class:`ConfigError` with a message that says
 what to do. The launch file turns its arguments into parameter overrides with :func:`launch_overrides`.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rk_siglip_ros.backends import BACKENDS
-from rk_siglip_ros.imaging import IMAGE_MSG_TYPES
+from rk_siglip_ros.camera_frames import IMAGE_MSG_TYPES
 from rk_siglip_ros.manifest import MANIFEST_NAME
 from rk_siglip_ros.scheduler import MODES
 

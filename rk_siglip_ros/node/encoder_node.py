@@ -1,8 +1,9 @@
 """`encoder_node`: the rclpy adapter. Camera topics in, ``/siglip/embeddings`` (sensor_msgs/Image, 32FC1) out.
 
 The only module that imports rclpy and ROS message packages. It declares the parameters listed in
-:mod:`rk_siglip_ros.node_config`, subscribes, publishes and reports diagnostics; everything else (frame policy,
-conversions, encoder, stats) lives in ROS-free modules, driven through :class:`~rk_siglip_ros.node_core.EncoderService`.
+:mod:`rk_siglip_ros.node.config`, subscribes, publishes and reports diagnostics; everything else (frame policy,
+conversions, encoder, stats) lives in ROS-free modules, driven through
+:class:`~rk_siglip_ros.node.core.EncoderNodeCore`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from rk_siglip_ros.backends.base import BackendError
 from rk_siglip_ros.manifest import ManifestError
-from rk_siglip_ros.node_config import (
+from rk_siglip_ros.node.config import (
     COMPRESSED_TYPE,
     NODE_NAME,
     PACKAGE,
@@ -23,7 +24,7 @@ from rk_siglip_ros.node_config import (
     message_type_for,
     validate,
 )
-from rk_siglip_ros.node_core import EncoderService
+from rk_siglip_ros.node.core import EncoderNodeCore
 
 NOT_SOURCED = "encoder_node: ROS 2 is not sourced: source /opt/ros/<distro>/setup.bash"
 MISSING_ROS_PACKAGE: str | None = None
@@ -51,13 +52,13 @@ RELIABLE_DEPTH = 10
 
 
 class EncoderNode(Node):
-    """Parameters -> EncoderService; subscriptions feed it, its callbacks publish."""
+    """Parameters -> EncoderNodeCore; subscriptions feed it, its callbacks publish."""
 
     def __init__(self) -> None:
         super().__init__(NODE_NAME)
         config = validate(self._declare_parameters(), share_dir=_share_dir())
         logger = self.get_logger()
-        self._service = EncoderService(config, open_publisher=self._open_publisher, now_s=self._clock_seconds,
+        self._service = EncoderNodeCore(config, open_publisher=self._open_publisher, now_s=self._clock_seconds,
                                        warn=logger.warning, error=logger.error)
         try:
             self._camera_subscriptions = [self._subscribe(topic, config) for topic in config.image_topics]
@@ -122,7 +123,7 @@ class EncoderNode(Node):
         for parameter in parameters:
             if parameter.name == "max_rate_hz":
                 try:
-                    self._service.set_max_rate(parameter.value)  # node_config.check_max_rate, as at start
+                    self._service.set_max_rate(parameter.value)  # config.check_max_rate, as at start
                 except ValueError as error:
                     return SetParametersResult(successful=False, reason=str(error))
         return SetParametersResult(successful=True)

@@ -1,4 +1,4 @@
-"""The node's whole path without ROS: rosbags camera messages -> EncoderService (real SiglipEncoder on random:tiny
+"""The node's whole path without ROS: rosbags camera messages -> EncoderNodeCore (real SiglipEncoder on random:tiny
 shards) -> embedding message fields, plus the dispatcher keeping three simulated NPU cores busy."""
 
 import threading
@@ -10,12 +10,12 @@ import pytest
 from rosbags.typesys import Stores, get_typestore
 from skimage.data import astronaut, chelsea, coffee
 
+from rk_siglip_ros.camera_frames import image_from_message
+from rk_siglip_ros.embedding_msg import embedding_from_message
 from rk_siglip_ros.encoder import SiglipEncoder
-from rk_siglip_ros.imaging import image_from_message
-from rk_siglip_ros.mailbox import Dispatcher
-from rk_siglip_ros.messages import embedding_from_message
-from rk_siglip_ros.node_config import validate
-from rk_siglip_ros.node_core import EncoderService
+from rk_siglip_ros.node.config import validate
+from rk_siglip_ros.node.core import EncoderNodeCore
+from rk_siglip_ros.node.mailbox import Dispatcher
 
 TOPICS = ("/cam0/image_raw", "/cam1/image_raw", "/cam2/image_raw/compressed")
 
@@ -100,7 +100,7 @@ def make_service(tiny_shards, types, **parameters):
     warnings, errors = [], []
     config = validate({"shards": str(tiny_shards), "backend": "onnxruntime", "image_topics": list(TOPICS),
                        **parameters})
-    service = EncoderService(config, open_publisher=publishers, now_s=time.time, warn=warnings.append,
+    service = EncoderNodeCore(config, open_publisher=publishers, now_s=time.time, warn=warnings.append,
                              error=errors.append)
     tokens = publishers.outboxes.get(config.patch_tokens_topic, Outbox(types))  # never published to if not opened
     return service, publishers.outboxes[config.output_topic], tokens, warnings, errors, publishers
@@ -192,7 +192,7 @@ def test_close_does_not_wait_for_frames_the_drain_gave_up_on(tiny_shards, types,
     embeddings, warnings, errors = Outbox(types), [], []
     config = validate({"shards": str(tiny_shards), "backend": "sim", "mode": "pipeline", "timing_profile": str(profile),
                        "image_topics": list(TOPICS)})
-    service = EncoderService(config, open_publisher=lambda topic: embeddings, now_s=time.time,
+    service = EncoderNodeCore(config, open_publisher=lambda topic: embeddings, now_s=time.time,
                              warn=warnings.append, error=errors.append)
     shards = len(service.encoder.manifest.shards)
     assert shards == 3

@@ -1,11 +1,11 @@
 """What the encoder node does, minus ROS: encoder + dispatcher + stats + throttled problem logs, ROS-free.
 
-``node.py`` creates one :class:`EncoderService` from a validated :class:`~rk_siglip_ros.node_config.NodeConfig`
+``encoder_node.py`` creates one :class:`EncoderNodeCore` from a validated :class:`~rk_siglip_ros.node.config.NodeConfig`
 and gives it three things it cannot know without rclpy: how to open a publisher (of message fields with a header)
 on a topic, what time it is on the node's clock, and where log lines go. Which topics get a publisher (the patch
 tokens only with ``publish_patch_tokens``) is decided here. Subscription callbacks call
-:meth:`EncoderService.offer`; the diagnostics timer calls :meth:`EncoderService.diagnostics`; shutdown calls
-:meth:`EncoderService.close`.
+:meth:`EncoderNodeCore.offer`; the diagnostics timer calls :meth:`EncoderNodeCore.diagnostics`; shutdown calls
+:meth:`EncoderNodeCore.close`.
 Because nothing here imports ROS, the whole path (message in -> fields out) is tested with rosbags messages.
 """
 
@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from rk_siglip_ros.mailbox import Dispatcher, Frame
-from rk_siglip_ros.messages import embedding_fields
-from rk_siglip_ros.node_config import NodeConfig
-from rk_siglip_ros.node_stats import DiagnosticReport, LogThrottle, NodeStats, stamp_to_seconds
+from rk_siglip_ros.embedding_msg import embedding_fields
+from rk_siglip_ros.node.config import NodeConfig
+from rk_siglip_ros.node.mailbox import Dispatcher, Frame
+from rk_siglip_ros.node.stats import DiagnosticReport, LogThrottle, NodeStats, stamp_to_seconds
 
-# publish(header, fields): fields as from messages.embedding_fields; header is the source message's header object.
+# publish(header, fields): fields as from embedding_msg.embedding_fields; header is the source message's header object.
 PublishFields = Callable[[Any, dict[str, Any]], None]
 # open_publisher(topic) -> the publish function of a new sensor_msgs/Image publisher on that topic.
 OpenPublisher = Callable[[str], PublishFields]
@@ -36,7 +36,7 @@ def open_encoder(config: NodeConfig) -> Any:
                               timing_profile=config.timing_profile)
 
 
-class EncoderService:
+class EncoderNodeCore:
     """Frames in (any thread), embeddings out (dispatcher thread), diagnostics on demand."""
 
     def __init__(self, config: NodeConfig, open_publisher: OpenPublisher, now_s: Callable[[], float],

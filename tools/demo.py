@@ -9,7 +9,7 @@
 
 ONNX shards only: compiling the full model to .rknn adds minutes and the .rknn files only run on a board (or in
 the slow simulator); the CPU backend is what a laptop without an NPU uses anyway. ``--formats onnx rknn`` builds
-both. ``python -m rk_siglip_ros.demo --help`` lists the knobs (the test suite runs this on ``random:tiny``).
+both. ``python tools/demo.py --help`` lists the knobs (the test suite runs this on ``random:tiny``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import numpy as np
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from .bag import EMBEDDING_TOPIC, STORAGES, ReplaySummary, encode_bag, format_summary
-from .manifest import Manifest, ManifestError, load_manifest
-from .messages import embedding_from_message
+from rk_siglip_ros.bag import EMBEDDING_TOPIC, STORAGES, ReplaySummary, encode_bag, format_summary
+from rk_siglip_ros.embedding_msg import embedding_from_message
+from rk_siglip_ros.manifest import Manifest, ManifestError, load_manifest
 
 DEFAULT_MODEL = "random:siglip-base-patch16-512"
 DEFAULT_OUT = Path("demo_out")
@@ -79,7 +79,8 @@ def ensure_shards(model: str, shards_dir: Path, formats: tuple[str, ...], rebuil
                 return manifest, False
         except ManifestError:
             pass
-    from .builder.build import build_shards  # offline builder (torch); only imported when a build is needed
+    # the offline builder (torch): imported only when a build is needed
+    from rk_siglip_ros.builder.build import build_shards
 
     return build_shards(model, shards_dir, profile="pipeline3", formats=formats, force=True, progress=True), True
 
@@ -199,7 +200,7 @@ Next, with real weights and a real bag:
   # 2. replay your own recording (rosbag2 folder, .mcap or .db3) into a new bag with embeddings
   .venv/bin/encode_bag /path/to/your_bag your_bag_siglip --shards shards/siglip-b16-512 --topics /camera/image_raw
   # 3. or this demo on the real weights
-  .venv/bin/python -m rk_siglip_ros.demo --model /path/to/siglip-base-patch16-512
+  .venv/bin/python tools/demo.py --model /path/to/siglip-base-patch16-512
 This run: shards in {shards}, output bag {out_bag} (read it with rosbags or `ros2 bag info`)."""
 
 
@@ -207,7 +208,7 @@ This run: shards in {shards}, output bag {out_bag} (read it with rosbags or `ros
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rk_siglip_ros.demo", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python tools/demo.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"checkpoint folder, hub id or random:<preset> (default: {DEFAULT_MODEL})")
@@ -242,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"      {len(frames)} frames on {FRONT_TOPIC} (rgb8, bgr8, mono8) and {REAR_TOPIC} (jpeg, png)", flush=True)
 
     print(f"[3/3] encode_bag {camera_bag} {encoded_bag} --shards {shards_dir} --force", flush=True)
-    from .encoder import SiglipEncoder
+    from rk_siglip_ros.encoder import SiglipEncoder
 
     with SiglipEncoder.open(manifest, backend=args.backend, mode=args.mode) as encoder:
         summary = encode_bag(camera_bag, encoded_bag, encoder, force=True, progress=True)

@@ -1,0 +1,226 @@
+"""Offline replay: a rosbag2 in, the same bag plus one embedding per camera frame out.
+
+ROS-free (rosbags reads and writes the bag), so it runs on a laptop, in CI, or on the robot without a sourced ROS
+environment. The flow is one pass over the input in log order:
+
+- every message of every connection is copied through byte for byte (same topic, type, definition, QoS);
+- image messages on the chosen topics are decoded (:func:`camera_frames.image_from_message`) and submitted to the
+  encoder, keeping up to ``encoder.capacity`` frames in flight so every core stays busy while the next frame is
+  decoded; results come back in submission order and are written to the embedding topic as ``sensor_msgs/Image``
+  32FC1 (:func:`embedding_msg.embedding_fields`), header = the source header, log time = the source log time;
+- frames that cannot be decoded are counted with their reason and skipped; the run continues.
+
+Output is written to a hidden temporary folder beside OUT and renamed into place only when the bag is complete,
+so an interrupted or failed run never leaves an OUT that looks finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rosbags.interfaces import Connection
+from rosbags.rosbag2 import Writer, WriterError
+
+from ..camera_frames import IMAGE_MSG_TYPES, BadFrame, image_from_message
+from ..embedding_msg import embedding_fields
+from .errors import BagError, one_line
+from .io import OpenBag, connection_definition, connection_qos, image_connections, open_bag
+from .output import STORAGES, check_output, staged_output
+from .summary import ReplaySummary, SkippedFrame, progress_bar
+
+if TYPE_CHECKING:
+    from rosbags.typesys.store import Typestore
+
+    from ..encoder import EncodeResult, SiglipEncoder
+
+EMBEDDING_TOPIC = "/siglip/embeddings"
+EMBEDDING_MSG_TYPE = IMAGE_MSG_TYPES[0]  # sensor_msgs/msg/Image, 32FC1 (embedding_msg.embedding_fields)
+
+
+@dataclass
+class _Pending:
+    future: Future[EncodeResult]
+    header: Any
+    log_time_ns: int
+
+
+@dataclass
+class ReplayPlan:
+    """A checked encode_bag request, with the input bag open: :func:`check_request` makes it, :func:`replay` runs it.
+
+    Close it (or use it in a ``with`` block) when done; closing closes the input bag.
+    """
+
+    bag: OpenBag
+    output: Path
+    storage: str  # of the output
+    embedding_topic: str
+    chosen: list[Connection]  # the image connections to encode
+    _resources: ExitStack = field(repr=False)
+
+    @property
+    def image_topics(self) -> list[str]:
+        return sorted({c.topic for c in self.chosen})
+
+    def close(self) -> None:
+        self._resources.close()
+
+    def __enter__(self) -> ReplayPlan:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def check_request(in_path: str | Path, out_path: str | Path, *, topics: Sequence[str] | None = None,
+                  storage: str | None = None, typestore: str = "auto", embedding_topic: str = EMBEDDING_TOPIC,
+                  force: bool = False) -> ReplayPlan:
+    """Every check :func:`encode_bag` makes before it needs the encoder, each done once; raises BagError.
+
+    Returns the plan :func:`replay` carries out, holding the input bag open. The CLI calls it first so a bad request
+    fails before the (slower) encoder starts.
+    """
+    if storage is not None and storage not in STORAGES:
+        raise BagError(f"unknown storage {storage!r}; choose one of {', '.join(STORAGES)}")
+    check_output(in_path, out_path, force)
+    resources = ExitStack()
+    try:
+        bag = resources.enter_context(open_bag(in_path, typestore))
+        if any(c.topic == embedding_topic for c in bag.reader.connections):
+            raise BagError(f"the input already has {embedding_topic}; pass --embedding-topic to write elsewhere")
+        chosen = image_connections(bag.reader.connections, topics, exclude=(embedding_topic,))
+    except BaseException:
+        resources.close()
+        raise
+    return ReplayPlan(bag, Path(out_path), storage or bag.storage, embedding_topic, chosen, resources)
+
+
+def encode_bag(in_path: str | Path, out_path: str | Path, encoder: SiglipEncoder, *,
+               topics: Sequence[str] | None = None, storage: str | None = None, typestore: str = "auto",
+               embedding_topic: str = EMBEDDING_TOPIC, force: bool = False, progress: bool = False) -> ReplaySummary:
+    """Replay ``in_path`` through ``encoder`` into a new bag at ``out_path``; see the module docstring.
+
+    :func:`check_request` then :func:`replay`, for callers that already have an encoder.
+    """
+    with check_request(in_path, out_path, topics=topics, storage=storage, typestore=typestore,
+                       embedding_topic=embedding_topic, force=force) as plan:
+        return replay(plan, encoder, progress=progress)
+
+
+def replay(plan: ReplayPlan, encoder: SiglipEncoder, progress: bool = False) -> ReplaySummary:
+    """Carry out a checked request: copy every message through and write one embedding per good frame."""
+    bag = plan.bag
+    # Generate the (de)serialisers now: rosbags compiles them on first use with exec(), and a Ctrl-C landing inside
+    # exec'd code makes CPython exit by SIGINT even after the interrupt is handled.
+    _warm_up(bag.typestore, {c.msgtype for c in plan.chosen})
+    summary = ReplaySummary(output=plan.output, storage=plan.storage, typestore=bag.typestore_name,
+                            image_topics=plan.image_topics, embedding_topic=plan.embedding_topic,
+                            embedding_dim=encoder.embedding_dim)
+    started = time.perf_counter()
+    with staged_output(plan.output) as stage, Writer(stage, version=Writer.VERSION_LATEST,
+                                                     storage_plugin=STORAGES[summary.storage]) as writer:
+        _record_provenance(writer, encoder, summary)
+        _replay(bag, list(bag.reader.connections), plan.chosen, writer, encoder, summary, progress)
+    summary.wall_s = time.perf_counter() - started
+    return summary
+
+
+def _record_provenance(writer: Writer, encoder: SiglipEncoder, summary: ReplaySummary) -> None:
+    """metadata.yaml custom_data: which model made the embeddings, so a bag explains itself later."""
+    manifest = getattr(encoder, "manifest", None)
+    if manifest is not None:
+        writer.set_custom_data("rk_siglip_ros.model", str(manifest.model.source))
+        writer.set_custom_data("rk_siglip_ros.profile", str(manifest.profile))
+    writer.set_custom_data("rk_siglip_ros.embedding_topic", summary.embedding_topic)
+    writer.set_custom_data("rk_siglip_ros.image_topics", ",".join(summary.image_topics))
+
+
+def _warm_up(store: Typestore, msgtypes: set[str]) -> None:
+    for msgtype in msgtypes | {EMBEDDING_MSG_TYPE}:
+        store.get_msgdef(msgtype)
+    header = store.types["std_msgs/msg/Header"](stamp=store.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
+                                                frame_id="")
+    message = store.types[EMBEDDING_MSG_TYPE](header=header, **embedding_fields(np.zeros(1, np.float32)))
+    store.deserialize_cdr(store.serialize_cdr(message, EMBEDDING_MSG_TYPE), EMBEDDING_MSG_TYPE)
+
+
+def _replay(bag: OpenBag, connections: list[Connection], chosen: list[Connection], writer: Writer,
+            encoder: SiglipEncoder, summary: ReplaySummary, progress: bool) -> None:
+    store = bag.typestore
+    outputs: dict[int, Connection] = {}
+    for connection in connections:
+        definition = connection_definition(connection, store)
+        if definition is None:
+            summary.dropped_topics[connection.topic] = (f"type {connection.msgtype} is not defined in the bag nor in "
+                                                        f"the {bag.typestore_name} typestore")
+            continue
+        try:
+            outputs[connection.id] = writer.add_connection(
+                connection.topic, connection.msgtype, msgdef=definition[0], rihs01=definition[1],
+                serialization_format=connection.ext.serialization_format,
+                offered_qos_profiles=connection_qos(connection))
+        except WriterError:  # the same topic/type/QoS recorded twice (split bags): share one output connection
+            outputs[connection.id] = next(o for o in writer.connections if o.topic == connection.topic
+                                          and o.msgtype == connection.msgtype)
+    embedding_out = writer.add_connection(summary.embedding_topic, EMBEDDING_MSG_TYPE, typestore=store)
+    image_class = store.types[EMBEDDING_MSG_TYPE]
+    chosen_ids = {c.id for c in chosen}
+    window = max(1, int(encoder.capacity))
+    pending: deque[_Pending] = deque()
+
+    def finish_one() -> None:
+        item = pending.popleft()
+        result = item.future.result()  # an encoder failure is not a frame problem: it ends the run
+        message = image_class(header=item.header, **embedding_fields(result.embedding))
+        writer.write(embedding_out, item.log_time_ns, store.serialize_cdr(message, EMBEDDING_MSG_TYPE))
+        summary.frames += 1
+        summary.latencies_s.append(result.latency_s)
+        bar.update(1)
+
+    bar = progress_bar(sum(c.msgcount for c in chosen), progress)
+    try:
+        for connection, log_time_ns, raw in bag.reader.messages(connections):
+            target = outputs.get(connection.id)
+            if target is not None:
+                writer.write(target, log_time_ns, raw)
+                summary.copied_messages += 1
+            if connection.id not in chosen_ids:
+                continue
+            while pending and (len(pending) >= window or pending[0].future.done()):
+                finish_one()
+            submitted = _submit(store, connection, log_time_ns, raw, encoder, summary)
+            if submitted is None:
+                bar.update(1)
+            else:
+                pending.append(submitted)
+        while pending:
+            finish_one()
+    finally:
+        for item in pending:
+            item.future.cancel()
+        bar.close()
+
+
+def _submit(store: Typestore, connection: Connection, log_time_ns: int, raw: bytes, encoder: SiglipEncoder,
+            summary: ReplaySummary) -> _Pending | None:
+    """Decode one image message and hand it to the encoder; None (and a counted skip) when the frame is bad."""
+    try:
+        message = store.deserialize_cdr(raw, connection.msgtype)
+    except Exception as error:  # noqa: BLE001 - any corrupt payload is a bad frame, not a failed run
+        summary.skipped.append(SkippedFrame(connection.topic, log_time_ns, f"corrupt message: {one_line(error)}"))
+        return None
+    try:
+        image = image_from_message(message)
+        future = encoder.submit(image)
+    except (BadFrame, ValueError) as error:
+        summary.skipped.append(SkippedFrame(connection.topic, log_time_ns, one_line(error)))
+        return None
+    return _Pending(future, message.header, log_time_ns)

@@ -1,0 +1,77 @@
+"""What a replay did, rendered for people, and the progress bar shown while it runs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SkippedFrame:
+    topic: str
+    log_time_ns: int
+    reason: str
+
+
+@dataclass
+class ReplaySummary:
+    """What one replay did; :func:`format_summary` renders it for people."""
+
+    output: Path
+    storage: str
+    typestore: str
+    image_topics: list[str]
+    embedding_topic: str
+    embedding_dim: int
+    frames: int = 0
+    copied_messages: int = 0
+    skipped: list[SkippedFrame] = field(default_factory=list)
+    dropped_topics: dict[str, str] = field(default_factory=dict)  # topic -> why it could not be copied
+    latencies_s: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def mean_latency_s(self) -> float:
+        return float(np.mean(self.latencies_s)) if self.latencies_s else float("nan")
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else float("nan")
+
+
+def format_summary(summary: ReplaySummary) -> str:
+    lines = [
+        f"wrote {summary.output} ({summary.storage})",
+        f"  frames encoded   {summary.frames} from {', '.join(summary.image_topics)} -> {summary.embedding_topic} "
+        f"({summary.embedding_dim}-d)",
+        f"  throughput       {summary.frames_per_s:.2f} frames/s over {summary.wall_s:.1f} s",
+        f"  mean latency     {summary.mean_latency_s * 1000:.1f} ms (submit -> embedding)",
+        f"  copied through   {summary.copied_messages} messages",
+        f"  skipped frames   {len(summary.skipped)}",
+    ]
+    by_topic = Counter(f"{frame.topic}: {frame.reason}" for frame in summary.skipped)
+    lines += [f"    {count} x {what}" for what, count in by_topic.most_common()]
+    lines += [f"  NOT copied       {topic}: {why}" for topic, why in summary.dropped_topics.items()]
+    return "\n".join(lines)
+
+
+class _NoBar:
+    def update(self, count: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    # rate_noinv: always frames/s, where tqdm would flip slow rates to s/frame
+    return tqdm(total=total or None, unit="frame", desc="encode_bag", dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]")
