@@ -23,9 +23,9 @@ def _simulator_chain_cos(folder, model: str) -> dict[str, float]:
     pixels = pixels.astype(np.float32)
     compiled = {}
     try:
-        for index, shard in enumerate(manifest.shards):
+        for shard in manifest.shards:
             compiled[shard.name] = compile_shard(manifest.path(shard, "onnx"), folder / f"check-{shard.name}.rknn",
-                                                 manifest.target, "fp16", None, [], index == 0)
+                                                 manifest.target, "fp16", None, [], shard)
         tensors = run_chain(manifest, lambda shard, feeds: compiled[shard.name].run(feeds), pixels)
     finally:
         for shard in compiled.values():
@@ -67,7 +67,7 @@ def test_disable_rules_barrier_keeps_attention_unfused(shard_factory, tmp_path):
     for barrier in ("none", "disable-rules"):
         path = tmp_path / f"{barrier}.rknn"
         compile_shard(manifest.path(attention_half, "onnx"), path, "rk3588", "fp16", None, disabled_rules(barrier),
-                      False).release()
+                      attention_half).release()
         found[barrier] = b"exSDPAttention" in path.read_bytes()
     assert found == {"none": True, "disable-rules": False}, f"exSDPAttention in the compiled graph: {found}"
 

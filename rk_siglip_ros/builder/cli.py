@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from .barrier import BARRIERS
+from .options import DTYPES, FORMATS, BuildOptions
 from .shard_plan import PROFILES
+
+# Each flag's dest is the BuildOptions field of the same name; its default is that field's default.
+DEFAULTS = BuildOptions()
+OPTION_NAMES = tuple(field.name for field in fields(BuildOptions))
 
 EPILOG = """\
 examples:
@@ -28,20 +34,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="checkpoint folder (config.json + *.safetensors), hub id (owner/name), or random:<preset> "
                              "(tiny, tiny-smolvlm, tiny-12, siglip-base-patch16-512, smolvlm-vision-512)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="shard set folder to create")
-    parser.add_argument("--profile", choices=PROFILES, default="pipeline3", help="how to cut the graph (default: "
+    parser.add_argument("--profile", choices=PROFILES, default=DEFAULTS.profile, help="how to cut the graph (default: "
                         "%(default)s)")
     parser.add_argument("--shards", type=int, metavar="N", help="override the profile's shard count (MAC-balanced)")
     parser.add_argument("--tile", type=int, metavar="T", help="attention query tile size in tokens, 0 = off "
                         "(default: 32 for seed, off otherwise)")
     parser.add_argument("--barrier", choices=BARRIERS, help="fusion barrier keeping tiles apart (default: poison for "
                         "seed, none otherwise)")
-    parser.add_argument("--scale", type=float, default=0.1, metavar="S", help="host-side residual scale folded into "
-                        "the weights; 1 = off (default: %(default)s)")
-    parser.add_argument("--target", default="rk3588", help="RKNN target platform (default: %(default)s)")
-    parser.add_argument("--dtype", choices=("fp16", "int8"), default="fp16", help="RKNN precision (default: "
+    parser.add_argument("--scale", type=float, default=DEFAULTS.scale, metavar="S",
+                        help="host-side residual scale folded into the weights; 1 = off (default: %(default)s)")
+    parser.add_argument("--target", default=DEFAULTS.target, help="RKNN target platform (default: %(default)s)")
+    parser.add_argument("--dtype", choices=DTYPES, default=DEFAULTS.dtype, help="RKNN precision (default: "
                         "%(default)s)")
     parser.add_argument("--calibration", type=Path, metavar="DIR", help="folder of images for int8 calibration")
-    parser.add_argument("--formats", default="onnx,rknn", help="comma-separated files to write: onnx, rknn "
+    parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated files to write: onnx, rknn "
                         "(default: %(default)s; onnx is always written)")
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the ONNX Runtime and RKNN "
                         "simulator checks against the fp32 model")
@@ -59,12 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .rknn_compile import RknnError
     from .verify import VerificationError
 
-    formats = tuple(kind.strip() for kind in args.formats.split(",") if kind.strip())
+    options = {name: getattr(args, name) for name in OPTION_NAMES}
+    options["formats"] = tuple(kind.strip() for kind in args.formats.split(",") if kind.strip())
     try:
-        manifest = build_shards(args.model, args.out, profile=args.profile, shards=args.shards, tile=args.tile,
-                                barrier=args.barrier, scale=args.scale, target=args.target, dtype=args.dtype,
-                                calibration=args.calibration, formats=formats, verify=args.verify, force=args.force,
-                                progress=not args.quiet)
+        manifest = build_shards(args.model, args.out, force=args.force, progress=not args.quiet, **options)
     except (BuildInputError, ModelSourceError) as error:
         print(f"build_shards: error: {error}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ only when something fails.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -19,6 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+
+from ..backends.rknnlite import input_data_format
+from ..manifest import PIXEL_INPUT, ShardSpec
+from .barrier import disabled_rules
+from .options import BuildOptions
+from .shard_modules import PlannedShard
+from .verify import RunShard, final_cosines, verify_shard
 
 
 class RknnError(RuntimeError):
@@ -57,11 +66,10 @@ class CompiledShard:
     rknn: Any
     path: Path
     compile_s: float
-    pixel_input: bool
+    shard: ShardSpec
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        # 4-D inputs default to NHWC in rknn-toolkit2; pixel_values is NCHW. Other inputs are 3-D and taken as is.
-        data_format = "nchw" if self.pixel_input else None
+        data_format = input_data_format(self.shard)  # the same rule the board's RKNN-Lite backend feeds by
         outputs = None
         with _captured_output() as log:
             try:
@@ -77,7 +85,7 @@ class CompiledShard:
 
 
 def compile_shard(onnx_path: Path, rknn_path: Path, target: str, dtype: str, dataset: Path | None,
-                  disable_rules: list[str], pixel_input: bool) -> CompiledShard:
+                  disable_rules: list[str], shard: ShardSpec) -> CompiledShard:
     """load_onnx + build + export_rknn + init_runtime (simulator). The caller must release() the result."""
     with _captured_output() as log:
         from rknn.api import RKNN
@@ -107,4 +115,24 @@ def compile_shard(onnx_path: Path, rknn_path: Path, target: str, dtype: str, dat
             raise RknnError(f"{onnx_path.name}: rknn-toolkit2 {step} failed (status {status}):\n{_tail(log)}")
         if step == "export_rknn":
             compile_s = time.perf_counter() - start
-    return CompiledShard(rknn, rknn_path, compile_s, pixel_input)
+    return CompiledShard(rknn, rknn_path, compile_s, shard)
+
+
+def compile_and_verify(plans: list[PlannedShard], folder: Path, options: BuildOptions,
+                       references: list[dict[str, np.ndarray]], images: list[np.ndarray],
+                       datasets: dict[str, Path], minimum: float, progress: bool) -> dict[str, float] | None:
+    """Compile each shard, verify it on the simulator (alone and chained), release it before the next one."""
+    chains = [{PIXEL_INPUT: image} for image in images]
+    for plan in tqdm(plans, desc=f"{'compile rknn':<14}", unit="shard", file=sys.stderr, disable=not progress):
+        plan.spec.rknn = f"{plan.spec.name}.rknn"
+        compiled = compile_shard(folder / plan.spec.onnx, folder / plan.spec.rknn, options.target, options.dtype,
+                                 datasets.get(plan.spec.name), disabled_rules(options.barrier or "none"), plan.spec)
+        try:
+            plan.stats["compile_s"] = compiled.compile_s
+            plan.stats["rknn_bytes"] = (folder / plan.spec.rknn).stat().st_size
+            if options.verify:
+                run_on_simulator: RunShard = lambda _spec, feeds, shard=compiled: shard.run(feeds)  # noqa: E731
+                verify_shard(plan, run_on_simulator, references, chains, "rknn_sim", minimum)
+        finally:
+            compiled.release()
+    return final_cosines(plans, chains, references, "rknn_sim", minimum) if options.verify else None

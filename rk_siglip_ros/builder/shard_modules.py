@@ -7,9 +7,12 @@ and only the inputs the NPU needs (no attention masks, no position-id arithmetic
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
+from ..manifest import ShardSpec
 from .models import VisionTower
 from .shard_plan import ATTENTION, EMBEDDING, FINAL, MLP, Block
 from .tiling import attention
@@ -155,3 +158,15 @@ def make_block(tower: VisionTower, block: Block, tile: int | None, poison: bool)
     if block.kind == FINAL:
         return FinalBlock(tower)
     raise ValueError(f"unknown block kind {block.kind!r}")
+
+
+@dataclass
+@dataclass
+class PlannedShard:
+    """One shard before it is built: its blocks, its tensor interface, and its module."""
+
+    spec: ShardSpec
+    blocks: list[Block]
+    module: ShardModule
+    reference_module: ShardModule  # unfolded, untiled: produces the fp32 reference at this shard's boundary
+    stats: dict[str, float | int | None] = field(default_factory=dict)
