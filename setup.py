@@ -8,6 +8,12 @@ PACKAGE = "rk_siglip_ros"
 HERE = Path(__file__).resolve().parent
 
 
+def requirements(name: str) -> list[str]:
+    """The requirement lines of requirements/<name>.txt (comments and -r includes left out)."""
+    lines = (HERE / "requirements" / f"{name}.txt").read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip() and not line.startswith("-")]
+
+
 def shard_data_files() -> list[tuple[str, list[str]]]:
     """Every built shard set under shards/<name>/ goes to share/<pkg>/shards/<name>/ (none in a clean checkout)."""
     entries = []
@@ -30,7 +36,11 @@ setup(
         (f"share/{PACKAGE}/config", [str(p.relative_to(HERE)) for p in sorted((HERE / "config").glob("*.yaml"))]),
         *shard_data_files(),
     ],
+    # install_requires stays minimal on purpose: on a ROS 2 robot numpy/OpenCV/Pillow come from apt (rosdep), which
+    # pip's metadata does not see, and setuptools' generated console scripts would refuse to start over "missing"
+    # distributions. Off ROS: pip install ".[runtime]" (the encoder, encode_bag, encode_images), ".[build]" (builder).
     install_requires=["setuptools"],
+    extras_require={"runtime": requirements("runtime"), "build": requirements("runtime") + requirements("build")},
     zip_safe=True,
     maintainer="rk_siglip_ros maintainers",
     maintainer_email="maintainers@rk-siglip-ros.dev",

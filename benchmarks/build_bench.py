@@ -2,7 +2,7 @@
 
 Builds ``random:siglip-base-patch16-512`` (SigLIP-B/16 @ 512: 1024 tokens, 12 layers, 768 wide) with the ``seed``
 and ``pipeline3`` profiles, ONNX + RKNN, verified, each in its own child process so its peak RSS is its own
-(os.wait4 returns that child's rusage). Goals (DESIGN.md): each build <= 10 min and <= 8 GB here, RKNN-sim end to
+(os.wait4 returns that child's rusage). Goals (the project's): each build <= 10 min and <= 8 GB here, RKNN-sim end to
 end >= 0.999. Run by `make bench` (benchmarks/run_all.py), not by the tests: it takes minutes.
 """
 

@@ -29,10 +29,6 @@ from .preprocess import Preprocessor
 from .scheduler import Scheduler, check_mode
 
 DEFAULT_CORES = (0, 1, 2)
-# Frames admitted beyond one per worker. One waiting frame could absorb jitter in a pipeline (admission is a closed
-# loop), but measured in the sim it bought no throughput and added a stage time of latency: off by default, so
-# a frame submitted by the node is always the freshest one the cores will take next.
-DEFAULT_QUEUE_SLOTS = {"sequential": 0, "pipeline": 0, "replicas": 0}
 # A host scale pair multiplying to 1 within this tolerance is skipped: the tensor goes to the next shard untouched.
 _UNIT = 1e-9
 
@@ -71,7 +67,7 @@ class SiglipEncoder:
     """Use :meth:`open`; the constructor takes already-built parts."""
 
     def __init__(self, manifest: Manifest, backend: Backend, mode: str = "pipeline",
-                 cores: Sequence[int] = DEFAULT_CORES, trace: bool = False, queue_slots: int | None = None) -> None:
+                 cores: Sequence[int] = DEFAULT_CORES, trace: bool = False, queue_slots: int = 0) -> None:
         self.manifest = manifest
         self.backend = backend
         self.mode = mode
@@ -84,8 +80,6 @@ class SiglipEncoder:
         self._runners: dict[tuple[int, int], ShardRunner] = {}
         self._closed = False
         costs = [backend.estimated_cost(manifest, shard) for shard in manifest.shards]
-        if queue_slots is None:
-            queue_slots = DEFAULT_QUEUE_SLOTS.get(mode, 0)
         self._scheduler = Scheduler(mode, self.cores, costs, self._run_shard, self._finish, queue_slots=queue_slots,
                                     trace=trace)
         try:
@@ -102,7 +96,7 @@ class SiglipEncoder:
     def open(cls, shards: str | Path | Manifest, backend: str = "auto", mode: str = "pipeline",
              cores: Sequence[int] = DEFAULT_CORES, timing_profile: str | Path | dict[str, Any] | None = None,
              *, time_scale: float = 1.0, threads: int | None = None, trace: bool = False,
-             queue_slots: int | None = None) -> SiglipEncoder:
+             queue_slots: int = 0) -> SiglipEncoder:
         """Load the shard set (a folder, or a Manifest already loaded from one), verify the files the backend
         loads, and start the workers.
 
@@ -111,8 +105,9 @@ class SiglipEncoder:
         mode: sequential | pipeline | replicas. cores: NPU cores (for onnxruntime, worker slots). timing_profile /
         time_scale: the sim backend's profile (name, JSON path or dict) and a factor on its sleep times (tests use
         small ones). threads: onnxruntime intra-op threads per session (default: CPUs / concurrent workers). trace:
-        keep per-shard events (``scheduler.trace``). queue_slots: frames admitted beyond one per worker (default:
-        see DEFAULT_QUEUE_SLOTS).
+        keep per-shard events (``scheduler.trace``). queue_slots: frames admitted beyond one per worker. Default 0: one
+        waiting frame could absorb jitter in a pipeline, but measured in the sim it bought no throughput and added a
+        stage time of latency, and without it a frame the node submits is always the freshest one the cores take next.
         """
         check_mode(mode)  # before any file is read or hashed (the constructor's scheduler checks it too)
         if isinstance(shards, Manifest):

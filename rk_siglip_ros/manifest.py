@@ -198,12 +198,8 @@ def save_manifest(manifest: Manifest, directory: Path) -> Path:
     return path
 
 
-def manifest_from_dict(data: dict[str, Any], source: str = "manifest") -> Manifest:
+def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     """Parse the JSON structure of a manifest and validate everything that does not need the files."""
-    return parse_manifest(data, source)
-
-
-def parse_manifest(data: Any, source: str) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: expected a JSON object at the top level")
     _check_format(data, source)
@@ -399,7 +395,9 @@ def load_manifest(location: str | Path, verify: Iterable[str] = FILE_KINDS) -> M
 
 def verify_files(manifest: Manifest, kind: str, source: str = "manifest") -> None:
     """Check that every shard file of ``kind`` exists inside the folder and matches its recorded sha256."""
-    assert manifest.root is not None
+    if manifest.root is None:
+        raise ManifestError(f"{source}: the manifest has no folder (root) to check its {kind} files in; load it with "
+                            "load_manifest(folder)")
     for shard in manifest.shards:
         relative = shard.file(kind)
         if relative is None:

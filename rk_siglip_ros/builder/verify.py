@@ -25,7 +25,7 @@ from ..manifest import PIXEL_INPUT, Manifest, ShardSpec
 from .models import VisionTower, hf_image_processor
 from .shard_modules import PlannedShard
 
-# Done-when thresholds (DESIGN.md): fp32 ONNX chain vs transformers, fp16 RKNN simulator chain vs transformers.
+# The project's acceptance thresholds: fp32 ONNX chain vs transformers, fp16 RKNN simulator chain vs transformers.
 ONNX_MIN_COS = 0.99999
 RKNN_MIN_COS = 0.999
 INT8_MIN_COS = 0.98  # int8 is lossy by design; below this the calibration is broken, not just coarse
