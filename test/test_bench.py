@@ -30,11 +30,21 @@ def test_bench_sim_reports_every_configuration(shard_factory, tmp_path, capsys):
     assert chart.stat().st_size > 1000 and chart.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bench_onnxruntime_measures_host_overhead(shard_factory, capsys):
-    assert bench(["--shards", str(shard_factory()), "--backend", "onnxruntime", "--modes", "pipeline",
-                  "--frames", "3", "--image-size", "1920x1080"]) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:2] == ["profile", "mode"] and "pipeline3" in table[2]
+def test_bench_onnxruntime_measures_host_overhead(shard_factory, tmp_path, capsys):
+    """Host time is measured per step and adds up; a 1080p frame costs more preprocessing than a tiny one."""
+    results = {}
+    for size in ("1920x1080", "64x48"):
+        out = tmp_path / f"{size}.json"
+        assert bench(["--shards", str(shard_factory()), "--backend", "onnxruntime", "--modes", "pipeline",
+                      "--frames", "3", "--image-size", size, "--json", str(out)]) == 0
+        (results[size],) = json.loads(out.read_text())
+    table = capsys.readouterr().out
+    for r in results.values():
+        steps = r["preprocess_ms"] + r["scales_ms"] + r["postprocess_ms"]
+        assert r["host_ms_per_frame"] == pytest.approx(steps, rel=1e-6) and r["preprocess_ms"] > 0
+        assert r["host_fraction"] == pytest.approx(r["host_ms_per_frame"] / r["compute_ms_per_frame"], rel=1e-6)
+        assert f"{r['host_ms_per_frame']:.2f}" in table  # the table shows what was measured
+    assert results["1920x1080"]["preprocess_ms"] > results["64x48"]["preprocess_ms"]
 
 
 @pytest.mark.parametrize("args", [["--modes", "turbo"], ["--frames", "0"], ["--image-size", "big"]])

@@ -49,7 +49,6 @@ def test_manifest_records_what_the_host_needs(shard_factory):
         assert produced[consumed.name].scale * consumed.scale == pytest.approx(1.0)
         assert consumed.scale == pytest.approx(0.1)
     assert [spec.scale for spec in manifest.shards[-1].outputs] == [1.0, 1.0]
-    assert manifest.verification["onnx_vs_fp32_cos"] >= 0.99999
     assert all(shard.macs > 0 for shard in manifest.shards)
     assert set(manifest.toolchain) >= {"torch", "transformers", "onnx", "onnxruntime"}
     assert manifest.outputs == {"pooled": "pooled", "tokens": "tokens"}

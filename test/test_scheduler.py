@@ -223,12 +223,31 @@ def test_close_with_frames_in_flight_finishes_them_and_joins(mode):
     encoder.close()  # idempotent
 
 
-def test_close_with_cancel_drops_frames_not_yet_finished():
-    encoder = sim_encoder("pipeline", ms_per_shard=30.0)
-    futures = [encoder.submit(image(i)) for i in range(3)]
-    encoder.close(cancel=True)
+@pytest.mark.parametrize("mode", ["sequential", "pipeline", "replicas"])
+def test_close_with_cancel_stops_unfinished_frames_after_their_running_shard(mode):
+    """Cancelled frames resolve as cancelled and run no further shard; finished ones keep their results."""
+    shards, calls = 3, []
+    started = threading.Event()
+
+    def run_shard(shard, core, state):
+        calls.append((state, shard))
+        started.set()
+        time.sleep(0.05)
+        return state
+
+    scheduler = Scheduler(mode, CORES, [1.0] * shards, run_shard, lambda state: state)
+    futures = [scheduler.submit(index) for index in range(scheduler.capacity)]
+    assert started.wait(timeout=10)
+    scheduler.close(cancel=True)
     assert all(future.done() for future in futures)
-    assert any(future.cancelled() for future in futures)
+    cancelled = [index for index, future in enumerate(futures) if future.cancelled()]
+    assert cancelled, "close(cancel=True) right after submit left no frame to cancel"
+    for index, future in enumerate(futures):
+        if not future.cancelled():
+            assert future.result() == index
+    for index in cancelled:  # each cancelled frame finished at most the shard that was running when close() came
+        assert len([shard for frame, shard in calls if frame == index]) <= 1
+    assert len(calls) < len(futures) * shards
 
 
 def test_submit_blocks_at_capacity():
@@ -265,31 +284,34 @@ def test_a_blocked_submit_is_released_by_close():
 def test_a_frame_admitted_while_close_runs_still_resolves(mode, monkeypatch):
     """close() racing submit(): a frame admitted before close() must reach the workers ahead of the stop marker.
 
-    The first worker's inbox holds its put() until close() has begun (or 0.5 s pass), which forces the interleaving
-    where close() runs between submit's admission and its enqueue, when there is such a gap."""
+    submit() enqueues while it holds the scheduler's lock, so close() cannot run between admission and enqueue. The
+    inbox's put() is held open for a moment while close() is started from another thread: the put must find the lock
+    held (the invariant), and the frame must still resolve (what the invariant is for). Were the put moved out of
+    the lock, close() would queue its stop marker first in that window and the frame would never resolve."""
     scheduler = Scheduler(mode, CORES, [1.0] * 3, lambda s, c, state: state, lambda state: state)
     inbox = scheduler._workers[0].inbox
     put = inbox.put
-    first_put = threading.Event()
+    in_put = threading.Event()
+    lock_held_during_put = []
 
     def held_put(item, *args, **kwargs):
-        if not first_put.is_set():
-            first_put.set()
-            deadline = time.monotonic() + 0.5
-            while not scheduler._closed and time.monotonic() < deadline:
-                time.sleep(0.005)
+        if not in_put.is_set():
+            lock_held_during_put.append(scheduler._lock.locked())
+            in_put.set()
+            time.sleep(0.1)  # the window in which close() would slip in if it could
         put(item, *args, **kwargs)
 
     monkeypatch.setattr(inbox, "put", held_put)
     futures = []
     submitter = threading.Thread(target=lambda: futures.append(scheduler.submit("frame")))
     submitter.start()
-    assert first_put.wait(timeout=10)
+    assert in_put.wait(timeout=10)
     closer = threading.Thread(target=scheduler.close)
     closer.start()
     submitter.join(timeout=10)
     closer.join(timeout=10)
     try:
+        assert lock_held_during_put == [True]
         assert len(futures) == 1 and futures[0].result(timeout=5) == "frame"
     finally:
         scheduler.close(cancel=True)
