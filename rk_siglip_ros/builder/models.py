@@ -38,7 +38,9 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 # PIL resample codes as stored in Hugging Face preprocessor_config.json.
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
-SIGLIP_MODEL_TYPES = ("siglip", "siglip_vision_model", "siglip2", "siglip2_vision_model")
+SIGLIP_MODEL_TYPES = ("siglip", "siglip_vision_model")
+# SigLIP 2 embeds variable-size patch sequences with a linear layer (NaFlex): a different graph from the one cut here.
+SIGLIP2_MODEL_TYPES = ("siglip2", "siglip2_vision_model")
 SMOLVLM_MODEL_TYPES = ("smolvlm", "smolvlm_vision", "idefics3", "idefics3_vision")
 
 
@@ -184,6 +186,10 @@ def _checkpoint_tower(path: Path, source: str) -> VisionTower:
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise ModelSourceError(f"--model {source!r}: no *.safetensors weights in {path}; download the full "
                                "checkpoint (e.g. `huggingface-cli download <id> --local-dir DIR`)")
+    if model_type in SIGLIP2_MODEL_TYPES:
+        raise ModelSourceError(f"--model {source!r}: SigLIP 2 checkpoints (model_type {model_type!r}) are not "
+                               "supported: their NaFlex patch embedding is not the SigLIP graph this builder cuts; "
+                               "use a SigLIP (e.g. google/siglip-base-patch16-512) or SmolVLM checkpoint")
     preprocess = _preprocess_from_checkpoint(path, config_data)
     if model_type in SIGLIP_MODEL_TYPES:
         from transformers import SiglipVisionModel
