@@ -11,6 +11,7 @@ and after the shards. Example::
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -26,11 +27,18 @@ from .backends import Backend, ShardRunner, create_backend, resolve_backend_name
 from .manifest import Manifest, ManifestError, load_manifest, verify_files
 from .postprocess import pooled_embedding, token_matrix
 from .preprocess import Preprocessor
-from .scheduler import Scheduler, check_mode
+from .scheduler import CLOSE_TIMEOUT_S, BusyWindow, Scheduler, StuckCall, check_mode
 
 DEFAULT_CORES = (0, 1, 2)
 # A host scale pair multiplying to 1 within this tolerance is skipped: the tensor goes to the next shard untouched.
 _UNIT = 1e-9
+
+LOG = logging.getLogger(__name__)
+
+
+class EncoderOutputError(RuntimeError):
+    """A frame's final output is unusable (NaN/inf, or not ``embedding_dim`` wide): the frame fails, nothing of it
+    is returned. Repeated on every frame it points at the shard set or the NPU, not at the images."""
 
 
 @dataclass
@@ -55,12 +63,13 @@ class HostTimes:
 
 
 class _FrameState:
-    __slots__ = ("tensors", "submitted", "want_tokens")
+    __slots__ = ("tensors", "submitted", "want_tokens", "last_call")
 
     def __init__(self, tensors: dict[str, tuple[np.ndarray, float]], submitted: float, want_tokens: bool) -> None:
         self.tensors = tensors  # name -> (array, factor): the true value is array * factor
         self.submitted = submitted
         self.want_tokens = want_tokens
+        self.last_call = (-1, -1)  # (shard, core) of the latest shard call, to name it in output errors
 
 
 class SiglipEncoder:
@@ -172,8 +181,17 @@ class SiglipEncoder:
         return np.stack([future.result().embedding for future in futures])
 
     def core_busy(self) -> dict[int, float]:
-        """Fraction of wall time each core was busy since the previous call."""
+        """Fraction of wall time each core was busy since the previous ``core_busy()`` call. This is one shared
+        window; a second reader (diagnostics beside a benchmark) should hold its own :meth:`busy_window`."""
         return self._scheduler.core_busy()
+
+    def busy_window(self) -> BusyWindow:
+        """A per-reader window: ``window.read()`` gives busy fractions since that window's previous read."""
+        return self._scheduler.busy_window()
+
+    def retired_cores(self) -> dict[int, str]:
+        """Cores taken out of rotation after repeated failures (replicas mode), with the reason."""
+        return self._scheduler.retired_cores()
 
     def shard_times(self) -> dict[str, float]:
         """Mean seconds per call of each shard so far."""
@@ -190,17 +208,31 @@ class SiglipEncoder:
             self._host = [0, 0.0, 0.0, 0.0]
         self._scheduler.core_busy()
 
-    def close(self, cancel: bool = False) -> None:
-        """Stop accepting frames, finish (or cancel) those in flight, join the workers, release every runner."""
+    def close(self, cancel: bool = False, timeout: float | None = CLOSE_TIMEOUT_S) -> list[StuckCall]:
+        """Stop accepting frames, finish (or cancel) those in flight, join the workers, release every runner.
+
+        Bounded: returns within about ``timeout`` s even if a shard call never returns (a hung NPU). Such calls are
+        logged and returned; their runners are not released (releasing an NPU context under a running inference is
+        unsafe). A runner whose ``close()`` raises is logged and the others are still released.
+        """
         if self._closed:
-            return
+            return []
         self._closed = True
         scheduler = getattr(self, "_scheduler", None)
-        if scheduler is not None:
-            scheduler.close(cancel=cancel)
+        stuck = scheduler.close(cancel=cancel, timeout=timeout) if scheduler is not None else []
+        busy_cores = {call.core for call in stuck}
         runners, self._runners = self._runners, {}
-        for runner in runners.values():
-            runner.close()
+        failures = []
+        for (shard, core), runner in runners.items():
+            if core in busy_cores:
+                continue
+            try:
+                runner.close()
+            except Exception as error:  # noqa: BLE001 - release the other NPU contexts whatever one of them does
+                failures.append(f"shard {shard} on core {core}: {type(error).__name__}: {error}")
+        if failures:
+            LOG.error("releasing runners failed (the others were released): %s", "; ".join(failures))
+        return stuck
 
     def __enter__(self) -> SiglipEncoder:
         return self
@@ -220,6 +252,7 @@ class SiglipEncoder:
             multiplier = factor * spec.scale
             feed[spec.name] = array if abs(multiplier - 1.0) <= _UNIT else array * np.float32(multiplier)
         scaled = time.perf_counter()
+        state.last_call = (index, core)
         outputs = self._runners[(index, core)].run(feed)
         for spec in shard.outputs:
             state.tensors[spec.name] = (outputs[spec.name], spec.scale)
@@ -235,9 +268,21 @@ class SiglipEncoder:
         tokens = self._value(state, roles.get("tokens"))
         embedding = pooled_embedding(pooled, tokens)
         token_rows = token_matrix(tokens) if state.want_tokens and tokens is not None else None
+        self._check_output(state, embedding, token_rows)
         done = time.perf_counter()
         self._add_host(0, 0.0, 0.0, done - start)
         return EncodeResult(embedding=embedding, tokens=token_rows, latency_s=done - state.submitted)
+
+    def _check_output(self, state: _FrameState, embedding: np.ndarray, tokens: np.ndarray | None) -> None:
+        """Never hand out NaN/inf or a wrong width: an NPU fault or a broken shard fails the frame instead."""
+        shard, core = state.last_call
+        where = f"last shard {self.manifest.shards[shard].name} on core {core}" if shard >= 0 else "no shard ran"
+        if embedding.shape != (self.embedding_dim,):
+            raise EncoderOutputError(f"the embedding has shape {embedding.shape}, the manifest declares "
+                                     f"({self.embedding_dim},) ({where}); the shard set does not match its manifest")
+        if not np.isfinite(embedding).all() or (tokens is not None and not np.isfinite(tokens).all()):
+            raise EncoderOutputError(f"the shard chain produced NaN/inf ({where}); frame dropped. On every frame this "
+                                     "means a broken shard set (rebuild it) or a failing NPU core")
 
     @staticmethod
     def _value(state: _FrameState, name: str | None) -> np.ndarray | None:

@@ -24,6 +24,10 @@ ARCHITECTURES = ("siglip", "smolvlm")
 FILE_KINDS = ("onnx", "rknn")
 PIXEL_INPUT = "pixel_values"
 REBUILD_HINT = "rebuild the shard set with `build_shards --model <checkpoint> --out <dir> --force`"
+# Host scales outside this range lose float32 precision (or underflow) before they reach the NPU: refused at load.
+SCALE_RANGE = (1e-6, 1e6)
+# How far a producer's output scale times a consumer's input scale may stray from 1 (the builder writes s and 1/s).
+SCALE_PAIR_TOLERANCE = 1e-5
 
 
 class ManifestError(ValueError):
@@ -205,7 +209,7 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     _check_format(data, source)
     try:
         manifest = Manifest(
-            model=ModelInfo(**data["model"]),
+            model=_parse_model(data["model"]),
             preprocess=_parse_preprocess(data["preprocess"]),
             shards=[_parse_shard(entry) for entry in data["shards"]],
             outputs=dict(data["outputs"]),
@@ -217,11 +221,13 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
             verification=dict(data.get("verification", {})),
             build=dict(data.get("build", {})),
         )
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
         raise ManifestError(f"{source}: malformed manifest ({type(error).__name__}: {error}); {REBUILD_HINT}") from None
     _check_model(manifest, source)
+    _check_preprocess(manifest, source)
     _check_paths(manifest, source)
     _check_chain(manifest, source)
+    _check_scales(manifest, source)
     _check_outputs(manifest, source)
     _check_toolchain(manifest, source)
     return manifest
@@ -235,6 +241,11 @@ def _check_format(data: dict[str, Any], source: str) -> None:
         raise ManifestError(f"{source}: manifest version {data.get('version')!r} is not supported by this "
                             f"rk_siglip_ros (reads version {VERSION}); {REBUILD_HINT} with this version, "
                             "or update rk_siglip_ros")
+
+
+def _parse_model(data: dict[str, Any]) -> ModelInfo:
+    text = ("source", "architecture")
+    return ModelInfo(**{key: str(value) if key in text else int(value) for key, value in dict(data).items()})
 
 
 def _parse_preprocess(data: dict[str, Any]) -> PreprocessSpec:
@@ -287,9 +298,39 @@ def _check_model(manifest: Manifest, source: str) -> None:
     for role in ("pooled", "tokens"):
         if role not in manifest.outputs:
             raise ManifestError(f"{source}: outputs must name a {role!r} tensor (null for host pooling)")
-    for scale in (manifest.host_scale, *(t.scale for s in manifest.shards for t in (*s.inputs, *s.outputs))):
-        if not math.isfinite(scale) or scale == 0.0:
-            raise ManifestError(f"{source}: every scale must be finite and non-zero (found {scale})")
+
+def _check_preprocess(manifest: Manifest, source: str) -> None:
+    """Numbers that would make every pixel tensor NaN/inf (std 0 or NaN) or empty are refused here, not per frame."""
+    spec = manifest.preprocess
+    if any(not math.isfinite(v) or v <= 0.0 for v in spec.std):
+        raise ManifestError(f"{source}: preprocess.std must be finite and positive, got {list(spec.std)} (a 0 or "
+                            f"NaN would turn every frame into NaN); {REBUILD_HINT}")
+    if any(not math.isfinite(v) for v in spec.mean) or not math.isfinite(spec.rescale) or spec.rescale <= 0.0:
+        raise ManifestError(f"{source}: preprocess.mean must be finite and preprocess.rescale finite and positive, "
+                            f"got mean {list(spec.mean)}, rescale {spec.rescale}; {REBUILD_HINT}")
+    if min(spec.size) <= 0:
+        raise ManifestError(f"{source}: preprocess.size must be positive, got {list(spec.size)}")
+
+
+def _check_scales(manifest: Manifest, source: str) -> None:
+    """The builder's invariant: every scale positive, finite and within :data:`SCALE_RANGE`, and wherever a shard
+    consumes an earlier shard's output, output scale x input scale == 1 (the NPU carries the same scaled stream
+    across the boundary). A sign flip or an underflowing scale would otherwise give a silently wrong embedding."""
+    low, high = SCALE_RANGE
+    scales = [("host_scale", manifest.host_scale)]
+    scales += [(f"shard {s.name} {t.name!r}", t.scale) for s in manifest.shards for t in (*s.inputs, *s.outputs)]
+    for what, scale in scales:
+        if not (math.isfinite(scale) and low <= scale <= high):
+            raise ManifestError(f"{source}: {what} scale {scale} must be a finite positive number within "
+                                f"[{low:g}, {high:g}]; {REBUILD_HINT}")
+    produced = {t.name: (s.name, t.scale) for s in manifest.shards for t in s.outputs}
+    for shard in manifest.shards[1:]:
+        for spec in shard.inputs:
+            producer, out_scale = produced[spec.name]  # _check_chain guarantees an earlier producer
+            if abs(out_scale * spec.scale - 1.0) > SCALE_PAIR_TOLERANCE:
+                raise ManifestError(f"{source}: shard {producer} writes {spec.name!r} with scale {out_scale} and shard "
+                                    f"{shard.name} reads it with scale {spec.scale}; their product must be 1 (the "
+                                    f"builder writes s and 1/s); {REBUILD_HINT}")
 
 
 def _check_paths(manifest: Manifest, source: str) -> None:
@@ -383,9 +424,14 @@ def load_manifest(location: str | Path, verify: Iterable[str] = FILE_KINDS) -> M
         hint = f"build one with `build_shards --model <checkpoint or random:tiny> --out {path}`"
         raise ManifestError(f"no shard set at {path}: {manifest_path} does not exist; {hint}")
     try:
-        data = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as error:
+        data = json.loads(manifest_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{manifest_path}: not UTF-8 text (byte {error.start}: {error.reason}); the file is "
+                            f"corrupt or not a manifest; {REBUILD_HINT}") from None
+    except (ValueError, RecursionError) as error:  # json.JSONDecodeError is a ValueError
         raise ManifestError(f"{manifest_path}: not valid JSON ({error}); {REBUILD_HINT}") from None
+    except OSError as error:
+        raise ManifestError(f"{manifest_path}: cannot read ({error.strerror or error})") from None
     manifest = parse_manifest(data, str(manifest_path))
     manifest.root = manifest_path.parent.resolve()
     for kind in verify:

@@ -11,11 +11,14 @@ state)`` calls and hands the final state to ``finish(state)``. Three modes:
 
 Admission is bounded (``capacity`` frames in flight; ``submit`` blocks beyond that), results resolve in submission
 order, an exception in a shard fails only that frame's future, and ``close`` drains (or cancels) what is in flight
-before joining the workers.
+before joining the workers, for at most ``timeout`` seconds: a shard call that never returns (a hung NPU) is left
+behind on its daemon thread, named in the log, and the frames it holds fail. In ``replicas`` mode a core whose
+frames fail ``retire_after`` times in a row is taken out of rotation while other cores keep serving.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -28,13 +31,48 @@ from typing import Any
 from .partitioning import min_max_partition
 
 MODES = ("sequential", "pipeline", "replicas")
+# Consecutive failed frames after which a replicas core leaves the rotation (never the last core in rotation).
+RETIRE_AFTER = 5
+# close() waits this long by default for frames in flight and running shard calls; then it returns regardless.
+CLOSE_TIMEOUT_S = 60.0
+
+LOG = logging.getLogger(__name__)
 
 RunShard = Callable[[int, int, Any], Any]
 Finish = Callable[[Any], Any]
 
 
 class SchedulerClosedError(RuntimeError):
-    """submit() after close()."""
+    """submit() after close(), or a frame still in flight when close() gave up waiting for a stuck call."""
+
+
+@dataclass(frozen=True)
+class StuckCall:
+    """A shard call that had not returned when close() stopped waiting."""
+
+    core: int
+    shard: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"core {self.core} stuck in shard {self.shard} for {self.seconds:.1f} s"
+
+
+class BusyWindow:
+    """One reader's view of per-core busy time: each :meth:`read` covers the time since this window's previous read,
+    so several readers (diagnostics, a benchmark) never reset each other's figures."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self._wall, self._busy = scheduler.busy_seconds()
+
+    def read(self) -> dict[int, float]:
+        """Fraction of wall time each core spent running shards since the previous read (or creation)."""
+        wall, busy = self._scheduler.busy_seconds()
+        elapsed = max(wall - self._wall, 1e-9)
+        fractions = {core: min(1.0, max(0.0, (busy[core] - self._busy.get(core, 0.0)) / elapsed)) for core in busy}
+        self._wall, self._busy = wall, busy
+        return fractions
 
 
 @dataclass(frozen=True)
@@ -106,7 +144,7 @@ def plan_workers(mode: str, cores: Sequence[int], costs: Sequence[float]) -> lis
 
 class Scheduler:
     def __init__(self, mode: str, cores: Sequence[int], costs: Sequence[float], run_shard: RunShard,
-                 finish: Finish, queue_slots: int = 0, trace: bool = False) -> None:
+                 finish: Finish, queue_slots: int = 0, trace: bool = False, retire_after: int = RETIRE_AFTER) -> None:
         self.mode = mode
         self.cores = tuple(cores)
         self.plan = plan_workers(mode, self.cores, costs)
@@ -123,11 +161,15 @@ class Scheduler:
         self._next_to_resolve = 0
         self._resolve_lock = threading.Lock()
         self._busy = {core: 0.0 for core in self.cores}
-        self._busy_mark = dict(self._busy)
-        self._wall_mark = time.perf_counter()
+        self._running: dict[str, tuple[int, int, float]] = {}  # worker name -> (shard, core, start) of its call now
+        self._retire_after = max(1, int(retire_after))
+        self._failures: dict[int, int] = {}  # replicas core -> consecutive failed frames
+        self._retired: dict[int, str] = {}  # core -> why it left the rotation
+        self._stuck: list[StuckCall] = []
         self._shard_stats: dict[int, list[float]] = {}  # shard -> [calls, seconds]
         self.trace: deque[ShardEvent] | None = deque(maxlen=100_000) if trace else None
         self._workers = self._start_workers()
+        self._default_window = BusyWindow(self)
 
     # ------------------------------------------------------------------------------------------------- public
 
@@ -154,26 +196,51 @@ class Scheduler:
             self._workers[0].inbox.put(frame)
         return future
 
-    def core_busy(self) -> dict[int, float]:
-        """Fraction of wall time each core spent running shards since the previous call (or since start)."""
+    def busy_seconds(self) -> tuple[float, dict[int, float]]:
+        """(now, seconds each core has spent running shards since start), calls still running included. A counter
+        that never resets: readers keep their own marks (see :class:`BusyWindow`)."""
         with self._lock:
             now = time.perf_counter()
-            wall = max(now - self._wall_mark, 1e-9)
-            fractions = {core: min(1.0, (self._busy[core] - self._busy_mark[core]) / wall) for core in self.cores}
-            self._busy_mark = dict(self._busy)
-            self._wall_mark = now
-        return fractions
+            busy = dict(self._busy)
+            for _, core, start in self._running.values():
+                busy[core] += now - start
+        return now, busy
+
+    def busy_window(self) -> BusyWindow:
+        """A new per-reader window over :meth:`busy_seconds`."""
+        return BusyWindow(self)
+
+    def core_busy(self) -> dict[int, float]:
+        """Fraction of wall time each core was busy since the previous ``core_busy()`` call (one shared window;
+        a second reader should hold its own :meth:`busy_window`)."""
+        return self._default_window.read()
+
+    def retired_cores(self) -> dict[int, str]:
+        """Cores taken out of rotation (replicas mode) and why."""
+        with self._lock:
+            return dict(self._retired)
+
+    def stuck_calls(self) -> list[StuckCall]:
+        """Shard calls close() left running because they did not return in time."""
+        with self._lock:
+            return list(self._stuck)
 
     def shard_times(self) -> dict[int, tuple[int, float]]:
         """Per shard: (calls, mean seconds per call) since start."""
         with self._lock:
             return {shard: (int(calls), total / calls) for shard, (calls, total) in sorted(self._shard_stats.items())}
 
-    def close(self, cancel: bool = False) -> None:
-        """Stop accepting frames; finish the ones in flight (or cancel those not yet finished) and join workers."""
+    def close(self, cancel: bool = False, timeout: float | None = CLOSE_TIMEOUT_S) -> list[StuckCall]:
+        """Stop accepting frames; finish the ones in flight (or cancel those not yet finished) and join the workers.
+
+        Returns within about ``timeout`` seconds (None: wait for ever) even if a shard call never returns: such a
+        call is left on its daemon thread, logged with its core and shard, and returned; the frames still in flight
+        then fail with :class:`SchedulerClosedError`.
+        """
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         with self._slots:
             if self._closed and all(w.thread is None or not w.thread.is_alive() for w in self._workers):
-                return
+                return []
             self._closed = True
             self._slots.notify_all()
             pending = list(self._pending.values())
@@ -181,14 +248,36 @@ class Scheduler:
             for frame in pending:
                 frame.future.cancel()
         first = self._workers[0]
-        if self.mode == "replicas":
-            for _ in self._workers:
-                first.inbox.put(_STOP)
-        else:
+        for _ in self._workers if self.mode == "replicas" else (None,):
             first.inbox.put(_STOP)
         for worker in self._workers:
             if worker.thread is not None:
-                worker.thread.join()
+                worker.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        alive = [w for w in self._workers if w.thread is not None and w.thread.is_alive()]
+        if not alive:
+            return []
+        return self._abandon(alive)
+
+    def _abandon(self, alive: list[_Worker]) -> list[StuckCall]:
+        """close() timed out: name the stuck calls, stop the idle workers, fail every frame still in flight."""
+        now = time.perf_counter()
+        with self._lock:
+            stuck = [StuckCall(core, shard, now - start) for name, (shard, core, start) in self._running.items()
+                     if any(w.name == name for w in alive)]
+            self._stuck = stuck
+            pending = list(self._pending.values())
+        for call in stuck:
+            LOG.error("%s; shutting down without it (its thread and NPU context are left behind)", call)
+        for worker in alive:  # workers blocked on an empty inbox (stages behind a stuck one) exit now
+            worker.inbox.put(_STOP)
+        reason = "; ".join(str(call) for call in stuck) or "workers did not stop in time"
+        for frame in pending:
+            try:
+                frame.future.set_exception(SchedulerClosedError(f"the encoder was closed while this frame was in "
+                                                                f"flight ({reason})"))
+            except InvalidStateError:  # already resolved or cancelled
+                pass
+        return stuck
 
     # ------------------------------------------------------------------------------------------------ workers
 
@@ -221,22 +310,46 @@ class Scheduler:
                 frame.error = error
             if worker.outbox is not None and frame.error is None and not frame.future.cancelled():
                 worker.outbox.put(frame)
-            else:
-                self._done(frame)
+                continue
+            self._done(frame)
+            if self.mode == "replicas" and not frame.future.cancelled() and self._count_outcome(worker, frame.error):
+                return  # this core left the rotation; the others keep taking frames from the shared queue
+
+    def _count_outcome(self, worker: _Worker, error: BaseException | None) -> bool:
+        """Track a replicas core's consecutive failures; True when it must leave the rotation now."""
+        core = worker.assignment[0][1]
+        with self._slots:
+            if error is None:
+                self._failures[core] = 0
+                return False
+            self._failures[core] = self._failures.get(core, 0) + 1
+            in_rotation = len(self.cores) - len(self._retired)
+            if self._failures[core] < self._retire_after or in_rotation <= 1 or self._closed:
+                return False
+            why = (f"core {core} out of rotation after {self._failures[core]} consecutive failed frames (last: "
+                   f"{type(error).__name__}: {error})")
+            self._retired[core] = why
+            self.capacity -= 1  # one worker fewer: admit one frame fewer
+            self._free -= 1
+        LOG.error("%s; serving on the other cores", why)
+        return True
 
     def _run(self, worker: _Worker, frame: _Frame) -> None:
         for shard, core in worker.assignment:
             if frame.future.cancelled():
                 return
             start = time.perf_counter()
+            with self._lock:
+                self._running[worker.name] = (shard, core, start)
             try:
                 frame.state = self._run_shard(shard, core, frame.state)
             finally:
                 end = time.perf_counter()
-                self._account(frame.index, shard, core, start, end)
+                self._account(worker.name, frame.index, shard, core, start, end)
 
-    def _account(self, frame: int, shard: int, core: int, start: float, end: float) -> None:
+    def _account(self, worker: str, frame: int, shard: int, core: int, start: float, end: float) -> None:
         with self._lock:
+            self._running.pop(worker, None)
             self._busy[core] += end - start
             stats = self._shard_stats.setdefault(shard, [0, 0.0])
             stats[0] += 1

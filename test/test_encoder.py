@@ -25,7 +25,7 @@ def unit(vector: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize(("hidden_scale", "block_in_scale"), [(10.0, 0.1), (1.0, 0.5), (4.0, 1.0)])
+@pytest.mark.parametrize(("hidden_scale", "block_in_scale"), [(10.0, 0.1), (2.0, 0.5), (0.25, 4.0)])
 def test_host_scales_between_shards(tmp_path, mode, hidden_scale, block_in_scale):
     """The toy shards only compute the true chain if the host multiplies by each declared scale (or skips a pair
     multiplying to one)."""

@@ -79,6 +79,7 @@ class _OrtRunner(ShardRunner):
         if set(self._input_names) != declared:
             raise BackendError(f"shard {shard.name}: the ONNX graph takes inputs {self._input_names}, the manifest "
                                f"declares {sorted(declared)}; the shard file does not match its manifest")
+        _check_static_shapes(shard, session)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self._input_names}
@@ -87,3 +88,17 @@ class _OrtRunner(ShardRunner):
 
     def close(self) -> None:
         self._session = None
+
+
+def _check_static_shapes(shard: ShardSpec, session: Any) -> None:
+    """At load, not per frame: an ONNX input whose fixed dimensions differ from the manifest (e.g. a preprocess size
+    edited without rebuilding) would fail every frame with onnxruntime's InvalidArgument."""
+    graph_inputs = {node.name: node.shape for node in session.get_inputs()}
+    for spec in shard.inputs:
+        shape = graph_inputs[spec.name]
+        fixed = len(shape) == len(spec.shape) and all(not isinstance(dim, int) or dim == want
+                                                      for dim, want in zip(shape, spec.shape, strict=True))
+        if not fixed:
+            raise BackendError(f"shard {shard.name} input {spec.name!r}: the ONNX graph expects {list(shape)}, the "
+                               f"manifest declares {list(spec.shape)} (for the first shard: the preprocess size); "
+                               "the shard file does not match its manifest, rebuild the shard set")
