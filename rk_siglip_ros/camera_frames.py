@@ -25,6 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .image_header import DEFAULT_MAX_IMAGE_PIXELS, ImageHeaderError, ImageTooLargeError, check_declared_size
+
 IMAGE_MSG_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 # Raw encodings we accept -> (bytes per pixel, bytes per channel). Bytes per pixel is what `step` must cover.
@@ -51,11 +53,23 @@ def is_compressed(msg: Any) -> bool:
     return hasattr(msg, "format") and not hasattr(msg, "encoding")
 
 
-def image_from_message(msg: Any) -> np.ndarray:
-    """Convert an Image or CompressedImage message to an (H, W, 3) uint8 RGB array; raises BadFrame."""
-    if is_compressed(msg):
-        return _rgb_from_compressed(msg)
-    return _rgb_from_raw(msg)
+def image_from_message(msg: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Convert an Image or CompressedImage message to an (H, W, 3) uint8 RGB array; raises BadFrame.
+
+    Frames above ``max_pixels`` (0 = no limit) are refused before anything is decoded: a compressed image by the
+    size its header declares (a small PNG can declare gigabytes), a raw one by width x height. Whatever else goes
+    wrong while converting (cv2.error, a message missing fields, a failed allocation) is a BadFrame too: the frame
+    is skipped with the reason, never blamed on the encoder.
+    """
+    try:
+        if is_compressed(msg):
+            return _rgb_from_compressed(msg, max_pixels)
+        return _rgb_from_raw(msg, max_pixels)
+    except BadFrame:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure to convert one message is that frame's problem
+        text = " ".join(str(error).split())[:200]
+        raise BadFrame(f"cannot convert the frame: {type(error).__name__}: {text}") from error
 
 
 # ------------------------------------------------------------------------------------------------------ raw
@@ -98,8 +112,12 @@ def _pixels(msg: Any, pixel_bytes: int, channel_bytes: int) -> np.ndarray:
     return pixels.astype(dtype.newbyteorder("="), copy=False)
 
 
-def _rgb_from_raw(msg: Any) -> np.ndarray:
+def _rgb_from_raw(msg: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     encoding, _, _ = check_raw(msg)  # validates first, whichever library converts
+    width, height = int(msg.width), int(msg.height)
+    if max_pixels > 0 and width * height > max_pixels:
+        raise BadFrame(f"{width}x{height} = {width * height / 1e6:.1f} MP is above the limit of "
+                       f"{max_pixels / 1e6:g} MP (max_image_pixels)")
     if encoding in GENERIC_ALIASES:
         # cv_bridge would pass 8UC3 through unswapped; read generics the same way everywhere (as mono8 / bgr8).
         encoding, convert = GENERIC_ALIASES[encoding], _convert_with_rosbags
@@ -148,12 +166,22 @@ def conversion_library() -> str:
 # ----------------------------------------------------------------------------------------------- compressed
 
 
-def _rgb_from_compressed(msg: Any) -> np.ndarray:
+def _rgb_from_compressed(msg: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     data = as_uint8(msg.data)
-    image_format = str(msg.format) or "unknown format"
+    image_format = str(msg.format)[:40] or "unknown format"
     if data.size == 0:
         raise BadFrame(f"empty compressed image ({image_format})")
-    decoded = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR)
+    try:
+        check_declared_size(data, max_pixels)  # before decoding: a bomb never allocates
+    except ImageTooLargeError as error:
+        raise BadFrame(f"compressed image ({image_format}) too large: {error}") from None
+    except ImageHeaderError as error:
+        raise BadFrame(f"corrupt compressed image ({image_format}): unreadable header: {error}") from None
+    try:
+        decoded = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR)
+    except cv2.error as error:
+        raise BadFrame(f"corrupt compressed image ({image_format}): OpenCV cannot decode it "
+                       f"({' '.join(str(error).split())[:160]})") from None
     if decoded is None or decoded.size == 0:
         raise BadFrame(f"corrupt compressed image ({image_format}): {data.size} bytes do not decode")
     if decoded.dtype != np.uint8:  # IMREAD_ANYCOLOR keeps 8 bits; guard anyway

@@ -22,7 +22,11 @@ _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RST0-7: markers without a 
 
 
 class ImageHeaderError(ValueError):
-    """The header is unreadable, or declares more pixels than allowed; the message says which."""
+    """The header is unreadable (or declares more pixels than allowed: :class:`ImageTooLargeError`)."""
+
+
+class ImageTooLargeError(ImageHeaderError):
+    """The header declares more pixels than allowed."""
 
 
 def declared_size(data: bytes | memoryview) -> tuple[int, int]:
@@ -42,7 +46,7 @@ def check_declared_size(data: bytes | memoryview, max_pixels: int) -> tuple[int,
     if width <= 0 or height <= 0:
         raise ImageHeaderError(f"the header declares an empty image ({width}x{height})")
     if max_pixels > 0 and width * height > max_pixels:
-        raise ImageHeaderError(f"the header declares {width}x{height} = {width * height / 1e6:.1f} MP, above the "
+        raise ImageTooLargeError(f"the header declares {width}x{height} = {width * height / 1e6:.1f} MP, above the "
                                f"limit of {max_pixels / 1e6:g} MP (max_image_pixels); not decoded")
     return width, height
 

@@ -212,7 +212,8 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
             model=_parse_model(data["model"]),
             preprocess=_parse_preprocess(data["preprocess"]),
             shards=[_parse_shard(entry) for entry in data["shards"]],
-            outputs=dict(data["outputs"]),
+            outputs={str(role): _optional_text(name, f"outputs.{role}")
+                     for role, name in dict(data["outputs"]).items()},
             profile=str(data.get("profile", "whole")),
             target=str(data.get("target", "rk3588")),
             dtype=str(data.get("dtype", "fp16")),
@@ -262,12 +263,21 @@ def _parse_preprocess(data: dict[str, Any]) -> PreprocessSpec:
 
 
 def _parse_tensor(data: dict[str, Any]) -> TensorSpec:
-    return TensorSpec(
+    spec = TensorSpec(
         name=str(data["name"]),
         shape=tuple(int(v) for v in data["shape"]),
         dtype=str(data.get("dtype", "float32")),
         scale=float(data.get("scale", 1.0)),
     )
+    if not spec.shape or min(spec.shape) <= 0:
+        raise ValueError(f"tensor {spec.name!r} shape {list(spec.shape)} must list one or more positive sizes")
+    return spec
+
+
+def _optional_text(value: Any, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{what} must be a string or null, got {value!r}")
+    return value
 
 
 def _parse_shard(data: dict[str, Any]) -> ShardSpec:
@@ -275,8 +285,8 @@ def _parse_shard(data: dict[str, Any]) -> ShardSpec:
         name=str(data["name"]),
         inputs=[_parse_tensor(t) for t in data["inputs"]],
         outputs=[_parse_tensor(t) for t in data["outputs"]],
-        onnx=data.get("onnx"),
-        rknn=data.get("rknn"),
+        onnx=_optional_text(data.get("onnx"), "onnx"),
+        rknn=_optional_text(data.get("rknn"), "rknn"),
         sha256={str(k): str(v) for k, v in dict(data.get("sha256", {})).items()},
         layers=[int(v) for v in data.get("layers", [])],
         macs=int(data.get("macs", 0)),
@@ -302,12 +312,14 @@ def _check_model(manifest: Manifest, source: str) -> None:
 def _check_preprocess(manifest: Manifest, source: str) -> None:
     """Numbers that would make every pixel tensor NaN/inf (std 0 or NaN) or empty are refused here, not per frame."""
     spec = manifest.preprocess
-    if any(not math.isfinite(v) or v <= 0.0 for v in spec.std):
-        raise ManifestError(f"{source}: preprocess.std must be finite and positive, got {list(spec.std)} (a 0 or "
-                            f"NaN would turn every frame into NaN); {REBUILD_HINT}")
-    if any(not math.isfinite(v) for v in spec.mean) or not math.isfinite(spec.rescale) or spec.rescale <= 0.0:
-        raise ManifestError(f"{source}: preprocess.mean must be finite and preprocess.rescale finite and positive, "
-                            f"got mean {list(spec.mean)}, rescale {spec.rescale}; {REBUILD_HINT}")
+    low, high = SCALE_RANGE
+    if any(not (math.isfinite(v) and low <= v <= high) for v in spec.std):
+        raise ManifestError(f"{source}: preprocess.std must be finite and positive (within [{low:g}, {high:g}]), got "
+                            f"{list(spec.std)} (a 0 or NaN would turn every frame into NaN); {REBUILD_HINT}")
+    if any(not (math.isfinite(v) and abs(v) <= high) for v in spec.mean) or not low <= spec.rescale <= high:
+        raise ManifestError(f"{source}: preprocess.mean must be finite (|mean| <= {high:g}) and preprocess.rescale "
+                            f"within [{low:g}, {high:g}], got mean {list(spec.mean)}, rescale {spec.rescale}; "
+                            f"{REBUILD_HINT}")
     if min(spec.size) <= 0:
         raise ManifestError(f"{source}: preprocess.size must be positive, got {list(spec.size)}")
 
@@ -350,7 +362,8 @@ def _check_paths(manifest: Manifest, source: str) -> None:
 
 def _is_inside(relative: str) -> bool:
     path = PurePosixPath(relative.replace("\\", "/"))
-    return not path.is_absolute() and ".." not in path.parts and bool(path.parts) and ":" not in path.parts[0]
+    return (not path.is_absolute() and ".." not in path.parts and bool(path.parts) and ":" not in path.parts[0]
+            and "\x00" not in relative)
 
 
 def _check_chain(manifest: Manifest, source: str) -> None:

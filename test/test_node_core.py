@@ -205,7 +205,8 @@ def test_close_does_not_wait_for_frames_the_drain_gave_up_on(tiny_shards, types,
     assert calls < shards  # without the cancel, close() would have run all three 1.5 s shards of the dropped frame
     totals = service.stats.totals()
     assert totals["dropped_shutdown"] == 1 and totals.get("published", 0) == 0 and embeddings.messages == []
-    assert errors == []
+    # The 1.5 s call outlives the 0.05 s drain + grace: shutdown is bounded and says which core it left behind.
+    assert all("stuck in shard 0" in line for line in errors), errors
 
 
 def test_diagnostics_report_cores_and_capacity(tiny_shards, types):

@@ -16,6 +16,7 @@ from typing import Any
 
 from rk_siglip_ros.backends import BACKENDS
 from rk_siglip_ros.camera_frames import IMAGE_MSG_TYPES
+from rk_siglip_ros.image_header import DEFAULT_MAX_IMAGE_PIXELS
 from rk_siglip_ros.manifest import MANIFEST_NAME
 from rk_siglip_ros.scheduler import MODES
 
@@ -50,6 +51,8 @@ PARAMETERS: dict[str, Parameter] = {
     "qos": Parameter("sensor_data", f"Subscription QoS: {'|'.join(QOS_PROFILES)} (reliable = depth 10)"),
     "max_rate_hz": Parameter(0.0, "Per-camera encode rate limit in Hz; 0 = as fast as the encoder allows",
                              read_only=False),
+    "max_image_pixels": Parameter(DEFAULT_MAX_IMAGE_PIXELS, "Frames declaring more pixels are refused before "
+                                                            "decoding (bad frame); 0 = no limit"),
     "output_topic": Parameter("/siglip/embeddings", "Embedding topic (sensor_msgs/Image, 32FC1, 1 x dim)"),
     "publish_patch_tokens": Parameter(False, "Also publish the patch tokens (tokens x width, 32FC1)"),
     "patch_tokens_topic": Parameter("/siglip/patch_embeddings", "Topic for the patch tokens"),
@@ -75,6 +78,7 @@ class NodeConfig:
     publish_patch_tokens: bool
     patch_tokens_topic: str
     diagnostic_period: float
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 def default_shards_dir(share_dir: str | Path) -> Path:
@@ -157,6 +161,7 @@ def validate(values: Mapping[str, Any], share_dir: str | Path | None = None) -> 
         raise ConfigError(f"image_topics lists a topic twice: {list(topics)}")
 
     max_rate = check_max_rate(merged["max_rate_hz"])
+    max_pixels = _non_negative_int(merged, "max_image_pixels")
     period = float(merged["diagnostic_period"])
     if not (period > 0.0 and math.isfinite(period)):
         raise ConfigError(f"diagnostic_period must be > 0 seconds, got {merged['diagnostic_period']}")
@@ -179,7 +184,16 @@ def validate(values: Mapping[str, Any], share_dir: str | Path | None = None) -> 
         max_rate_hz=max_rate, output_topic=str(merged["output_topic"]).strip(),
         publish_patch_tokens=bool(merged["publish_patch_tokens"]),
         patch_tokens_topic=str(merged["patch_tokens_topic"]).strip(), diagnostic_period=period,
+        max_image_pixels=max_pixels,
     )
+
+
+def _non_negative_int(values: Mapping[str, Any], name: str) -> int:
+    value = values[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0 \
+            or int(value) != value:
+        raise ConfigError(f"{name} must be a whole number >= 0 (0 = no limit), got {value!r}")
+    return int(value)
 
 
 def _choice(values: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str:

@@ -11,13 +11,16 @@ Because nothing here imports ROS, the whole path (message in -> fields out) is t
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
+from rk_siglip_ros.camera_frames import image_from_message
 from rk_siglip_ros.embedding_msg import embedding_fields
 from rk_siglip_ros.node.config import NodeConfig
 from rk_siglip_ros.node.mailbox import Dispatcher, Frame
-from rk_siglip_ros.node.stats import DiagnosticReport, LogThrottle, NodeStats, stamp_to_seconds
+from rk_siglip_ros.node.stats import WARN, DiagnosticReport, LogThrottle, NodeStats, stamp_to_seconds
 
 # publish(header, fields): fields as from embedding_msg.embedding_fields; header is the source message's header object.
 PublishFields = Callable[[Any, dict[str, Any]], None]
@@ -26,6 +29,8 @@ OpenPublisher = Callable[[str], PublishFields]
 LogLine = Callable[[str], None]
 LOG_PERIOD_S = 5.0
 DRAIN_TIMEOUT_S = 5.0
+# After the drain timeout, how long close() still waits for shard calls running now before leaving them behind.
+STUCK_GRACE_S = 0.5
 
 
 def open_encoder(config: NodeConfig) -> Any:
@@ -49,11 +54,15 @@ class EncoderNodeCore:
         self._throttle = LogThrottle(LOG_PERIOD_S)
         self._closed = False
         self.stats = NodeStats(config.image_topics)
+        self._reported_cores: set[int] = set()
         self.encoder = encoder_factory(config)
         try:
-            self.dispatcher = Dispatcher(self.encoder, self._publish, cameras=config.image_topics,
+            self._busy = self.encoder.busy_window()  # our own window: a benchmark reading the encoder cannot reset it
+            convert = functools.partial(image_from_message, max_pixels=config.max_image_pixels)
+            self.dispatcher = Dispatcher(self.encoder, self._publish, cameras=config.image_topics, convert=convert,
                                          max_rate_hz=config.max_rate_hz, tokens=self._publish_tokens is not None,
-                                         stats=self.stats, on_bad_frame=self._on_bad_frame, on_error=self._on_error)
+                                         stats=self.stats, on_bad_frame=self._on_bad_frame, on_error=self._on_error,
+                                         on_failure=self._on_dispatcher_failure)
             self.dispatcher.start()
         except BaseException:
             self.encoder.close()  # never leave NPU contexts behind a failed start
@@ -72,21 +81,37 @@ class EncoderNodeCore:
         self.dispatcher.set_max_rate(max_rate_hz)
 
     def diagnostics(self) -> DiagnosticReport:
-        return self.stats.report(core_busy=self.encoder.core_busy(), in_flight=self.dispatcher.in_flight,
-                                 capacity=self.encoder.capacity)
+        report = self.stats.report(core_busy=self._busy.read(), in_flight=self.dispatcher.in_flight,
+                                   capacity=self.encoder.capacity)
+        retired = self.encoder.retired_cores()
+        for core, why in sorted(retired.items()):
+            report.values.append((f"core {core} status", f"out of rotation: {why}"))
+            if core not in self._reported_cores:  # logged once; diagnostics repeat it every period
+                self._reported_cores.add(core)
+                self._error(f"{why}; serving on the remaining cores (restart the node to use it again)")
+        if retired:
+            report.level = max(report.level, WARN)
+            cores = ", ".join(str(core) for core in sorted(retired))
+            report.message = f"NPU core {cores} out of rotation after repeated failures; {report.message}"
+        return report
 
     def close(self, drain: bool = True, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Finish (drain, up to ``timeout_s``) or drop the frames in flight, then release the encoder (every NPU
-        context)."""
+        context). Bounded: returns within ``timeout_s`` + :data:`STUCK_GRACE_S` (plus the release of the contexts)
+        even if an NPU call never returns; such a call is logged with its core and left behind."""
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + timeout_s
         try:
             self.dispatcher.stop(drain=drain, timeout=timeout_s)
         finally:
             # Whatever the dispatcher did not publish is already counted dropped: cancel it, so shutdown waits for at
             # most the shards running now instead of computing frames nobody will publish.
-            self.encoder.close(cancel=True)
+            remaining = max(0.0, deadline - time.monotonic())
+            stuck = self.encoder.close(cancel=True, timeout=remaining + STUCK_GRACE_S)
+            for call in stuck or ():
+                self._error(f"shutdown: NPU {call}; left behind (its context is not released)")
 
     # ------------------------------------------------------------------------------------------ callbacks
 
@@ -103,6 +128,9 @@ class EncoderNodeCore:
 
     def _on_error(self, frame: Frame, reason: str) -> None:
         self._log(self._error, f"error {frame.camera}", f"{frame.camera}: {reason}")
+
+    def _on_dispatcher_failure(self, reason: str) -> None:
+        self._log(self._error, "dispatcher", f"dispatcher pass failed (frames keep flowing): {reason}")
 
     def _log(self, sink: LogLine, key: str, line: str) -> None:
         held = self._throttle.admit(key)

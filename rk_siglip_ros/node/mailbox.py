@@ -58,6 +58,9 @@ class Frame:
 # publish(frame, result) -> source stamp to publish latency in seconds (None if unknown)
 PublishCallback = Callable[[Frame, Any], "float | None"]
 ProblemCallback = Callable[[Frame, str], None]
+FailureCallback = Callable[[str], None]
+DISPATCHER_KEY = "(dispatcher)"  # where a failed dispatch pass is counted in the stats (not a camera)
+RETRY_AFTER_FAILURE_S = 0.05  # a pass that keeps failing must not spin a core
 
 
 class Dispatcher:
@@ -66,7 +69,8 @@ class Dispatcher:
     def __init__(self, encoder: FrameEncoder, publish: PublishCallback, *, cameras: Iterable[str] = (),
                  convert: Callable[[Any], np.ndarray] = image_from_message, max_rate_hz: float = 0.0,
                  tokens: bool = False, stats: NodeStats | None = None, clock: Callable[[], float] = time.monotonic,
-                 on_bad_frame: ProblemCallback | None = None, on_error: ProblemCallback | None = None) -> None:
+                 on_bad_frame: ProblemCallback | None = None, on_error: ProblemCallback | None = None,
+                 on_failure: FailureCallback | None = None) -> None:
         self._encoder = encoder
         self._publish = publish
         self._convert = convert
@@ -75,6 +79,7 @@ class Dispatcher:
         self.stats = stats if stats is not None else NodeStats(cameras, clock=clock)
         self._on_bad_frame = on_bad_frame or (lambda frame, reason: LOG.warning("%s: %s", frame.camera, reason))
         self._on_error = on_error or (lambda frame, reason: LOG.error("%s: %s", frame.camera, reason))
+        self._on_failure = on_failure or (lambda reason: None)
         self._lock = threading.Condition()
         self._max_period = 0.0
         self.set_max_rate(max_rate_hz)
@@ -254,16 +259,27 @@ class Dispatcher:
 
     def _run(self) -> None:
         while True:
-            with self._lock:
-                while not self._stopping and not self._completed and not self._can_submit():
-                    wake_at = self.next_eligible_time()
-                    self._lock.wait(None if wake_at is None else max(wake_at - self._clock(), 0.001))
-                if self._stopping:
-                    return
             try:
+                with self._lock:
+                    while not self._stopping and not self._completed and not self._can_submit():
+                        wake_at = self.next_eligible_time()
+                        self._lock.wait(None if wake_at is None else max(wake_at - self._clock(), 0.001))
+                    if self._stopping:
+                        return
                 self.pump()
-            except Exception:  # never a dead dispatcher: log and keep going
-                LOG.exception("dispatcher pass failed")
+            except Exception as error:  # never a dead dispatcher: report it where the node's user sees it, go on
+                self._report_failure(error)
+                with self._lock:
+                    self._lock.wait(RETRY_AFTER_FAILURE_S)
+
+    def _report_failure(self, error: Exception) -> None:
+        LOG.exception("dispatcher pass failed")
+        reason = f"{type(error).__name__}: {error}"
+        self.stats.error(DISPATCHER_KEY, f"dispatcher pass failed: {reason}")
+        try:
+            self._on_failure(reason)
+        except Exception:  # noqa: BLE001 - a failing log sink must not stop the dispatcher either
+            LOG.exception("on_failure callback failed")
 
     def _can_submit(self) -> bool:
         if len(self._in_flight) + self._converting >= self._encoder.capacity:
@@ -275,7 +291,9 @@ class Dispatcher:
         """Stop taking frames; publish the frames in flight (``drain``, up to ``timeout`` s) or drop them.
 
         Waiting frames that never reached the encoder are dropped as ``shutdown``. Call before closing the encoder.
+        Bounded by ``timeout`` as a whole, even if the dispatcher thread is stuck in a conversion or a publish.
         """
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._stopping = True
             for camera in self._order:
@@ -284,12 +302,14 @@ class Dispatcher:
                     self.stats.dropped(camera, "shutdown")
             self._lock.notify_all()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                LOG.error("the dispatcher thread did not stop within %.1f s; leaving it behind", timeout)
             self._thread = None
         with self._lock:
             outstanding = list(self._in_flight)
         if drain and outstanding:
-            wait_futures(outstanding, timeout=timeout)
+            wait_futures(outstanding, timeout=max(0.0, deadline - time.monotonic()))
         else:
             for future in outstanding:
                 future.cancel()
