@@ -81,7 +81,10 @@ class SiglipEncoder:
         self.backend = backend
         self.mode = mode
         self.cores = tuple(int(c) for c in cores)
-        self._preprocess = Preprocessor(manifest.preprocess, manifest.pixel_input.scale)
+        try:
+            self._preprocess = Preprocessor(manifest.preprocess, manifest.pixel_input.scale)
+        except ValueError as error:  # an unsupported resample/color/layout: the shard set's problem, not a bug
+            raise ManifestError(f"{manifest.root or 'manifest'}: {error}") from None
         self._pixel_factor = 1.0 / manifest.pixel_input.scale
         self._last_use = _last_uses(manifest)
         self._host_lock = threading.Lock()

@@ -79,6 +79,7 @@ def test_encode_images_reports_bad_inputs(tmp_path, shard_factory, capsys):
     assert encode_images(["--shards", str(shards), str(text_file), "--out", str(tmp_path / "x.npy")]) == 2
     assert "cannot read as an image" in capsys.readouterr().err
     photo = write_photos(tmp_path)[0]
-    assert encode_images(["--shards", str(tmp_path / "none"), str(photo), "--out", str(tmp_path / "x.npy")]) == 1
+    # A missing shard set is bad input: exit 2, as in every tool (it was 1 here and 2 in encode_bag).
+    assert encode_images(["--shards", str(tmp_path / "none"), str(photo), "--out", str(tmp_path / "x.npy")]) == 2
     assert "no shard set" in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists()

@@ -83,7 +83,11 @@ class _OrtRunner(ShardRunner):
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self._input_names}
-        values = self._session.run(self._output_names, feed)
+        try:
+            values = self._session.run(self._output_names, feed)
+        except Exception as error:  # noqa: BLE001 - ORT's error types are plain Exceptions; name the shard
+            raise BackendError(f"shard {self.shard.name} on worker {self.core}: onnxruntime failed: "
+                               f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from error
         return declared_outputs(self.shard, dict(zip(self._output_names, values, strict=True)))
 
     def close(self) -> None:

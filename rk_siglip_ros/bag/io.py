@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rosbags.interfaces import Connection, ConnectionExtRosbag2, MessageDefinitionFormat
 from rosbags.rosbag2 import Reader, ReaderError
-from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
+from rosbags.typesys import Stores, TypesysError, get_types_from_idl, get_types_from_msg, get_typestore
 
 from ..camera_frames import IMAGE_MSG_TYPES
 from .errors import BagError, one_line
@@ -45,6 +45,8 @@ class OpenBag:
     typestore: Typestore
     typestore_name: str
     storage: str
+    # msgtype -> why the bag's own definition could not be used (the typestore's is used instead)
+    unparsed_definitions: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager
@@ -59,10 +61,12 @@ def open_bag(path: str | Path, typestore: str = "auto") -> Iterator[OpenBag]:
     try:
         reader.open()
     except (ReaderError, OSError, KeyError, ValueError) as error:
-        raise BagError(f"{path}: not a readable rosbag2 ({one_line(error)})") from None
+        raise BagError(f"{path}: not a readable rosbag2 ({one_line(error)}){_recovery_hint(path, error)}") from None
     try:
         name = _typestore_name(reader, typestore)
-        yield OpenBag(reader, merged_typestore(reader.connections, name), name, _storage_of(path))
+        unparsed: dict[str, str] = {}
+        store = merged_typestore(reader.connections, name, unparsed)
+        yield OpenBag(reader, store, name, _storage_of(path), unparsed)
     finally:
         reader.close()
 
@@ -74,12 +78,25 @@ def _reader(path: Path) -> Reader:
         raise BagError(f"{path}: this is a ROS 1 bag; convert it first with `rosbags-convert --src {path} "
                        "--dst <folder>` (ships with rosbags)")
     if path.is_dir() and not (path / "metadata.yaml").is_file():
-        raise BagError(f"{path}: not a rosbag2 folder (no metadata.yaml); pass the bag folder or a .mcap/.db3 file")
+        raise BagError(f"{path}: not a rosbag2 folder (no metadata.yaml); pass the bag folder or a .mcap/.db3 file. "
+                       "A recorder killed before it finished writes no metadata.yaml: pass its .mcap/.db3 file "
+                       f"itself, or rebuild the file with `ros2 bag reindex {path}`")
     try:
         return Reader(path)
     except (ReaderError, OSError) as error:
         raise BagError(f"{path}: not a rosbag2 ({one_line(error)}); pass the bag folder or a .mcap/.db3 file") \
             from None
+
+
+def _recovery_hint(path: Path, error: BaseException) -> str:
+    """What to do with a bag cut short (power loss, SIGKILL of the recorder): rosbags refuses an MCAP file without
+    its end magic and summary, so point at the mcap CLI, which rewrites every complete chunk into a valid file."""
+    files = [path] if path.is_file() else sorted(path.glob("*.mcap"))
+    if not files or "magic" not in str(error).lower():
+        return ""
+    return (f"; the MCAP file ends early (a recording cut off by a power loss or a kill?). Recover what it holds "
+            f"with the mcap CLI (https://mcap.dev): `mcap recover {files[0]} -o recovered.mcap`, then pass "
+            "recovered.mcap")
 
 
 def _is_ros1_bag(path: Path) -> bool:
@@ -101,14 +118,20 @@ def _typestore_name(reader: Reader, requested: str) -> str:
     return distro if distro in TYPESTORES else FALLBACK_TYPESTORE
 
 
-def merged_typestore(connections: Sequence[Connection], default: str) -> Typestore:
+def merged_typestore(connections: Sequence[Connection], default: str,
+                     unparsed: dict[str, str] | None = None) -> Typestore:
     """A typestore holding the bag's own definitions, completed with the ``default`` distro's types.
 
     The bag's definitions win: a bag recorded on another distro deserialises with the layout it was written with.
+    A definition that does not parse falls back to the distro's type; ``unparsed`` (msgtype -> reason) collects them.
     """
     types: dict[str, Any] = {}
     for connection in connections:
-        types.update(_types_from_definition(connection))
+        try:
+            types.update(_types_from_definition(connection))
+        except TypesysError as error:
+            if unparsed is not None:
+                unparsed[connection.msgtype] = one_line(error)
     base = get_typestore(TYPESTORES[default])
     for name, definition in base.fielddefs.items():
         types.setdefault(name, definition)
@@ -119,20 +142,18 @@ def merged_typestore(connections: Sequence[Connection], default: str) -> Typesto
 
 
 def _types_from_definition(connection: Connection) -> dict[str, Any]:
+    """The types a connection's own definition declares; TypesysError when it does not parse."""
     definition = connection.msgdef
-    try:
-        if definition.format == MessageDefinitionFormat.MSG and definition.data:
-            return dict(get_types_from_msg(definition.data, connection.msgtype))
-        if definition.format == MessageDefinitionFormat.IDL and definition.data:
-            types: dict[str, Any] = {}
-            if definition.data.startswith(_IDL_SEPARATOR + "IDL: "):
-                for block in definition.data.split(_IDL_SEPARATOR)[1:]:
-                    types.update(get_types_from_idl(block.split("\n", 1)[1]))
-            else:
-                types.update(get_types_from_idl(definition.data))
-            return types
-    except Exception:  # noqa: BLE001 - a definition we cannot parse falls back to the distro's own types
-        return {}
+    if definition.format == MessageDefinitionFormat.MSG and definition.data:
+        return dict(get_types_from_msg(definition.data, connection.msgtype))
+    if definition.format == MessageDefinitionFormat.IDL and definition.data:
+        types: dict[str, Any] = {}
+        if definition.data.startswith(_IDL_SEPARATOR + "IDL: "):
+            for block in definition.data.split(_IDL_SEPARATOR)[1:]:
+                types.update(get_types_from_idl(block.partition("\n")[2]))
+        else:
+            types.update(get_types_from_idl(definition.data))
+        return types
     return {}
 
 

@@ -31,6 +31,7 @@ from rosbags.rosbag2 import Writer, WriterError
 
 from ..camera_frames import IMAGE_MSG_TYPES, BadFrame, image_from_message
 from ..embedding_msg import embedding_fields
+from ..image_header import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import BagError, one_line
 from .io import OpenBag, connection_definition, connection_qos, image_connections, open_bag
 from .output import STORAGES, check_output, staged_output
@@ -105,30 +106,36 @@ def check_request(in_path: str | Path, out_path: str | Path, *, topics: Sequence
 
 def encode_bag(in_path: str | Path, out_path: str | Path, encoder: SiglipEncoder, *,
                topics: Sequence[str] | None = None, storage: str | None = None, typestore: str = "auto",
-               embedding_topic: str = EMBEDDING_TOPIC, force: bool = False, progress: bool = False) -> ReplaySummary:
+               embedding_topic: str = EMBEDDING_TOPIC, force: bool = False, progress: bool = False,
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ReplaySummary:
     """Replay ``in_path`` through ``encoder`` into a new bag at ``out_path``; see the module docstring.
 
     :func:`check_request` then :func:`replay`, for callers that already have an encoder.
     """
     with check_request(in_path, out_path, topics=topics, storage=storage, typestore=typestore,
                        embedding_topic=embedding_topic, force=force) as plan:
-        return replay(plan, encoder, progress=progress)
+        return replay(plan, encoder, progress=progress, max_image_pixels=max_image_pixels)
 
 
-def replay(plan: ReplayPlan, encoder: SiglipEncoder, progress: bool = False) -> ReplaySummary:
-    """Carry out a checked request: copy every message through and write one embedding per good frame."""
+def replay(plan: ReplayPlan, encoder: SiglipEncoder, progress: bool = False,
+           max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ReplaySummary:
+    """Carry out a checked request: copy every message through and write one embedding per good frame.
+
+    Frames declaring more than ``max_image_pixels`` (0 = no limit) are skipped before they are decoded."""
     bag = plan.bag
     # Generate the (de)serialisers now: rosbags compiles them on first use with exec(), and a Ctrl-C landing inside
     # exec'd code makes CPython exit by SIGINT even after the interrupt is handled.
     _warm_up(bag.typestore, {c.msgtype for c in plan.chosen})
     summary = ReplaySummary(output=plan.output, storage=plan.storage, typestore=bag.typestore_name,
                             image_topics=plan.image_topics, embedding_topic=plan.embedding_topic,
-                            embedding_dim=encoder.embedding_dim)
+                            embedding_dim=encoder.embedding_dim,
+                            unparsed_definitions=dict(bag.unparsed_definitions))
     started = time.perf_counter()
-    with staged_output(plan.output) as stage, Writer(stage, version=Writer.VERSION_LATEST,
-                                                     storage_plugin=STORAGES[summary.storage]) as writer:
+    with (staged_output(plan.output, summary.removed_stale_outputs) as stage,
+          Writer(stage, version=Writer.VERSION_LATEST, storage_plugin=STORAGES[summary.storage]) as writer):
         _record_provenance(writer, encoder, summary)
-        _replay(bag, list(bag.reader.connections), plan.chosen, writer, encoder, summary, progress)
+        _replay(bag, list(bag.reader.connections), plan.chosen, writer, encoder, summary, progress,
+                max_image_pixels)
     summary.wall_s = time.perf_counter() - started
     return summary
 
@@ -153,7 +160,7 @@ def _warm_up(store: Typestore, msgtypes: set[str]) -> None:
 
 
 def _replay(bag: OpenBag, connections: list[Connection], chosen: list[Connection], writer: Writer,
-            encoder: SiglipEncoder, summary: ReplaySummary, progress: bool) -> None:
+            encoder: SiglipEncoder, summary: ReplaySummary, progress: bool, max_image_pixels: int) -> None:
     store = bag.typestore
     outputs: dict[int, Connection] = {}
     for connection in connections:
@@ -196,7 +203,7 @@ def _replay(bag: OpenBag, connections: list[Connection], chosen: list[Connection
                 continue
             while pending and (len(pending) >= window or pending[0].future.done()):
                 finish_one()
-            submitted = _submit(store, connection, log_time_ns, raw, encoder, summary)
+            submitted = _submit(store, connection, log_time_ns, raw, encoder, summary, max_image_pixels)
             if submitted is None:
                 bar.update(1)
             else:
@@ -210,7 +217,7 @@ def _replay(bag: OpenBag, connections: list[Connection], chosen: list[Connection
 
 
 def _submit(store: Typestore, connection: Connection, log_time_ns: int, raw: bytes, encoder: SiglipEncoder,
-            summary: ReplaySummary) -> _Pending | None:
+            summary: ReplaySummary, max_image_pixels: int) -> _Pending | None:
     """Decode one image message and hand it to the encoder; None (and a counted skip) when the frame is bad."""
     try:
         message = store.deserialize_cdr(raw, connection.msgtype)
@@ -218,7 +225,7 @@ def _submit(store: Typestore, connection: Connection, log_time_ns: int, raw: byt
         summary.skipped.append(SkippedFrame(connection.topic, log_time_ns, f"corrupt message: {one_line(error)}"))
         return None
     try:
-        image = image_from_message(message)
+        image = image_from_message(message, max_image_pixels)
         future = encoder.submit(image)
     except (BadFrame, ValueError) as error:
         summary.skipped.append(SkippedFrame(connection.topic, log_time_ns, one_line(error)))

@@ -31,6 +31,9 @@ class ReplaySummary:
     copied_messages: int = 0
     skipped: list[SkippedFrame] = field(default_factory=list)
     dropped_topics: dict[str, str] = field(default_factory=dict)  # topic -> why it could not be copied
+    # msgtype -> why the bag's own definition did not parse (the typestore's definition was used instead)
+    unparsed_definitions: dict[str, str] = field(default_factory=dict)
+    removed_stale_outputs: list[Path] = field(default_factory=list)  # .OUT.partial-* left by killed runs
     latencies_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -56,6 +59,9 @@ def format_summary(summary: ReplaySummary) -> str:
     by_topic = Counter(f"{frame.topic}: {frame.reason}" for frame in summary.skipped)
     lines += [f"    {count} x {what}" for what, count in by_topic.most_common()]
     lines += [f"  NOT copied       {topic}: {why}" for topic, why in summary.dropped_topics.items()]
+    lines += [f"  bag definition   {msgtype} did not parse ({why}); read with the {summary.typestore} typestore's"
+              for msgtype, why in summary.unparsed_definitions.items()]
+    lines += [f"  cleaned up       {path} (left by a killed run)" for path in summary.removed_stale_outputs]
     return "\n".join(lines)
 
 

@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import BACKENDS
-from ..scheduler import MODES
+from .common import EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE, add_encoder_options, run_tool
 
 
 @dataclass
@@ -177,15 +176,12 @@ def plot(results: Sequence[BenchResult], path: Path) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shards", required=True, nargs="+", type=Path, help="one or more shard set folders")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0], epilog=EXIT_STATUS_HELP)
+    add_encoder_options(parser, several_shards=True, several_modes=True)
     parser.add_argument("--frames", type=int, default=20,
                         help="frames measured per configuration, rounded up to a multiple of the encoder's capacity "
                              "(default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="frames run before measuring (default 2)")
-    parser.add_argument("--cores", default="0,1,2", help="comma-separated NPU cores (default 0,1,2)")
     parser.add_argument("--image-size", default="640x480", help="input frame WIDTHxHEIGHT (default 640x480)")
     parser.add_argument("--timing-profile", default=None, help="sim: packaged profile name or JSON file")
     parser.add_argument("--time-scale", type=float, default=1.0,
@@ -197,35 +193,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
-    unknown = [mode for mode in modes if mode not in MODES]
     try:
         width, height = (int(v) for v in args.image_size.lower().split("x"))
-        cores = tuple(int(core) for core in args.cores.split(","))
     except ValueError:
-        print("bench: --image-size is WIDTHxHEIGHT and --cores comma-separated integers", file=sys.stderr)
-        return 2
-    if unknown or not modes or args.frames < 1:
-        print(f"bench: --modes must name some of {', '.join(MODES)} and --frames must be >= 1", file=sys.stderr)
-        return 2
-    from ..backends import BackendError
+        print("bench: error: --image-size is WIDTHxHEIGHT, e.g. 640x480", file=sys.stderr)
+        return EXIT_USAGE
+    if args.frames < 1:
+        print("bench: error: --frames must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    return run_tool("bench", lambda: _run(args, width, height))
+
+
+def _run(args: argparse.Namespace, width: int, height: int) -> int:
     from ..encoder import SiglipEncoder
-    from ..manifest import ManifestError, load_manifest
+    from ..manifest import load_manifest
+
+    modes, cores = args.modes, args.cores
 
     time_scale = args.time_scale if args.backend == "sim" else 1.0
     results: list[BenchResult] = []
     for shards in args.shards:
         manifest = None
         for mode in modes:
-            try:
-                # One manifest per shard set: the first open() hashes the files its backend loads, later modes
-                # reuse that verification instead of hashing the (large) shard files again.
-                manifest = manifest or load_manifest(shards, verify=())
-                encoder = SiglipEncoder.open(manifest, backend=args.backend, mode=mode, cores=cores,
-                                             timing_profile=args.timing_profile, time_scale=time_scale)
-            except (ManifestError, BackendError, ValueError) as error:
-                print(f"bench: {shards}: {error}", file=sys.stderr)
-                return 1
+            # One manifest per shard set: the first open() hashes the files its backend loads, later modes
+            # reuse that verification instead of hashing the (large) shard files again.
+            manifest = manifest or load_manifest(shards, verify=())
+            encoder = SiglipEncoder.open(manifest, backend=args.backend, mode=mode, cores=cores,
+                                         timing_profile=args.timing_profile, time_scale=time_scale)
             with encoder:
                 result = bench_encoder(encoder, frames=args.frames, warmup=args.warmup,
                                        image_size=(height, width), time_scale=time_scale, label=str(shards))
@@ -239,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     if args.plot:
         plot(results, args.plot)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,5 +1,103 @@
-"""What every command-line tool shares."""
+"""What every command-line tool shares: the encoder options, the exit-code convention and how errors are shown.
 
-from ..bag.errors import one_line
+Exit codes, the same for every tool (``EXIT_STATUS_HELP`` goes into each ``--help``):
 
-__all__ = ["one_line"]
+- 0: done;
+- 1: failed while running (an encoder or I/O failure mid-run), or an internal error (a bug: the traceback is
+  printed, please report it);
+- 2: bad arguments, input or setup (a bag, an image or a shard set that cannot be used, a backend that is not
+  available here): one line that says what to do;
+- 130: interrupted (Ctrl-C or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from ..backends import BACKENDS, BackendError
+from ..bag.errors import BagError, one_line
+from ..camera_frames import BadFrame
+from ..image_header import DEFAULT_MAX_IMAGE_PIXELS
+from ..manifest import ManifestError
+from ..scheduler import MODES
+
+__all__ = [
+    "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_STATUS_HELP", "EXIT_USAGE", "SETUP_ERRORS",
+    "add_encoder_options", "add_max_image_pixels_option", "one_line", "parse_cores", "run_tool",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_STATUS_HELP = ("exit status: 0 done; 1 failed while running (encoder or I/O failure mid-run, or an internal "
+                    "error: traceback printed); 2 bad arguments, input or setup (bag, images, shard set, backend); "
+                    "130 interrupted (Ctrl-C, SIGTERM)")
+# Errors that mean "this request cannot be carried out as given": one line, exit 2. Anything else is a bug.
+SETUP_ERRORS: tuple[type[BaseException], ...] = (BagError, ManifestError, BackendError, BadFrame, FileNotFoundError,
+                                                 PermissionError, IsADirectoryError, NotADirectoryError)
+DEFAULT_CORES_TEXT = "0,1,2"
+
+
+def parse_cores(text: str) -> tuple[int, ...]:
+    """``--cores 0,1,2`` -> (0, 1, 2): distinct non-negative integers (an argparse ``type``)."""
+    try:
+        cores = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated core numbers, e.g. 0,1,2") from None
+    if not cores or min(cores) < 0 or len(set(cores)) != len(cores):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct core numbers >= 0, e.g. 0,1,2")
+    return cores
+
+
+def _modes(text: str) -> list[str]:
+    modes = [mode.strip() for mode in text.split(",") if mode.strip()]
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated subset of {','.join(MODES)}")
+    return modes
+
+
+def add_encoder_options(parser: argparse.ArgumentParser, *, several_shards: bool = False,
+                        several_modes: bool = False) -> None:
+    """``--shards``, ``--backend``, ``--mode`` (or ``--modes``) and ``--cores``, worded and checked alike in every
+    tool. ``several_shards`` / ``several_modes``: bench compares sets and modes side by side."""
+    parser.add_argument("--shards", required=True, type=Path, metavar="DIR", nargs="+" if several_shards else None,
+                        help="shard set folder(s) built by build_shards (the folder holding manifest.json)"
+                        if several_shards else "shard set built by build_shards (the folder holding manifest.json)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="auto: RKNN-Lite on an RK3588 with .rknn shards, else ONNX Runtime on the CPU "
+                             "(default: auto); sim only simulates NPU timing and returns zero embeddings")
+    if several_modes:
+        parser.add_argument("--modes", type=_modes, default=list(MODES), metavar="M[,M...]",
+                            help=f"comma-separated scheduler modes to compare (default: {','.join(MODES)})")
+    else:
+        parser.add_argument("--mode", choices=MODES, default="pipeline",
+                            help="how shards use the NPU cores, as in the node (default: pipeline)")
+    parser.add_argument("--cores", type=parse_cores, default=parse_cores(DEFAULT_CORES_TEXT), metavar="C[,C...]",
+                        help=f"NPU cores to use (default: {DEFAULT_CORES_TEXT}; onnxruntime: worker slots)")
+
+
+def add_max_image_pixels_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                        help=f"refuse images declaring more pixels, before decoding them (default: "
+                             f"{DEFAULT_MAX_IMAGE_PIXELS}; 0 = no limit)")
+
+
+def run_tool(prog: str, body: Callable[[], int]) -> int:
+    """Run a tool's body with the shared convention: setup errors one line (2), interrupts (130), anything else
+    a failure with its traceback (1)."""
+    try:
+        return body()
+    except SETUP_ERRORS as error:
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - the convention's last resort: say it is ours, show where
+        traceback.print_exc()
+        print(f"{prog}: internal error ({type(error).__name__}: {one_line(error)}); this is a bug, please report it "
+              "with the traceback above", file=sys.stderr)
+        return EXIT_FAILED

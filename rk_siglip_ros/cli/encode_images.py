@@ -15,56 +15,50 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends import BACKENDS
-from ..scheduler import MODES
+from ..camera_frames import BadFrame
+from ..image_header import ImageHeaderError, ImageTooLargeError, check_declared_size
+from .common import EXIT_OK, EXIT_STATUS_HELP, add_encoder_options, add_max_image_pixels_option, run_tool
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="encode_images", description=__doc__.split("\n\n")[0],
+                                     epilog=EXIT_STATUS_HELP)
+    add_encoder_options(parser)
+    parser.add_argument("--out", required=True, type=Path, help="output .npy file: N x D float32")
+    add_max_image_pixels_option(parser)
+    parser.add_argument("images", nargs="+", type=Path, help="image files (any format PIL reads)")
+    return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="encode_images", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shards", required=True, type=Path, help="shard set folder (holds manifest.json)")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="auto = rknnlite on an RK3588 with .rknn files, else onnxruntime (default: auto)")
-    parser.add_argument("--mode", default="pipeline", choices=MODES,
-                        help="how shards use the cores (default: pipeline)")
-    parser.add_argument("--cores", default="0,1,2", help="comma-separated NPU cores (default: 0,1,2)")
-    parser.add_argument("--out", required=True, type=Path, help="output .npy file: N x D float32")
-    parser.add_argument("images", nargs="+", type=Path, help="image files (any format PIL reads)")
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB (grey, palette and alpha images are converted, as HF processors do)."""
+def read_image(path: Path, max_pixels: int = 0) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB (grey, palette and alpha images are converted, as HF processors do).
+    Raises BadFrame for a file that is not an image or declares more than ``max_pixels`` (0 = no limit)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
+        check_declared_size(path.read_bytes(), max_pixels)  # before decoding: a bomb never allocates
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"{path}: cannot read as an image ({error})") from None
+    except ImageTooLargeError as error:
+        raise BadFrame(f"{path}: {error}") from None
+    except (ImageHeaderError, OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+        raise BadFrame(f"{path}: cannot read as an image ({error})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cores = tuple(int(core) for core in args.cores.split(",") if core.strip())
-    except ValueError:
-        print(f"encode_images: --cores {args.cores!r}: expected comma-separated integers", file=sys.stderr)
-        return 2
-    try:
-        images = [read_image(path) for path in args.images]
-    except ValueError as error:
-        print(f"encode_images: {error}", file=sys.stderr)
-        return 2
-    from ..backends import BackendError
-    from ..encoder import SiglipEncoder
-    from ..manifest import ManifestError
+    return run_tool("encode_images", lambda: _run(args))
 
-    try:
-        encoder = SiglipEncoder.open(args.shards, backend=args.backend, mode=args.mode, cores=cores)
-    except (ManifestError, BackendError, ValueError) as error:
-        print(f"encode_images: {error}", file=sys.stderr)
-        return 1
-    with encoder:
+
+def _run(args: argparse.Namespace) -> int:
+    images = [read_image(path, args.max_image_pixels) for path in args.images]
+    from ..encoder import SiglipEncoder
+
+    with SiglipEncoder.open(args.shards, backend=args.backend, mode=args.mode, cores=args.cores) as encoder:
         start = time.perf_counter()
         embeddings = encoder.encode_batch(images)
         elapsed = time.perf_counter() - start
@@ -73,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     np.save(args.out, embeddings.astype(np.float32))
     print(f"encode_images: {len(images)} image(s) -> {args.out} {embeddings.shape} float32 "
           f"({backend}, {args.mode}, {elapsed:.2f} s)")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from rk_siglip_ros.node.config import (
 )
 from rk_siglip_ros.node.core import EncoderNodeCore
 
+EXIT_USAGE = 2  # bad parameters / setup, as rk_siglip_ros.cli.common.EXIT_USAGE (not imported: it pulls in rosbags)
 NOT_SOURCED = "encoder_node: ROS 2 is not sourced: source /opt/ros/<distro>/setup.bash"
 MISSING_ROS_PACKAGE: str | None = None
 
@@ -137,14 +138,17 @@ def _share_dir() -> str | None:
 
 
 def main(args: list[str] | None = None) -> int:
+    """Run the node. Exit status as every rk_siglip_ros tool (cli.common), except that a shutdown by Ctrl-C or the
+    launch system is a normal end (0): 0 stopped cleanly, 1 failed while running, 2 bad parameters, shard set,
+    backend or ROS environment."""
     if rclpy is None:
         print(NOT_SOURCED, file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     if MISSING_ROS_PACKAGE is not None:
         print(f"encoder_node: ROS 2 package {MISSING_ROS_PACKAGE!r} is missing: "
               f"sudo apt install ros-$ROS_DISTRO-{MISSING_ROS_PACKAGE.split('.')[0].replace('_', '-')}",
               file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     rclpy.init(args=args)
     node = None
     status = 0
@@ -155,7 +159,7 @@ def main(args: list[str] | None = None) -> int:
         pass  # Ctrl-C / ros2 launch shutdown: fall through to the clean-up
     except (ConfigError, ManifestError, BackendError) as error:  # a one-line reason, not a traceback
         rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
-        status = 1
+        status = EXIT_USAGE
     finally:
         if node is not None:
             node.close()
