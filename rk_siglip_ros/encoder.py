@@ -27,7 +27,7 @@ from .backends import Backend, ShardRunner, create_backend, resolve_backend_name
 from .manifest import Manifest, ManifestError, load_manifest, verify_files
 from .postprocess import pooled_embedding, token_matrix
 from .preprocess import Preprocessor
-from .scheduler import CLOSE_TIMEOUT_S, BusyWindow, Scheduler, StuckCall, check_mode
+from .scheduler import CALL_TIMEOUT_S, CLOSE_TIMEOUT_S, BusyWindow, Scheduler, StuckCall, check_mode
 
 DEFAULT_CORES = (0, 1, 2)
 # A host scale pair multiplying to 1 within this tolerance is skipped: the tensor goes to the next shard untouched.
@@ -76,7 +76,8 @@ class SiglipEncoder:
     """Use :meth:`open`; the constructor takes already-built parts."""
 
     def __init__(self, manifest: Manifest, backend: Backend, mode: str = "pipeline",
-                 cores: Sequence[int] = DEFAULT_CORES, trace: bool = False, queue_slots: int = 0) -> None:
+                 cores: Sequence[int] = DEFAULT_CORES, trace: bool = False, queue_slots: int = 0,
+                 call_timeout_s: float | None = CALL_TIMEOUT_S) -> None:
         self.manifest = manifest
         self.backend = backend
         self.mode = mode
@@ -93,7 +94,7 @@ class SiglipEncoder:
         self._closed = False
         costs = [backend.estimated_cost(manifest, shard) for shard in manifest.shards]
         self._scheduler = Scheduler(mode, self.cores, costs, self._run_shard, self._finish, queue_slots=queue_slots,
-                                    trace=trace)
+                                    trace=trace, call_timeout_s=call_timeout_s)
         try:
             backend.set_concurrency(len(self._scheduler.plan))
             for assignment in self._scheduler.plan:
@@ -108,7 +109,7 @@ class SiglipEncoder:
     def open(cls, shards: str | Path | Manifest, backend: str = "auto", mode: str = "pipeline",
              cores: Sequence[int] = DEFAULT_CORES, timing_profile: str | Path | dict[str, Any] | None = None,
              *, time_scale: float = 1.0, threads: int | None = None, trace: bool = False,
-             queue_slots: int = 0) -> SiglipEncoder:
+             queue_slots: int = 0, call_timeout_s: float | None = CALL_TIMEOUT_S) -> SiglipEncoder:
         """Load the shard set (a folder, or a Manifest already loaded from one), verify the files the backend
         loads, and start the workers.
 
@@ -120,6 +121,8 @@ class SiglipEncoder:
         keep per-shard events (``scheduler.trace``). queue_slots: frames admitted beyond one per worker. Default 0: one
         waiting frame could absorb jitter in a pipeline, but measured in the sim it bought no throughput and added a
         stage time of latency, and without it a frame the node submits is always the freshest one the cores take next.
+        call_timeout_s: a shard call running longer is declared stuck (a hung NPU): its frame fails with
+        StuckCallError and, in replicas mode, its core leaves the rotation (None: never).
         """
         check_mode(mode)  # before any file is read or hashed (the constructor's scheduler checks it too)
         if isinstance(shards, Manifest):
@@ -140,7 +143,8 @@ class SiglipEncoder:
                                     "--backend")
             if kind not in manifest.verified_kinds:
                 verify_files(manifest, kind, str(manifest.root))
-        return cls(manifest, instance, mode=mode, cores=cores, trace=trace, queue_slots=queue_slots)
+        return cls(manifest, instance, mode=mode, cores=cores, trace=trace, queue_slots=queue_slots,
+                   call_timeout_s=call_timeout_s)
 
     # ------------------------------------------------------------------------------------------------- public
 
@@ -195,6 +199,10 @@ class SiglipEncoder:
     def retired_cores(self) -> dict[int, str]:
         """Cores taken out of rotation after repeated failures (replicas mode), with the reason."""
         return self._scheduler.retired_cores()
+
+    def stuck_calls(self) -> list[StuckCall]:
+        """Shard calls running longer than the call timeout now (or left behind by close())."""
+        return self._scheduler.stuck_calls()
 
     def shard_times(self) -> dict[str, float]:
         """Mean seconds per call of each shard so far."""

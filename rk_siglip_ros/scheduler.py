@@ -35,6 +35,10 @@ MODES = ("sequential", "pipeline", "replicas")
 RETIRE_AFTER = 5
 # close() waits this long by default for frames in flight and running shard calls; then it returns regardless.
 CLOSE_TIMEOUT_S = 60.0
+# A shard call running longer than this is declared stuck (a hung NPU): its frame fails, and in replicas mode its
+# core leaves the rotation. Far above any real call (a whole SigLIP-B/16 graph takes about 1.6 s on one NPU core,
+# a few seconds on a CPU); None turns the watchdog off.
+CALL_TIMEOUT_S = 60.0
 
 LOG = logging.getLogger(__name__)
 
@@ -44,6 +48,10 @@ Finish = Callable[[Any], Any]
 
 class SchedulerClosedError(RuntimeError):
     """submit() after close(), or a frame still in flight when close() gave up waiting for a stuck call."""
+
+
+class StuckCallError(RuntimeError):
+    """A frame whose shard call ran longer than the call timeout (a hung NPU call)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,7 @@ class _Frame:
     state: Any
     future: Future
     error: BaseException | None = None
+    abandoned: bool = False  # given up by the watchdog: its worker must drop it when (if) the call returns
 
 
 @dataclass
@@ -144,7 +153,8 @@ def plan_workers(mode: str, cores: Sequence[int], costs: Sequence[float]) -> lis
 
 class Scheduler:
     def __init__(self, mode: str, cores: Sequence[int], costs: Sequence[float], run_shard: RunShard,
-                 finish: Finish, queue_slots: int = 0, trace: bool = False, retire_after: int = RETIRE_AFTER) -> None:
+                 finish: Finish, queue_slots: int = 0, trace: bool = False, retire_after: int = RETIRE_AFTER,
+                 call_timeout_s: float | None = CALL_TIMEOUT_S) -> None:
         self.mode = mode
         self.cores = tuple(cores)
         self.plan = plan_workers(mode, self.cores, costs)
@@ -161,7 +171,10 @@ class Scheduler:
         self._next_to_resolve = 0
         self._resolve_lock = threading.Lock()
         self._busy = {core: 0.0 for core in self.cores}
-        self._running: dict[str, tuple[int, int, float]] = {}  # worker name -> (shard, core, start) of its call now
+        # worker name -> (shard, core, start, frame) of the call it is running now
+        self._running: dict[str, tuple[int, int, float, _Frame]] = {}
+        self._call_timeout_s = call_timeout_s
+        self._hung: dict[str, StuckCall] = {}  # worker name -> a call the watchdog declared stuck, still running
         self._retire_after = max(1, int(retire_after))
         self._failures: dict[int, int] = {}  # replicas core -> consecutive failed frames
         self._retired: dict[int, str] = {}  # core -> why it left the rotation
@@ -170,6 +183,8 @@ class Scheduler:
         self.trace: deque[ShardEvent] | None = deque(maxlen=100_000) if trace else None
         self._workers = self._start_workers()
         self._default_window = BusyWindow(self)
+        if call_timeout_s is not None:
+            threading.Thread(target=self._watch, name="siglip-watchdog", daemon=True).start()
 
     # ------------------------------------------------------------------------------------------------- public
 
@@ -202,7 +217,7 @@ class Scheduler:
         with self._lock:
             now = time.perf_counter()
             busy = dict(self._busy)
-            for _, core, start in self._running.values():
+            for _, core, start, _ in self._running.values():
                 busy[core] += now - start
         return now, busy
 
@@ -221,9 +236,14 @@ class Scheduler:
             return dict(self._retired)
 
     def stuck_calls(self) -> list[StuckCall]:
-        """Shard calls close() left running because they did not return in time."""
+        """Shard calls declared stuck: by the watchdog while running (longer than the call timeout), or by close()
+        when it stopped waiting. Durations are as of now for calls still running."""
+        now = time.perf_counter()
         with self._lock:
-            return list(self._stuck)
+            running = {name: call for name, call in self._hung.items() if name in self._running}
+            current = [StuckCall(call.core, call.shard, now - self._running[name][2]) for name, call in running.items()]
+            return current + [call for call in self._stuck if (call.core, call.shard) not in
+                              {(c.core, c.shard) for c in current}]
 
     def shard_times(self) -> dict[int, tuple[int, float]]:
         """Per shard: (calls, mean seconds per call) since start."""
@@ -262,7 +282,7 @@ class Scheduler:
         """close() timed out: name the stuck calls, stop the idle workers, fail every frame still in flight."""
         now = time.perf_counter()
         with self._lock:
-            stuck = [StuckCall(core, shard, now - start) for name, (shard, core, start) in self._running.items()
+            stuck = [StuckCall(core, shard, now - start) for name, (shard, core, start, _) in self._running.items()
                      if any(w.name == name for w in alive)]
             self._stuck = stuck
             pending = list(self._pending.values())
@@ -308,6 +328,11 @@ class Scheduler:
                 self._run(worker, frame)
             except BaseException as error:  # noqa: BLE001 - a worker never dies; the frame carries the error
                 frame.error = error
+            if frame.abandoned:  # the watchdog failed this frame while our call hung; it returned at last
+                with self._lock:
+                    if worker.assignment[0][1] in self._retired and self.mode == "replicas":
+                        return
+                continue
             if worker.outbox is not None and frame.error is None and not frame.future.cancelled():
                 worker.outbox.put(frame)
                 continue
@@ -328,19 +353,53 @@ class Scheduler:
                 return False
             why = (f"core {core} out of rotation after {self._failures[core]} consecutive failed frames (last: "
                    f"{type(error).__name__}: {error})")
-            self._retired[core] = why
-            self.capacity -= 1  # one worker fewer: admit one frame fewer
-            self._free -= 1
+            self._retire(core, why)
         LOG.error("%s; serving on the other cores", why)
         return True
 
+    def _retire(self, core: int, why: str) -> None:
+        """Take a replicas core out of rotation (caller holds the lock)."""
+        self._retired[core] = why
+        self.capacity -= 1  # one worker fewer: admit one frame fewer
+        self._free -= 1
+
+    def _watch(self) -> None:
+        """Watchdog: fail the frame of a call running longer than the call timeout, so later frames still resolve
+        (in order) and, in replicas mode, the other cores keep serving. The hung thread itself cannot be stopped."""
+        assert self._call_timeout_s is not None
+        period = min(1.0, max(0.01, self._call_timeout_s / 4))
+        while True:
+            time.sleep(period)
+            now = time.perf_counter()
+            expired: list[tuple[str, StuckCall, _Frame, bool]] = []
+            with self._slots:
+                if self._closed:
+                    return
+                for name, (shard, core, start, frame) in self._running.items():
+                    if name in self._hung or now - start <= self._call_timeout_s:
+                        continue
+                    call = StuckCall(core, shard, now - start)
+                    self._hung[name] = call
+                    frame.abandoned = True
+                    frame.error = StuckCallError(f"{call}, longer than the call timeout of "
+                                                 f"{self._call_timeout_s:g} s; frame dropped")
+                    in_rotation = len(self.cores) - len(self._retired)
+                    retire = self.mode == "replicas" and core not in self._retired and in_rotation > 1
+                    if retire:
+                        self._retire(core, f"core {core} out of rotation: {call}")
+                    expired.append((name, call, frame, retire))
+            for _, call, frame, retired in expired:
+                LOG.error("%s (call timeout %g s): frame dropped%s", call, self._call_timeout_s,
+                          "; core out of rotation, serving on the other cores" if retired else "")
+                self._done(frame)
+
     def _run(self, worker: _Worker, frame: _Frame) -> None:
         for shard, core in worker.assignment:
-            if frame.future.cancelled():
+            if frame.future.cancelled() or frame.abandoned:
                 return
             start = time.perf_counter()
             with self._lock:
-                self._running[worker.name] = (shard, core, start)
+                self._running[worker.name] = (shard, core, start, frame)
             try:
                 frame.state = self._run_shard(shard, core, frame.state)
             finally:
@@ -350,6 +409,7 @@ class Scheduler:
     def _account(self, worker: str, frame: int, shard: int, core: int, start: float, end: float) -> None:
         with self._lock:
             self._running.pop(worker, None)
+            self._hung.pop(worker, None)
             self._busy[core] += end - start
             stats = self._shard_stats.setdefault(shard, [0, 0.0])
             stats[0] += 1

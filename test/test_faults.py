@@ -16,7 +16,7 @@ from rk_siglip_ros.backends.faults import FaultInjectingBackend, InjectedFaultEr
 from rk_siglip_ros.backends.sim import SimBackend
 from rk_siglip_ros.encoder import EncoderOutputError, SiglipEncoder
 from rk_siglip_ros.manifest import load_manifest
-from rk_siglip_ros.scheduler import SchedulerClosedError
+from rk_siglip_ros.scheduler import SchedulerClosedError, StuckCallError
 
 MODES = ("sequential", "pipeline", "replicas")
 
@@ -167,3 +167,40 @@ def test_a_stuck_sim_call_is_bounded_too():
         assert done.wait(3.0), "close() did not return with a stuck call"
     finally:
         backend.release()
+
+
+# ------------------------------------------------------------------------------------------------ call watchdog
+
+
+def test_replicas_keep_serving_when_a_call_hangs_and_retire_that_core(toy_manifest, caplog):
+    backend = FaultInjectingBackend(create_backend("onnxruntime", threads=1), "stuck", cores={1})
+    encoder = SiglipEncoder(toy_manifest, backend, mode="replicas", call_timeout_s=0.3)
+    try:
+        outcomes = []
+        while not any(isinstance(outcome, StuckCallError) for outcome in outcomes):  # until a frame lands on core 1
+            assert len(outcomes) < 200, "no frame reached core 1"
+            try:
+                outcomes.append(encoder.submit(image(len(outcomes))).result(timeout=30))
+            except StuckCallError as error:
+                outcomes.append(error)
+        later = encoder.encode_batch([image(index) for index in range(10)])  # served by cores 0 and 2
+        stuck, retired = encoder.stuck_calls(), encoder.retired_cores()
+    finally:
+        backend.release()
+        encoder.close()
+    assert sum(isinstance(outcome, StuckCallError) for outcome in outcomes) == 1
+    assert later.shape == (10, TOY_DIM) and np.isfinite(later).all()
+    assert [call.core for call in stuck] == [1] and list(retired) == [1] and "stuck in shard" in retired[1]
+    assert "core 1 stuck in shard" in caplog.text
+
+
+def test_a_hung_pipeline_call_fails_its_frame_instead_of_hanging_for_ever(toy_manifest):
+    backend = FaultInjectingBackend(create_backend("onnxruntime", threads=1), "stuck", shard=1, rate=1.0)
+    encoder = SiglipEncoder(toy_manifest, backend, mode="pipeline", call_timeout_s=0.3)
+    try:
+        with pytest.raises(StuckCallError, match=r"stuck in shard 1 .* longer than the call timeout of 0.3 s"):
+            encoder.submit(image()).result(timeout=30)
+        assert encoder.stuck_calls() and encoder.retired_cores() == {}  # a pipeline stage cannot be routed around
+    finally:
+        backend.release()
+        encoder.close()

@@ -24,7 +24,7 @@ from rk_siglip_ros.manifest import load_manifest
 from rk_siglip_ros.node.config import validate
 from rk_siglip_ros.node.core import EncoderNodeCore
 from rk_siglip_ros.node.mailbox import Dispatcher
-from rk_siglip_ros.node.stats import OK, WARN
+from rk_siglip_ros.node.stats import ERROR, OK, WARN
 
 RAW, COMPRESSED = "/cam0/image_raw", "/cam1/image_raw/compressed"
 
@@ -63,7 +63,7 @@ class Outbox:
         self.vectors.append(embedding_from_message(self.image(header=source_header, **fields)))
 
 
-def node(toy, types, fault: dict | None = None, mode: str = "pipeline", **parameters):
+def node(toy, types, fault: dict | None = None, mode: str = "pipeline", call_timeout_s: float = 60.0, **parameters):
     """An EncoderNodeCore on the toy shards; ``fault``: FaultInjectingBackend arguments wrapping ONNX Runtime."""
     outbox, warnings, errors, backends = Outbox(types), [], [], []
 
@@ -72,7 +72,7 @@ def node(toy, types, fault: dict | None = None, mode: str = "pipeline", **parame
         if fault is not None:
             backend = FaultInjectingBackend(backend, **fault)
             backends.append(backend)
-        return SiglipEncoder(load_manifest(config.shards), backend, mode=config.mode)
+        return SiglipEncoder(load_manifest(config.shards), backend, mode=config.mode, call_timeout_s=call_timeout_s)
 
     config = validate({"shards": str(toy), "image_topics": [RAW, COMPRESSED], "mode": mode, **parameters})
     core = EncoderNodeCore(config, open_publisher=lambda topic: outbox, now_s=time.time, warn=warnings.append,
@@ -217,3 +217,18 @@ def test_a_failed_dispatch_pass_reaches_the_nodes_log_and_diagnostics():
     report = dispatcher.stats.report()
     assert dispatcher.stats.totals()["errors"] == len(failures)
     assert "dispatcher pass failed" in report.message
+
+
+def test_a_hung_call_is_an_error_in_diagnostics_and_logged_once(toy, types):
+    core, outbox, _, errors, backends = node(toy, types, {"kind": "stuck", "shard": 1}, call_timeout_s=0.3)
+    try:
+        core.offer(RAW, raw(types, 1))
+        assert wait_until(lambda: core.stats.totals().get("errors", 0) == 1), "the hung frame was never failed"
+        first, second = core.diagnostics(), core.diagnostics()
+    finally:
+        backends[0].release()
+        core.close()
+    for report in (first, second):
+        assert report.level == ERROR and "stuck in shard 1" in report.message
+        assert any(key.endswith(" stuck") and value.startswith("shard 1 for") for key, value in report.values)
+    assert sum("its frame was dropped" in line for line in errors) == 1 and outbox.vectors == []

@@ -20,7 +20,7 @@ from rk_siglip_ros.camera_frames import image_from_message
 from rk_siglip_ros.embedding_msg import embedding_fields
 from rk_siglip_ros.node.config import NodeConfig
 from rk_siglip_ros.node.mailbox import Dispatcher, Frame
-from rk_siglip_ros.node.stats import WARN, DiagnosticReport, LogThrottle, NodeStats, stamp_to_seconds
+from rk_siglip_ros.node.stats import ERROR, WARN, DiagnosticReport, LogThrottle, NodeStats, stamp_to_seconds
 
 # publish(header, fields): fields as from embedding_msg.embedding_fields; header is the source message's header object.
 PublishFields = Callable[[Any, dict[str, Any]], None]
@@ -55,6 +55,7 @@ class EncoderNodeCore:
         self._closed = False
         self.stats = NodeStats(config.image_topics)
         self._reported_cores: set[int] = set()
+        self._reported_stuck: set[tuple[int, int]] = set()
         self.encoder = encoder_factory(config)
         try:
             self._busy = self.encoder.busy_window()  # our own window: a benchmark reading the encoder cannot reset it
@@ -93,6 +94,16 @@ class EncoderNodeCore:
             report.level = max(report.level, WARN)
             cores = ", ".join(str(core) for core in sorted(retired))
             report.message = f"NPU core {cores} out of rotation after repeated failures; {report.message}"
+        stuck = self.encoder.stuck_calls()
+        for call in stuck:
+            report.values.append((f"core {call.core} stuck", f"shard {call.shard} for {call.seconds:.1f} s"))
+            if (call.core, call.shard) not in self._reported_stuck:
+                self._reported_stuck.add((call.core, call.shard))
+                self._error(f"NPU {call}: its frame was dropped; the call cannot be interrupted (restart the node "
+                            "if it never returns)")
+        if stuck:
+            report.level = ERROR
+            report.message = f"{'; '.join(str(call) for call in stuck)}; {report.message}"
         return report
 
     def close(self, drain: bool = True, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
