@@ -93,6 +93,7 @@ def _lost_with_stuck_call(encoder: SiglipEncoder, frames: int) -> str:
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     feeder.join(max(0.0, end - time.monotonic()))
+    time.sleep(max(0.0, end - time.monotonic()))  # frames admitted early still have the whole window to resolve
     done = sum(f.done() and not f.cancelled() and f.exception() is None for f in list(futures))
     retired = f", core {','.join(map(str, encoder.retired_cores()))} retired" if encoder.retired_cores() else ""
     return f"{frames - done}/{frames} in {STUCK_WINDOW_S:.0f} s{retired}"
