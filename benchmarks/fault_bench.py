@@ -72,7 +72,7 @@ def frames_lost(manifest: Any, kind: str, mode: str, frames: int, cores: set[int
         wait(futures)
         lost = sum(future.exception() is not None for future in futures)
         retired = f", core {','.join(map(str, encoder.retired_cores()))} retired" if encoder.retired_cores() else ""
-        return f"{lost}/{frames}{retired}"
+        return f"{lost}/{frames} ({backend.injected} faults){retired}"
     finally:
         backend.release()
         encoder.close(cancel=True, timeout=2.0)
@@ -102,7 +102,7 @@ def _lost_with_stuck_call(encoder: SiglipEncoder, frames: int) -> str:
 def report_frames_lost(manifest: Any, frames: int) -> None:
     print(f"\n1. Frames lost out of {frames} (random:tiny pipeline3 on ONNX Runtime, fault on the last shard)")
     scenarios = (("core 1 broken", {1}, 1.0), ("5 % of calls", None, 0.05))
-    print(f"{'fault':<8} {'scenario':<14} " + " ".join(f"{mode:<26}" for mode in MODES))
+    print(f"{'fault':<8} {'scenario':<14} " + " ".join(f"{mode:<32}" for mode in MODES))
     for kind in FAULT_KINDS:
         for label, cores, rate in scenarios:
             if kind == "stuck" and rate < 1.0:
@@ -110,7 +110,7 @@ def report_frames_lost(manifest: Any, frames: int) -> None:
             # In sequential and pipeline mode the last shard runs on one core only: "core 1 broken" is that core.
             cells = [frames_lost(manifest, kind, mode, frames, cores if mode == "replicas" else None, rate)
                      for mode in MODES]
-            print(f"{kind:<8} {label:<14} " + " ".join(f"{cell:<26}" for cell in cells), flush=True)
+            print(f"{kind:<8} {label:<14} " + " ".join(f"{cell:<32}" for cell in cells), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------- shutdown
