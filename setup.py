@@ -52,6 +52,8 @@ setup(
             f"build_shards = {PACKAGE}.builder.cli:main",
             f"encode_images = {PACKAGE}.cli.encode_images:main",
             f"encode_bag = {PACKAGE}.cli.encode_bag:main",
+            f"encode_text = {PACKAGE}.cli.encode_text:main",
+            f"search_bag = {PACKAGE}.cli.search_bag:main",
             f"bench = {PACKAGE}.cli.bench:main",
         ],
     },

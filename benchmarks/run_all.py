@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("build_bench.py", "runtime_bench.py", "fault_bench.py")
+BENCHMARKS = ("build_bench.py", "runtime_bench.py", "fault_bench.py", "text_bench.py")
 
 
 def main() -> int:

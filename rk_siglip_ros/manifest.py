@@ -90,6 +90,59 @@ class PreprocessSpec:
     layout: str = "NCHW"
 
 
+@dataclass(frozen=True)
+class SpecialToken:
+    """A text the tokenizer maps to one id without splitting it; lstrip/rstrip: it eats the whitespace beside it."""
+
+    id: int
+    lstrip: bool = False
+    rstrip: bool = False
+
+
+@dataclass
+class TokenizerSpec:
+    """How the runtime turns a text into token ids exactly as the checkpoint's Hugging Face tokenizer does.
+
+    ``kind`` names the algorithm (``siglip-sentencepiece``: transformers' SiglipTokenizer: lowercase, punctuation
+    removed, whitespace collapsed, SentencePiece pieces, ``</s>`` appended, right-padded to ``max_length``);
+    ``model`` is the SentencePiece model exactly as the HF tokenizer loads it; ``files`` the checkpoint's own
+    tokenizer files (loadable with ``AutoTokenizer.from_pretrained``)."""
+
+    kind: str
+    model: str
+    max_length: int
+    padding: str = "max_length"  # SigLIP was trained on text padded to max_length; its pooled token is the last
+    lowercase: bool = True
+    eos_id: int = 1
+    pad_id: int = 1
+    unk_token: str = "<unk>"
+    special_tokens: dict[str, SpecialToken] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TextSpec:
+    """The optional text tower (runs on the CPU with ONNX Runtime): ``input_ids`` int64 [batch, max_length] ->
+    ``text_embeds`` float32 [batch, embedding_dim], not normalised. The probability that a text fits an image is
+    sigmoid(logit_scale * cos + logit_bias); ``logit_scale`` is the multiplier itself (exp of the checkpoint's log
+    scale)."""
+
+    onnx: str
+    tokenizer: TokenizerSpec
+    embedding_dim: int
+    logit_scale: float
+    logit_bias: float
+    input: str = "input_ids"
+    output: str = "text_embeds"
+    sha256: dict[str, str] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def files(self) -> list[str]:
+        """Every file the text side needs, relative to the shard folder (all sha256-checked)."""
+        return list(dict.fromkeys([self.onnx, self.tokenizer.model, *self.tokenizer.files]))
+
+
 @dataclass
 class Manifest:
     model: ModelInfo
@@ -105,6 +158,8 @@ class Manifest:
     verification: dict[str, Any] = field(default_factory=dict)
     # How the graph was rewritten: {"tile": T or None, "barrier": "none|poison|disable-rules|both", "shards": N}.
     build: dict[str, Any] = field(default_factory=dict)
+    # The text tower, when the shard set was built with --text; None for a vision-only shard set.
+    text: TextSpec | None = None
     # Where the manifest was loaded from; not serialised. Shard paths resolve against it.
     root: Path | None = None
     # File kinds whose files verify_files has checked (exist, inside root, sha256 match) since loading; not
@@ -156,6 +211,8 @@ def record_hashes(manifest: Manifest, directory: Path) -> None:
             for relative in (shard.onnx, shard.rknn)
             if relative is not None
         }
+    if manifest.text is not None:
+        manifest.text.sha256 = {relative: file_sha256(directory / relative) for relative in manifest.text.files}
 
 
 # ---------------------------------------------------------------------------------------------- serialisation
@@ -172,7 +229,7 @@ def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
     preprocess["size"] = list(manifest.preprocess.size)
     preprocess["mean"] = list(manifest.preprocess.mean)
     preprocess["std"] = list(manifest.preprocess.std)
-    return {
+    data = {
         "format": FORMAT,
         "version": VERSION,
         "model": asdict(manifest.model),
@@ -187,6 +244,9 @@ def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
         "build": dict(manifest.build),
         "verification": manifest.verification,
     }
+    if manifest.text is not None:
+        data["text"] = asdict(manifest.text)
+    return data
 
 
 def _tensor_to_dict(spec: TensorSpec) -> dict[str, Any]:
@@ -221,6 +281,7 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
             toolchain={str(k): str(v) for k, v in dict(data.get("toolchain", {})).items()},
             verification=dict(data.get("verification", {})),
             build=dict(data.get("build", {})),
+            text=_parse_text(data["text"]) if data.get("text") is not None else None,
         )
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
         raise ManifestError(f"{source}: malformed manifest ({type(error).__name__}: {error}); {REBUILD_HINT}") from None
@@ -231,6 +292,7 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     _check_scales(manifest, source)
     _check_outputs(manifest, source)
     _check_toolchain(manifest, source)
+    _check_text(manifest, source)
     return manifest
 
 
@@ -291,6 +353,34 @@ def _parse_shard(data: dict[str, Any]) -> ShardSpec:
         layers=[int(v) for v in data.get("layers", [])],
         macs=int(data.get("macs", 0)),
         blocks=[str(label) for label in data.get("blocks", [])],
+    )
+
+
+def _parse_text(data: dict[str, Any]) -> TextSpec:
+    tokenizer = dict(data["tokenizer"])
+    return TextSpec(
+        onnx=str(data["onnx"]),
+        tokenizer=TokenizerSpec(
+            kind=str(tokenizer["kind"]),
+            model=str(tokenizer["model"]),
+            max_length=int(tokenizer["max_length"]),
+            padding=str(tokenizer.get("padding", "max_length")),
+            lowercase=bool(tokenizer.get("lowercase", True)),
+            eos_id=int(tokenizer.get("eos_id", 1)),
+            pad_id=int(tokenizer.get("pad_id", 1)),
+            unk_token=str(tokenizer.get("unk_token", "<unk>")),
+            special_tokens={str(k): SpecialToken(int(v["id"]), bool(v.get("lstrip", False)),
+                                                 bool(v.get("rstrip", False)))
+                            for k, v in dict(tokenizer.get("special_tokens", {})).items()},
+            files=[str(f) for f in tokenizer.get("files", [])],
+        ),
+        embedding_dim=int(data["embedding_dim"]),
+        logit_scale=float(data["logit_scale"]),
+        logit_bias=float(data["logit_bias"]),
+        input=str(data.get("input", "input_ids")),
+        output=str(data.get("output", "text_embeds")),
+        sha256={str(k): str(v) for k, v in dict(data.get("sha256", {})).items()},
+        verification=dict(data.get("verification", {})),
     )
 
 
@@ -419,6 +509,55 @@ def _check_toolchain(manifest: Manifest, source: str) -> None:
         if not manifest.toolchain.get("rknn_toolkit2"):
             raise ManifestError(f"{source}: the shard set has .rknn files but does not record the rknn_toolkit2 "
                                 f"version that built them; {REBUILD_HINT}")
+
+
+TOKENIZER_KINDS = ("siglip-sentencepiece",)
+PADDINGS = ("max_length",)
+
+
+def _check_text(manifest: Manifest, source: str) -> None:
+    """The text section, when present: known tokenizer, paths inside the folder, a width the image side shares."""
+    text = manifest.text
+    if text is None:
+        return
+    if text.tokenizer.kind not in TOKENIZER_KINDS:
+        raise ManifestError(f"{source}: text tokenizer kind {text.tokenizer.kind!r} is not supported by this "
+                            f"rk_siglip_ros (knows {', '.join(TOKENIZER_KINDS)}); update rk_siglip_ros")
+    if text.tokenizer.padding not in PADDINGS or text.tokenizer.max_length < 2:
+        raise ManifestError(f"{source}: text tokenizer padding {text.tokenizer.padding!r} / max_length "
+                            f"{text.tokenizer.max_length} is not usable; {REBUILD_HINT} --text")
+    for relative in text.files:
+        if not _is_inside(relative):
+            raise ManifestError(f"{source}: text file path {relative!r} leaves the shard folder; paths must be "
+                                "relative and stay inside the folder that holds manifest.json")
+    if text.embedding_dim != manifest.model.embedding_dim:
+        raise ManifestError(f"{source}: the text tower is {text.embedding_dim} wide but the image embeddings are "
+                            f"{manifest.model.embedding_dim}; they cannot be compared; {REBUILD_HINT} --text")
+    if not (math.isfinite(text.logit_scale) and math.isfinite(text.logit_bias)) or text.logit_scale <= 0.0:
+        raise ManifestError(f"{source}: text logit_scale {text.logit_scale} / logit_bias {text.logit_bias} must be "
+                            f"finite (scale > 0); {REBUILD_HINT} --text")
+
+
+def verify_text_files(manifest: Manifest, source: str = "manifest") -> None:
+    """Check that every text-side file exists inside the folder and matches its recorded sha256 (done when the text
+    tower is opened, so a node without labels never hashes it)."""
+    assert manifest.root is not None
+    if manifest.text is None:
+        raise ManifestError(f"{source}: this shard set has no text tower; {REBUILD_HINT} --text")
+    for relative in manifest.text.files:
+        path = (manifest.root / relative).resolve()
+        if manifest.root not in path.parents:
+            raise ManifestError(f"{source}: text file {relative!r} resolves outside the shard folder (a symlink?); "
+                                "copy the file into the folder")
+        if not path.is_file():
+            raise ManifestError(f"{source}: text file {path} is missing; {REBUILD_HINT} --text")
+        expected = manifest.text.sha256.get(relative)
+        if expected is None:
+            raise ManifestError(f"{source}: no sha256 recorded for text file {relative!r}; {REBUILD_HINT} --text")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise ManifestError(f"{source}: {path} has been modified or corrupted (sha256 {actual[:12]}..., "
+                                f"manifest expects {expected[:12]}...); {REBUILD_HINT} --text")
 
 
 # ------------------------------------------------------------------------------------------------------ loading

@@ -12,6 +12,13 @@ def l2_normalise(vector: np.ndarray) -> np.ndarray:
     return vector / norm if norm > 0.0 else vector
 
 
+def l2_normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length, float32 (a zero row stays zero)."""
+    matrix = np.asarray(matrix, np.float32)
+    norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
+    return (matrix / np.where(norms > 0.0, norms, 1.0)).astype(np.float32)
+
+
 def pooled_embedding(pooled: np.ndarray | None, tokens: np.ndarray | None) -> np.ndarray:
     """The (D,) embedding: the model's pooled output, or the mean of the tokens when the model has no head."""
     if pooled is not None:

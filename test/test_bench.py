@@ -55,3 +55,25 @@ def test_bench_rejects_bad_arguments(shard_factory, args, capsys):
         status = exit_info.code
     assert status == 2
     assert "bench:" in capsys.readouterr().err
+
+
+def test_text_bench_runs_every_step_on_a_tiny_model(tmp_path, capsys):
+    """benchmarks/text_bench.py end to end on random:tiny: each figure measured, the ratios are of what it printed."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "text_bench.py"
+    spec = importlib.util.spec_from_file_location("text_bench", path)
+    text_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(text_bench)
+    out = tmp_path / "text.json"
+    assert text_bench.main(["--model", "random:tiny", "--out", str(tmp_path / "shards"), "--reps", "1",
+                            "--frames", "1", "--labels", "50", "--search-frames", "300", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    scoring = results["label_scoring"]
+    assert scoring["labels"] == 50 and scoring["score_ms"] > 0
+    assert scoring["fraction_onnxruntime"] == pytest.approx(scoring["score_ms"] / scoring["encode_ms_onnxruntime"])
+    assert results["text_tower"]["ms_per_label"] > results["text_tower"]["tokenizer_ms_per_label"] > 0
+    assert results["search_bag"]["frames"] == 300 and results["search_bag"]["frames_per_s"] > 0
+    printed = capsys.readouterr().out
+    assert "(a) text tower, batch of 100" in printed and "(c) search_bag over 300 embeddings" in printed

@@ -92,3 +92,19 @@ def test_sample_bag_holds_the_photos_it_claims(demo_run):
         decoded = image_from_message(message).astype(int)
         error = np.abs(decoded - expected.astype(int)).mean()
         assert error < (6.0 if encoding == "jpeg" else 0.5), (photo, encoding, error)
+
+
+def test_demo_labels_and_search_the_sample_bag(demo_run):
+    out, text, _ = demo_run
+    labels = demo.read_labels(out / "sample_camera_bag_siglip")
+    assert len(labels) == len(demo.SAMPLE_SHOTS)  # one Classification per frame
+    for results in labels.values():
+        assert len(results) == demo.LABELS_TOP_K and {label for label, _ in results} <= set(demo.DEMO_LABELS)
+        scores = [score for _, score in results]
+        assert scores == sorted(scores, reverse=True)
+    assert "best labels per frame (/siglip/labels, top 3 of 5)" in text
+    assert f"query '{demo.SEARCH_QUERY}':" in text
+    assert len(re.findall(r"^\s+[1-4]\s+\d+\.\d{9}\s+/(front|rear)/", text, re.M)) == demo.SEARCH_TOP
+    assert (out / "search_sheet.png").stat().st_size > 0
+    assert "label probabilities and search ranks are meaningless" in text
+    assert 'search_bag your_bag_siglip "a red door"' in text

@@ -13,7 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = REPO / "rk_siglip_ros"
 ROS_PACKAGES = {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "diagnostic_updater", "rcl_interfaces",
-                "builtin_interfaces", "ament_index_python", "launch", "launch_ros", "launch_testing", "cv_bridge"}
+                "builtin_interfaces", "ament_index_python", "launch", "launch_ros", "launch_testing", "cv_bridge",
+                "vision_msgs"}
 NEEDS_ROS = "needs ROS 2 (rclpy, launch_ros): source /opt/ros/<distro>/setup.bash"
 
 

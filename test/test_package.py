@@ -28,7 +28,7 @@ EXPECTED_INSTALL = [
 ]
 
 ROBOT_EXEC_DEPENDS = {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "diagnostic_updater", "cv_bridge",
-                      "launch", "launch_ros", "python3-numpy", "python3-opencv", "python3-pil"}
+                      "launch", "launch_ros", "python3-numpy", "python3-opencv", "python3-pil", "vision_msgs"}
 
 
 def test_package_xml_parses_and_validates() -> None:

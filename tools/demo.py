@@ -1,11 +1,13 @@
 """`make demo`: the newcomer's first command, offline, from a fresh clone.
 
 1. builds a shard set from ``random:siglip-base-patch16-512`` (the real SigLIP-B/16@512 architecture with RANDOM
-   weights: no network needed) into demo_out/shards/, or reuses a valid earlier build;
+   weights: no network needed), with its text tower, into demo_out/shards/, or reuses a valid earlier build;
 2. writes a short camera bag from real photos (scikit-image's sample images) on two topics in several encodings;
-3. replays it through encode_bag (the same library the console script runs);
-4. prints frames, embedding dim, throughput and the cosine similarity matrix between frames, then the commands
-   to do the same with real weights and a real bag.
+3. replays it through encode_bag (the same library the console script runs) with a few labels, so the output bag
+   also holds /siglip/labels;
+4. prints frames, embedding dim, throughput, the cosine similarity matrix between frames and each frame's best
+   labels, then runs one search_bag query over the output bag and writes its contact sheet; then the commands to
+   do the same with real weights and a real bag.
 
 ONNX shards only: compiling the full model to .rknn adds minutes and the .rknn files only run on a board (or in
 the slow simulator); the CPU backend is what a laptop without an NPU uses anyway. ``--formats onnx rknn`` builds
@@ -29,6 +31,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from rk_siglip_ros.bag import EMBEDDING_TOPIC, STORAGES, ReplaySummary, encode_bag, format_summary
 from rk_siglip_ros.embedding_msg import embedding_from_message
+from rk_siglip_ros.labels_msg import LABELS_TOPIC, register_classification, results_of
 from rk_siglip_ros.manifest import Manifest, ManifestError, load_manifest
 
 DEFAULT_MODEL = "random:siglip-base-patch16-512"
@@ -53,6 +56,12 @@ SAMPLE_SHOTS: tuple[tuple[str, str, str], ...] = (
     (FRONT_TOPIC, "coffee", "bgr8"),
     (REAR_TOPIC, "chelsea", "png"),
 )
+# Labels scored on every frame, and the search_bag query (each names photos that are in the bag).
+DEMO_LABELS = ("a photo of an astronaut", "a cup of coffee", "a cat", "a rocket on a launch pad",
+               "a black and white photo of a man with a camera")
+LABELS_TOP_K = 3
+SEARCH_QUERY = "an astronaut in a white suit"
+SEARCH_TOP = 4
 CAMERA_SIZE = {FRONT_TOPIC: (480, 640), REAR_TOPIC: (360, 480)}  # (height, width) per camera
 FRAME_IDS = {FRONT_TOPIC: "front_camera_optical_frame", REAR_TOPIC: "rear_camera_optical_frame"}
 
@@ -75,14 +84,16 @@ def ensure_shards(model: str, shards_dir: Path, formats: tuple[str, ...], rebuil
     if not rebuild:
         try:
             manifest = load_manifest(shards_dir, verify=formats)
-            if manifest.model.source == model and all(manifest.has_files(kind) for kind in formats):
+            if (manifest.model.source == model and all(manifest.has_files(kind) for kind in formats)
+                    and manifest.text is not None):
                 return manifest, False
         except ManifestError:
             pass
     # the offline builder (torch): imported only when a build is needed
     from rk_siglip_ros.builder.build import build_shards
 
-    return build_shards(model, shards_dir, profile="pipeline3", formats=formats, force=True, progress=True), True
+    return build_shards(model, shards_dir, profile="pipeline3", formats=formats, text=True, force=True,
+                        progress=True), True
 
 
 # ------------------------------------------------------------------------------------------- the sample bag
@@ -169,6 +180,28 @@ def similarity_table(frames: Sequence[SampleFrame], embeddings: Sequence[tuple[i
     return "\n".join(lines)
 
 
+def read_labels(bag: Path, topic: str = LABELS_TOPIC) -> dict[int, list[tuple[str, float]]]:
+    """Header stamp ns -> the (label, probability) pairs of each Classification in ``bag``."""
+    store = get_typestore(Stores.ROS2_JAZZY)
+    register_classification(store)
+    labels = {}
+    with Reader(bag) as reader:
+        chosen = [c for c in reader.connections if c.topic == topic]
+        for connection, _, raw in reader.messages(chosen):
+            message = store.deserialize_cdr(raw, connection.msgtype)
+            labels[message.header.stamp.sec * 10**9 + message.header.stamp.nanosec] = results_of(message)
+    return labels
+
+
+def labels_table(frames: Sequence[SampleFrame], labels: dict[int, list[tuple[str, float]]]) -> str:
+    """Each frame's photo and its most probable labels, from the output bag's Classification messages."""
+    lines = [f"best labels per frame (/siglip/labels, top {LABELS_TOP_K} of {len(DEMO_LABELS)})"]
+    for index, frame in enumerate(frames):
+        best = ", ".join(f"{label!r} {score:.3g}" for label, score in labels.get(frame.stamp_ns, []))
+        lines.append(f"{index:3d}  {frame.photo:<22s} {best or '-'}")
+    return "\n".join(lines)
+
+
 def report(model: str, summary: ReplaySummary, frames: Sequence[SampleFrame],
            embeddings: Sequence[tuple[int, str, np.ndarray]]) -> str:
     dims = {vector.shape[0] for _, _, vector in embeddings}
@@ -195,11 +228,13 @@ def next_steps(shards: Path, out_bag: Path) -> str:
 Next, with real weights and a real bag:
   # 1. build shards from a real checkpoint: a Hugging Face hub id (needs the hub) or a downloaded folder
   #    (config.json + model.safetensors + preprocessor_config.json), e.g. from `huggingface-cli download`
-  .venv/bin/build_shards --model google/siglip-base-patch16-512 --out shards/siglip-b16-512
-  .venv/bin/build_shards --model /path/to/siglip-base-patch16-512 --out shards/siglip-b16-512
+  .venv/bin/build_shards --model google/siglip-base-patch16-512 --out shards/siglip-b16-512 --text
+  .venv/bin/build_shards --model /path/to/siglip-base-patch16-512 --out shards/siglip-b16-512 --text
   # 2. replay your own recording (rosbag2 folder, .mcap or .db3) into a new bag with embeddings
   .venv/bin/encode_bag /path/to/your_bag your_bag_siglip --shards shards/siglip-b16-512 --topics /camera/image_raw
-  # 3. or this demo on the real weights
+  # 3. find frames by text in it (the shard set is recorded in the bag), with a contact sheet
+  .venv/bin/search_bag your_bag_siglip "a red door" "a person on a forklift" --sheet hits.png
+  # 4. or this demo on the real weights
   .venv/bin/python tools/demo.py --model /path/to/siglip-base-patch16-512
 This run: shards in {shards}, output bag {out_bag} (read it with rosbags or `ros2 bag info`)."""
 
@@ -230,26 +265,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     camera_bag, encoded_bag = out / "sample_camera_bag", out / "sample_camera_bag_siglip"
 
     started = time.perf_counter()
-    print(f"[1/3] shards: {args.model} -> {shards_dir}", flush=True)
+    print(f"[1/4] shards (+ text tower): {args.model} -> {shards_dir}", flush=True)
     if args.model.startswith("random:"):
         print(f"      weights are RANDOM ({args.model}): the architecture is real, the numbers are not", flush=True)
     manifest, built = ensure_shards(args.model, shards_dir, tuple(args.formats), args.rebuild)
     print(f"      {'built' if built else 'reused a valid earlier build'} in {time.perf_counter() - started:.0f} s",
           flush=True)
 
-    print(f"[2/3] sample camera bag from scikit-image photos -> {camera_bag}", flush=True)
+    print(f"[2/4] sample camera bag from scikit-image photos -> {camera_bag}", flush=True)
     shutil.rmtree(camera_bag, ignore_errors=True)
     frames = write_sample_bag(camera_bag, storage=args.storage)
     print(f"      {len(frames)} frames on {FRONT_TOPIC} (rgb8, bgr8, mono8) and {REAR_TOPIC} (jpeg, png)", flush=True)
 
-    print(f"[3/3] encode_bag {camera_bag} {encoded_bag} --shards {shards_dir} --force", flush=True)
+    labels_argument = " ".join(f'"{label}"' for label in DEMO_LABELS)
+    print(f"[3/4] encode_bag {camera_bag} {encoded_bag} --shards {shards_dir} --force --labels {labels_argument} "
+          f"--labels-top-k {LABELS_TOP_K}", flush=True)
     from rk_siglip_ros.encoder import SiglipEncoder
+    from rk_siglip_ros.text import TextEncoder
 
+    with TextEncoder.open(manifest) as text:
+        label_set = text.label_set(DEMO_LABELS)
     with SiglipEncoder.open(manifest, backend=args.backend, mode=args.mode) as encoder:
-        summary = encode_bag(camera_bag, encoded_bag, encoder, force=True, progress=True)
+        summary = encode_bag(camera_bag, encoded_bag, encoder, force=True, progress=True, labels=label_set,
+                             labels_top_k=LABELS_TOP_K)
     print(format_summary(summary), flush=True)
 
     print(report(args.model, summary, frames, read_embeddings(encoded_bag)))
+    print(labels_table(frames, read_labels(encoded_bag)), flush=True)
+
+    sheet = out / "search_sheet.png"
+    print(f"\n[4/4] search_bag {encoded_bag} \"{SEARCH_QUERY}\" --top {SEARCH_TOP} --sheet {sheet}", flush=True)
+    from rk_siglip_ros.cli.search_bag import main as search_bag
+
+    if search_bag([str(encoded_bag), SEARCH_QUERY, "--top", str(SEARCH_TOP), "--sheet", str(sheet)]) != 0:
+        return 1
+    if args.model.startswith("random:"):
+        print(f"\nNOTE: weights are RANDOM ({args.model}): label probabilities and search ranks are meaningless until "
+              "you build from a real checkpoint (with --text).")
     print(next_steps(shards_dir, encoded_bag))
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
     return 0

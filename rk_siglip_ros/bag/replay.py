@@ -8,7 +8,12 @@ environment. The flow is one pass over the input in log order:
   encoder, keeping up to ``encoder.capacity`` frames in flight so every core stays busy while the next frame is
   decoded; results come back in submission order and are written to the embedding topic as ``sensor_msgs/Image``
   32FC1 (:func:`embedding_msg.embedding_fields`), header = the source header, log time = the source log time;
+- with labels (a :class:`~rk_siglip_ros.text.LabelSet`), each embedding's top-k labels go to the labels topic as
+  ``vision_msgs/Classification`` (:mod:`labels_msg`), same header and log time;
 - frames that cannot be decoded are counted with their reason and skipped; the run continues.
+
+``metadata.yaml`` records which shard set made the embeddings (custom_data ``rk_siglip_ros.*``), so ``search_bag``
+can find it again and refuse embeddings from another one.
 
 Output is written to a hidden temporary folder beside OUT and renamed into place only when the bag is complete,
 so an interrupted or failed run never leaves an OUT that looks finished.
@@ -16,6 +21,7 @@ so an interrupted or failed run never leaves an OUT that looks finished.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -32,6 +38,8 @@ from rosbags.rosbag2 import Writer, WriterError
 from ..camera_frames import IMAGE_MSG_TYPES, BadFrame, image_from_message
 from ..embedding_msg import embedding_fields
 from ..image_header import DEFAULT_MAX_IMAGE_PIXELS
+from ..labels_msg import CLASSIFICATION_MSG_TYPE, LABELS_TOPIC, classification, register_classification
+from ..manifest import MANIFEST_NAME, file_sha256
 from .errors import BagError, one_line
 from .io import OpenBag, connection_definition, connection_qos, image_connections, open_bag
 from .output import STORAGES, check_output, staged_output
@@ -41,9 +49,19 @@ if TYPE_CHECKING:
     from rosbags.typesys.store import Typestore
 
     from ..encoder import EncodeResult, SiglipEncoder
+    from ..text import LabelSet
 
 EMBEDDING_TOPIC = "/siglip/embeddings"
 EMBEDDING_MSG_TYPE = IMAGE_MSG_TYPES[0]  # sensor_msgs/msg/Image, 32FC1 (embedding_msg.embedding_fields)
+DEFAULT_TOP_K = 5
+# metadata.yaml custom_data keys: what made the embeddings (search_bag reads them back).
+META_MODEL = "rk_siglip_ros.model"  # the checkpoint the shard set was built from (manifest model.source)
+META_SHARDS = "rk_siglip_ros.shards"  # the shard folder, resolved
+META_MANIFEST_SHA256 = "rk_siglip_ros.manifest_sha256"  # identifies the shard set (its manifest.json)
+META_EMBEDDING_DIM = "rk_siglip_ros.embedding_dim"
+META_EMBEDDING_TOPIC = "rk_siglip_ros.embedding_topic"
+META_LABELS = "rk_siglip_ros.labels"  # JSON list
+META_LABELS_TOPIC = "rk_siglip_ros.labels_topic"
 
 
 @dataclass
@@ -66,6 +84,9 @@ class ReplayPlan:
     embedding_topic: str
     chosen: list[Connection]  # the image connections to encode
     _resources: ExitStack = field(repr=False)
+    labels: LabelSet | None = None  # scored on every embedding and written to labels_topic when set
+    labels_topic: str = LABELS_TOPIC
+    labels_top_k: int = DEFAULT_TOP_K
 
     @property
     def image_topics(self) -> list[str]:
@@ -83,8 +104,10 @@ class ReplayPlan:
 
 def check_request(in_path: str | Path, out_path: str | Path, *, topics: Sequence[str] | None = None,
                   storage: str | None = None, typestore: str = "auto", embedding_topic: str = EMBEDDING_TOPIC,
-                  force: bool = False) -> ReplayPlan:
+                  force: bool = False, labels_topic: str | None = None) -> ReplayPlan:
     """Every check :func:`encode_bag` makes before it needs the encoder, each done once; raises BagError.
+
+    ``labels_topic``: labels will be written there (set ``plan.labels`` before :func:`replay`).
 
     Returns the plan :func:`replay` carries out, holding the input bag open. The CLI calls it first so a bad request
     fails before the (slower) encoder starts.
@@ -97,23 +120,35 @@ def check_request(in_path: str | Path, out_path: str | Path, *, topics: Sequence
         bag = resources.enter_context(open_bag(in_path, typestore))
         if any(c.topic == embedding_topic for c in bag.reader.connections):
             raise BagError(f"the input already has {embedding_topic}; pass --embedding-topic to write elsewhere")
+        if labels_topic is not None:
+            if labels_topic == embedding_topic:
+                raise BagError(f"--labels-topic {labels_topic} is the embedding topic; choose another")
+            if any(c.topic == labels_topic for c in bag.reader.connections):
+                raise BagError(f"the input already has {labels_topic}; pass --labels-topic to write elsewhere")
         chosen = image_connections(bag.reader.connections, topics, exclude=(embedding_topic,))
     except BaseException:
         resources.close()
         raise
-    return ReplayPlan(bag, Path(out_path), storage or bag.storage, embedding_topic, chosen, resources)
+    plan = ReplayPlan(bag, Path(out_path), storage or bag.storage, embedding_topic, chosen, resources)
+    if labels_topic is not None:
+        plan.labels_topic = labels_topic
+    return plan
 
 
 def encode_bag(in_path: str | Path, out_path: str | Path, encoder: SiglipEncoder, *,
                topics: Sequence[str] | None = None, storage: str | None = None, typestore: str = "auto",
                embedding_topic: str = EMBEDDING_TOPIC, force: bool = False, progress: bool = False,
-               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ReplaySummary:
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, labels: LabelSet | None = None,
+               labels_topic: str = LABELS_TOPIC, labels_top_k: int = DEFAULT_TOP_K) -> ReplaySummary:
     """Replay ``in_path`` through ``encoder`` into a new bag at ``out_path``; see the module docstring.
 
-    :func:`check_request` then :func:`replay`, for callers that already have an encoder.
+    :func:`check_request` then :func:`replay`, for callers that already have an encoder (and, for labels, a
+    LabelSet from the same shard set's text tower).
     """
     with check_request(in_path, out_path, topics=topics, storage=storage, typestore=typestore,
-                       embedding_topic=embedding_topic, force=force) as plan:
+                       embedding_topic=embedding_topic, force=force,
+                       labels_topic=labels_topic if labels is not None else None) as plan:
+        plan.labels, plan.labels_top_k = labels, labels_top_k
         return replay(plan, encoder, progress=progress, max_image_pixels=max_image_pixels)
 
 
@@ -130,24 +165,34 @@ def replay(plan: ReplayPlan, encoder: SiglipEncoder, progress: bool = False,
                             image_topics=plan.image_topics, embedding_topic=plan.embedding_topic,
                             embedding_dim=encoder.embedding_dim,
                             unparsed_definitions=dict(bag.unparsed_definitions))
+    if plan.labels is not None:
+        summary.labels, summary.labels_topic, summary.labels_top_k = (len(plan.labels), plan.labels_topic,
+                                                                      plan.labels_top_k)
     started = time.perf_counter()
     with (staged_output(plan.output, summary.removed_stale_outputs) as stage,
           Writer(stage, version=Writer.VERSION_LATEST, storage_plugin=STORAGES[summary.storage]) as writer):
-        _record_provenance(writer, encoder, summary)
-        _replay(bag, list(bag.reader.connections), plan.chosen, writer, encoder, summary, progress,
-                max_image_pixels)
+        _record_provenance(writer, encoder, summary, plan)
+        _replay(bag, list(bag.reader.connections), plan, writer, encoder, summary, progress, max_image_pixels)
     summary.wall_s = time.perf_counter() - started
     return summary
 
 
-def _record_provenance(writer: Writer, encoder: SiglipEncoder, summary: ReplaySummary) -> None:
-    """metadata.yaml custom_data: which model made the embeddings, so a bag explains itself later."""
+def _record_provenance(writer: Writer, encoder: SiglipEncoder, summary: ReplaySummary, plan: ReplayPlan) -> None:
+    """metadata.yaml custom_data: which shard set made the embeddings, so a bag explains itself later and
+    search_bag can embed its queries with the same one."""
     manifest = getattr(encoder, "manifest", None)
     if manifest is not None:
-        writer.set_custom_data("rk_siglip_ros.model", str(manifest.model.source))
+        writer.set_custom_data(META_MODEL, str(manifest.model.source))
         writer.set_custom_data("rk_siglip_ros.profile", str(manifest.profile))
-    writer.set_custom_data("rk_siglip_ros.embedding_topic", summary.embedding_topic)
+        if manifest.root is not None:
+            writer.set_custom_data(META_SHARDS, str(manifest.root))
+            writer.set_custom_data(META_MANIFEST_SHA256, file_sha256(manifest.root / MANIFEST_NAME))
+    writer.set_custom_data(META_EMBEDDING_DIM, str(summary.embedding_dim))
+    writer.set_custom_data(META_EMBEDDING_TOPIC, summary.embedding_topic)
     writer.set_custom_data("rk_siglip_ros.image_topics", ",".join(summary.image_topics))
+    if plan.labels is not None:
+        writer.set_custom_data(META_LABELS, json.dumps(list(plan.labels.labels)))
+        writer.set_custom_data(META_LABELS_TOPIC, plan.labels_topic)
 
 
 def _warm_up(store: Typestore, msgtypes: set[str]) -> None:
@@ -159,9 +204,9 @@ def _warm_up(store: Typestore, msgtypes: set[str]) -> None:
     store.deserialize_cdr(store.serialize_cdr(message, EMBEDDING_MSG_TYPE), EMBEDDING_MSG_TYPE)
 
 
-def _replay(bag: OpenBag, connections: list[Connection], chosen: list[Connection], writer: Writer,
+def _replay(bag: OpenBag, connections: list[Connection], plan: ReplayPlan, writer: Writer,
             encoder: SiglipEncoder, summary: ReplaySummary, progress: bool, max_image_pixels: int) -> None:
-    store = bag.typestore
+    store, chosen, labels = bag.typestore, plan.chosen, plan.labels
     outputs: dict[int, Connection] = {}
     for connection in connections:
         definition = connection_definition(connection, store)
@@ -178,6 +223,10 @@ def _replay(bag: OpenBag, connections: list[Connection], chosen: list[Connection
             outputs[connection.id] = next(o for o in writer.connections if o.topic == connection.topic
                                           and o.msgtype == connection.msgtype)
     embedding_out = writer.add_connection(summary.embedding_topic, EMBEDDING_MSG_TYPE, typestore=store)
+    labels_out = None
+    if labels is not None:
+        register_classification(store)
+        labels_out = writer.add_connection(plan.labels_topic, CLASSIFICATION_MSG_TYPE, typestore=store)
     image_class = store.types[EMBEDDING_MSG_TYPE]
     chosen_ids = {c.id for c in chosen}
     window = max(1, int(encoder.capacity))
@@ -188,6 +237,10 @@ def _replay(bag: OpenBag, connections: list[Connection], chosen: list[Connection
         result = item.future.result()  # an encoder failure is not a frame problem: it ends the run
         message = image_class(header=item.header, **embedding_fields(result.embedding))
         writer.write(embedding_out, item.log_time_ns, store.serialize_cdr(message, EMBEDDING_MSG_TYPE))
+        if labels is not None and labels_out is not None:
+            results = labels.top_k(result.embedding, plan.labels_top_k)
+            writer.write(labels_out, item.log_time_ns,
+                         store.serialize_cdr(classification(store, item.header, results), CLASSIFICATION_MSG_TYPE))
         summary.frames += 1
         summary.latencies_s.append(result.latency_s)
         bar.update(1)

@@ -36,6 +36,9 @@ class ReplaySummary:
     removed_stale_outputs: list[Path] = field(default_factory=list)  # .OUT.partial-* left by killed runs
     latencies_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+    labels: int = 0  # how many labels each frame was scored against (0: none)
+    labels_topic: str = ""
+    labels_top_k: int = 0
 
     @property
     def mean_latency_s(self) -> float:
@@ -53,6 +56,8 @@ def format_summary(summary: ReplaySummary) -> str:
         f"({summary.embedding_dim}-d)",
         f"  throughput       {summary.frames_per_s:.2f} frames/s over {summary.wall_s:.1f} s",
         f"  mean latency     {summary.mean_latency_s * 1000:.1f} ms (submit -> embedding)",
+        *([f"  labels           {summary.labels} -> {summary.labels_topic} (vision_msgs/Classification, top "
+           f"{summary.labels_top_k} per frame)"] if summary.labels else []),
         f"  copied through   {summary.copied_messages} messages",
         f"  skipped frames   {len(summary.skipped)}",
     ]

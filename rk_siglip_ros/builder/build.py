@@ -27,6 +27,7 @@ from .options import BuildInputError, BuildOptions
 from .scale_fold import fold_host_scale
 from .shard_modules import PlannedShard, ShardModule
 from .shard_plan import FINAL, Block, encoder_blocks, plan_shards
+from .text_tower import TextTower, build_text_side, load_text_tower
 from .tiling import check_tile
 from .verify import (
     INT8_MIN_COS,
@@ -45,7 +46,8 @@ def build_shards(model: str, out: Path, *, force: bool = False, progress: bool =
     """Build a verified shard set for ``model`` into ``out`` and return its manifest (manifest v1).
 
     ``options`` are the fields of :class:`BuildOptions` (profile, shards, tile, barrier, scale, target, dtype,
-    calibration, formats, verify); an unknown one is a TypeError.
+    calibration, formats, verify, text); an unknown one is a TypeError. ``text``: also export the checkpoint's text
+    tower and tokenizer (manifest ``text`` section, see text_tower.py).
 
     Raises BuildInputError / ModelSourceError for bad input (nothing written), VerificationError when a shard or the
     chain falls below the cosine thresholds, RknnError when rknn-toolkit2 refuses a shard.
@@ -59,15 +61,19 @@ def build_shards(model: str, out: Path, *, force: bool = False, progress: bool =
             check_tile(checked.tile, tower.num_tokens)
         except ValueError as error:
             raise BuildInputError(str(error)) from None
+    text_tower = load_text_tower(model, tower) if checked.text else None  # before anything is written
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the shard set is meant to be shared (e.g. installed by colcon)
     try:
-        manifest = _build_into(tower, model, staging, checked, progress)
+        manifest = _build_into(tower, model, staging, checked, progress, text_tower)
         _move_into_place(staging, out, force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        if text_tower is not None:
+            text_tower.close()
     manifest.root = out.resolve()
     return manifest
 
@@ -92,7 +98,8 @@ def _move_into_place(staging: Path, out: Path, force: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _build_into(tower: VisionTower, source: str, folder: Path, options: BuildOptions, progress: bool) -> Manifest:
+def _build_into(tower: VisionTower, source: str, folder: Path, options: BuildOptions, progress: bool,
+                text_tower: TextTower | None = None) -> Manifest:
     blocks = encoder_blocks(tower)
     try:
         groups = plan_shards(blocks, options.profile, options.shards)
@@ -128,6 +135,9 @@ def _build_into(tower: VisionTower, source: str, folder: Path, options: BuildOpt
         for path in folder.glob(".calibration*"):
             shutil.rmtree(path, ignore_errors=True)
     manifest.verification = verification_summary(plans, verification, thresholds, images)
+    if text_tower is not None:
+        for _ in tqdm(range(1), desc=f"{'text tower':<14}", unit="tower", file=sys.stderr, disable=not progress):
+            manifest.text = build_text_side(text_tower, folder, options.verify)
     record_hashes(manifest, folder)
     save_manifest(manifest, folder)
     return manifest

@@ -21,6 +21,7 @@ examples:
   build_shards --model google/siglip-base-patch16-512 --out shards/siglip-b16-512
   build_shards --model ./siglip-checkpoint --out shards/seed --profile seed
   build_shards --model random:tiny --out /tmp/tiny --formats onnx      (seconds; no checkpoint needed)
+  build_shards --model ./siglip-checkpoint --out shards/default --text  (+ text tower: labels, encode_text, search_bag)
 
 profiles: pipeline3 = 3 MAC-balanced shards, one per NPU core (default); seed = 26 shards (embedding, 12 attention
 halves, 12 MLP halves, norm + head) with 32-token attention tiles and the poison-pill barrier; whole = one graph.
@@ -51,6 +52,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "(default: %(default)s; onnx is always written)")
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the ONNX Runtime and RKNN "
                         "simulator checks against the fp32 model")
+    parser.add_argument("--text", action="store_true", help="also export the text tower (ONNX, runs on the CPU) and "
+                        "the tokenizer, for labels, encode_text and search_bag; needs a SigLIP checkpoint with its "
+                        "text tower and tokenizer files (or a random: SigLIP preset)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -86,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print(summary_table(manifest))
     print(f"\nwrote {len(manifest.shards)} shards to {args.out} ({manifest.profile}, host scale {manifest.host_scale})")
+    if manifest.text is not None:
+        text = manifest.text
+        print(f"text tower: {text.onnx} ({text.embedding_dim}-d, tokenizer {text.tokenizer.kind}, max length "
+              f"{text.tokenizer.max_length}, logit scale {text.logit_scale:.4g}, bias {text.logit_bias:.4g}, ONNX vs "
+              f"transformers cos {text.verification.get('onnx_vs_fp32_cos') or float('nan'):.7f})")
     return 0
 
 

@@ -40,6 +40,7 @@ class BuildOptions:
     calibration: Path | None = None
     formats: tuple[str, ...] = FORMATS
     verify: bool = True
+    text: bool = False  # also the text tower and tokenizer (text_tower.py)
 
     def checked(self) -> BuildOptions:
         """These options validated, with the profile's defaults filled in; raises BuildInputError."""

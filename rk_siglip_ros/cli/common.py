@@ -6,7 +6,7 @@ Exit codes, the same for every tool (``EXIT_STATUS_HELP`` goes into each ``--hel
 - 1: failed while running (an encoder or I/O failure mid-run), or an internal error (a bug: the traceback is
   printed, please report it);
 - 2: bad arguments, input or setup (a bag, an image or a shard set that cannot be used, a backend that is not
-  available here): one line that says what to do;
+  available here, labels or texts the text side refuses): one line that says what to do;
 - 130: interrupted (Ctrl-C or SIGTERM).
 """
 
@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..backends import BACKENDS, BackendError
@@ -24,10 +25,11 @@ from ..camera_frames import BadFrame
 from ..image_header import DEFAULT_MAX_IMAGE_PIXELS
 from ..manifest import ManifestError
 from ..scheduler import MODES
+from ..text import TEXT_BATCH, TextError
 
 __all__ = [
     "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_STATUS_HELP", "EXIT_USAGE", "SETUP_ERRORS",
-    "add_encoder_options", "add_max_image_pixels_option", "one_line", "parse_cores", "run_tool",
+    "add_encoder_options", "add_max_image_pixels_option", "one_line", "parse_cores", "run_tool", "text_progress",
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -35,8 +37,9 @@ EXIT_STATUS_HELP = ("exit status: 0 done; 1 failed while running (encoder or I/O
                     "error: traceback printed); 2 bad arguments, input or setup (bag, images, shard set, backend); "
                     "130 interrupted (Ctrl-C, SIGTERM)")
 # Errors that mean "this request cannot be carried out as given": one line, exit 2. Anything else is a bug.
-SETUP_ERRORS: tuple[type[BaseException], ...] = (BagError, ManifestError, BackendError, BadFrame, FileNotFoundError,
-                                                 PermissionError, IsADirectoryError, NotADirectoryError)
+SETUP_ERRORS: tuple[type[BaseException], ...] = (BagError, ManifestError, BackendError, BadFrame, TextError,
+                                                 FileNotFoundError, PermissionError, IsADirectoryError,
+                                                 NotADirectoryError)
 DEFAULT_CORES_TEXT = "0,1,2"
 
 
@@ -101,3 +104,16 @@ def run_tool(prog: str, body: Callable[[], int]) -> int:
         print(f"{prog}: internal error ({type(error).__name__}: {one_line(error)}); this is a bug, please report it "
               "with the traceback above", file=sys.stderr)
         return EXIT_FAILED
+
+
+@contextmanager
+def text_progress(total: int, desc: str) -> Iterator[Callable[[int], object] | None]:
+    """A progress bar's update function while the text tower embeds ``total`` texts, or None when that is one
+    batch (done before a bar would be worth drawing)."""
+    if total <= TEXT_BATCH:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="text", desc=desc, file=sys.stderr) as bar:
+        yield bar.update

@@ -22,6 +22,9 @@ from ..bag import (
     format_summary,
     replay,
 )
+from ..bag.replay import DEFAULT_TOP_K
+from ..labels_msg import LABELS_TOPIC
+from ..text import LabelSet, TextError, check_texts
 from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -32,6 +35,7 @@ from .common import (
     add_max_image_pixels_option,
     one_line,
     run_tool,
+    text_progress,
 )
 
 DESCRIPTION = """\
@@ -39,13 +43,16 @@ Replay a recorded rosbag2 (MCAP or sqlite3, any ROS 2 distro) through the SigLIP
 Every image message (sensor_msgs/Image or CompressedImage) on the chosen topics is encoded; OUT gets every
 original topic copied through unchanged plus one sensor_msgs/Image (32FC1, 1 x D, L2-normalised) per frame on
 the embedding topic, with the source frame's header (stamp, frame_id) and log time. Frames that cannot be
-decoded are skipped and counted. OUT appears only when the run completes."""
+decoded are skipped and counted. With --labels (a shard set built with --text), OUT also gets one
+vision_msgs/Classification per frame on the labels topic: the top-k labels with their SigLIP probabilities, same
+header. OUT appears only when the run completes."""
 
 EPILOG = """\
 examples:
   encode_bag recording/ recording_emb/ --shards shards/siglip-b16-512
   encode_bag run.mcap out/ --shards shards/default --topics /front/image_raw /rear/image_raw/compressed
   encode_bag in/ out/ --shards shards/default --backend onnxruntime --mode replicas --storage sqlite3 --force
+  encode_bag in/ out/ --shards shards/default --labels "a person" "a forklift" "an open door" --labels-top-k 2
 Read the embeddings back with rosbags: rk_siglip_ros.embedding_msg.embedding_from_message(msg).
 A killed run (SIGKILL, power loss) leaves a hidden .OUT.partial-* folder; the next run into the same folder removes
 it once its owner process is gone. A recording cut off mid-write is refused with how to recover it.
@@ -68,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "distro the bag records, else humble)")
     parser.add_argument("--embedding-topic", default=EMBEDDING_TOPIC,
                         help=f"output topic for the embeddings (default: {EMBEDDING_TOPIC})")
+    parser.add_argument("--labels", nargs="+", metavar="TEXT",
+                        help="labels to score every frame against (shard set built with --text); writes "
+                             f"vision_msgs/Classification to --labels-topic (default {LABELS_TOPIC})")
+    parser.add_argument("--labels-top-k", type=int, default=DEFAULT_TOP_K, metavar="K",
+                        help="labels per Classification, most probable first (default: %(default)s)")
+    parser.add_argument("--labels-topic", default=LABELS_TOPIC, help="output topic for the labels (default: "
+                        "%(default)s)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists (only a bag or a file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary still prints)")
     add_max_image_pixels_option(parser)
@@ -85,10 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.labels is not None:  # cheapest first: the texts themselves
+        check_texts(args.labels, "labels")
+        if args.labels_top_k < 1:
+            raise TextError(f"--labels-top-k {args.labels_top_k}: need at least 1")
     try:
         # Everything about the bags is checked, once, before the (slower) encoder starts; the plan keeps IN open.
         plan = check_request(args.input, args.output, topics=args.topics, storage=args.storage,
-                             typestore=args.typestore, embedding_topic=args.embedding_topic, force=args.force)
+                             typestore=args.typestore, embedding_topic=args.embedding_topic, force=args.force,
+                             labels_topic=args.labels_topic if args.labels is not None else None)
     except KeyboardInterrupt:
         print("encode_bag: interrupted; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -100,6 +119,8 @@ def _encode(plan: ReplayPlan, args: argparse.Namespace) -> int:
     try:
         from ..encoder import SiglipEncoder  # after the cheap checks: it loads ONNX Runtime / RKNN-Lite
 
+        if args.labels is not None:
+            plan.labels, plan.labels_top_k = _label_set(args.shards, args.labels), args.labels_top_k
         encoder = SiglipEncoder.open(args.shards, backend=args.backend, mode=args.mode, cores=args.cores)
     except KeyboardInterrupt:
         print("encode_bag: interrupted; nothing written", file=sys.stderr)
@@ -121,6 +142,18 @@ def _encode(plan: ReplayPlan, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(format_summary(summary))
     return EXIT_OK
+
+
+def _label_set(shards: Path, labels: list[str]) -> LabelSet:
+    """The labels embedded once with the shard set's text tower (TextError without one)."""
+    from ..text import TextEncoder
+
+    with TextEncoder.open(shards) as text, text_progress(len(labels), "encode_bag: labels") as progress:
+        label_set = text.label_set(labels, progress=progress)
+    note = label_set.truncation_note()
+    if note:
+        print(f"encode_bag: {note}", file=sys.stderr)
+    return label_set
 
 
 if __name__ == "__main__":

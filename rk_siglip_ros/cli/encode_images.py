@@ -2,7 +2,9 @@
 
     encode_images --shards shards/siglip-b16-512 photo1.jpg photo2.png --out emb.npy
 
-writes an (N, D) float32 array of L2-normalised embeddings, row i for the i-th image argument.
+writes an (N, D) float32 array of L2-normalised embeddings, row i for the i-th image argument. With a text tower
+(``build_shards --text``), ``--labels "a cat" "a dog" --scores scores.npy`` also writes the (N, L) float32 SigLIP
+probabilities sigmoid(logit_scale * cos + logit_bias), image i against label j, in label order.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..camera_frames import BadFrame
 from ..image_header import ImageHeaderError, ImageTooLargeError, check_declared_size
-from .common import EXIT_OK, EXIT_STATUS_HELP, add_encoder_options, add_max_image_pixels_option, run_tool
+from .common import EXIT_OK, EXIT_STATUS_HELP, add_encoder_options, add_max_image_pixels_option, run_tool, text_progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,12 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoder_options(parser)
     parser.add_argument("--out", required=True, type=Path, help="output .npy file: N x D float32")
     add_max_image_pixels_option(parser)
+    parser.add_argument("--labels", nargs="+", metavar="TEXT", help="labels to score every image against (needs a "
+                        "shard set built with --text, and --scores); put the images before --labels")
+    parser.add_argument("--scores", type=Path, metavar="FILE.npy", help="output .npy file: N x L float32 "
+                        "probabilities (with --labels)")
     parser.add_argument("images", nargs="+", type=Path, help="image files (any format PIL reads)")
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.labels is None) != (args.scores is None):
+        parser.error("--labels and --scores go together: pass both, or neither")
+    return args
 
 
 def read_image(path: Path, max_pixels: int = 0) -> np.ndarray:
@@ -57,17 +68,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     images = [read_image(path, args.max_image_pixels) for path in args.images]
     from ..encoder import SiglipEncoder
+    from ..manifest import load_manifest
 
+    # Bad labels or a shard set without a text tower: refused before any image is encoded.
+    labels = _label_set(load_manifest(args.shards, verify=()), args.labels) if args.labels is not None else None
     with SiglipEncoder.open(args.shards, backend=args.backend, mode=args.mode, cores=args.cores) as encoder:
         start = time.perf_counter()
         embeddings = encoder.encode_batch(images)
         elapsed = time.perf_counter() - start
         backend = encoder.backend.name
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.out, embeddings.astype(np.float32))
+    outputs = {args.out: embeddings.astype(np.float32)}
+    if labels is not None:
+        outputs[args.scores] = labels.probabilities(embeddings).reshape(len(images), len(labels))
+    save_all(outputs)
     print(f"encode_images: {len(images)} image(s) -> {args.out} {embeddings.shape} float32 "
           f"({backend}, {args.mode}, {elapsed:.2f} s)")
+    if labels is not None:
+        print(f"encode_images: {len(labels)} label(s) -> {args.scores} {outputs[args.scores].shape} float32 "
+              "probabilities")
     return EXIT_OK
+
+
+def _label_set(manifest: Any, labels: list[str]) -> Any:
+    """The labels embedded once by the shard set's text tower (TextError: no tower, bad labels)."""
+    from ..text import TextEncoder
+
+    with TextEncoder.open(manifest) as text, text_progress(len(labels), "encode_images: labels") as progress:
+        label_set = text.label_set(labels, progress=progress)
+    note = label_set.truncation_note()
+    if note:
+        print(f"encode_images: {note}", file=sys.stderr)
+    return label_set
+
+
+def save_all(arrays: dict[Path, np.ndarray]) -> None:
+    """Write every array whole, or none: each goes to a temp file first, all are renamed only when all are written."""
+    from .encode_text import save_npy
+
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, array in arrays.items():
+            temporary = path.with_name(f".{path.name}.staged.npy")
+            save_npy(temporary, array)
+            staged.append((temporary, path))
+        for temporary, path in staged:
+            temporary.replace(path)
+    finally:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

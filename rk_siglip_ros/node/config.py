@@ -57,6 +57,12 @@ PARAMETERS: dict[str, Parameter] = {
     "publish_patch_tokens": Parameter(False, "Also publish the patch tokens (tokens x width, 32FC1)"),
     "patch_tokens_topic": Parameter("/siglip/patch_embeddings", "Topic for the patch tokens"),
     "diagnostic_period": Parameter(1.0, "Seconds between /diagnostics updates"),
+    # [""] rather than []: a ROS 2 parameter needs a typed default, and an empty list has no element type.
+    "labels": Parameter([""], "Open-vocabulary labels scored on every frame (needs a shard set built with --text); "
+                              "[] or [''] = off. Changing them runs the text tower once", read_only=False),
+    "labels_top_k": Parameter(5, "How many of the most probable labels each Classification carries",
+                              read_only=False),
+    "labels_topic": Parameter("/siglip/labels", "Label topic (vision_msgs/Classification, header = the frame's)"),
 }
 
 
@@ -79,6 +85,9 @@ class NodeConfig:
     patch_tokens_topic: str
     diagnostic_period: float
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    labels: tuple[str, ...] = ()
+    labels_top_k: int = 5
+    labels_topic: str = "/siglip/labels"
 
 
 def default_shards_dir(share_dir: str | Path) -> Path:
@@ -129,6 +138,27 @@ def check_max_rate(value: Any) -> float:
     return rate
 
 
+def check_labels(value: Any) -> tuple[str, ...]:
+    """``labels`` as a tuple: () for off ([] or [""]), else distinct non-empty texts, at most MAX_LABELS. Checked at
+    start and on every run-time change."""
+    from rk_siglip_ros.text import TextError, check_texts  # numpy only: the text tower is not loaded here
+
+    labels = [] if value is None else list(value)
+    if labels in ([], [""]):
+        return ()
+    try:
+        return tuple(check_texts(labels, "labels"))
+    except TextError as error:
+        raise ConfigError(str(error)) from None
+
+
+def check_top_k(value: Any) -> int:
+    """``labels_top_k``: an integer >= 1 (more than the label count simply gives them all)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"labels_top_k must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def check_shards_dir(path: Path) -> Path:
     """The shard folder, or ConfigError telling the user how to build one."""
     if not (path / MANIFEST_NAME).is_file():
@@ -165,7 +195,9 @@ def validate(values: Mapping[str, Any], share_dir: str | Path | None = None) -> 
     period = float(merged["diagnostic_period"])
     if not (period > 0.0 and math.isfinite(period)):
         raise ConfigError(f"diagnostic_period must be > 0 seconds, got {merged['diagnostic_period']}")
-    for name in ("output_topic", "patch_tokens_topic"):
+    labels = check_labels(merged["labels"])
+    top_k = check_top_k(merged["labels_top_k"])
+    for name in ("output_topic", "patch_tokens_topic", "labels_topic"):
         if not str(merged[name]).strip():
             raise ConfigError(f"{name} must not be empty")
 
@@ -185,6 +217,7 @@ def validate(values: Mapping[str, Any], share_dir: str | Path | None = None) -> 
         publish_patch_tokens=bool(merged["publish_patch_tokens"]),
         patch_tokens_topic=str(merged["patch_tokens_topic"]).strip(), diagnostic_period=period,
         max_image_pixels=max_pixels,
+        labels=labels, labels_top_k=top_k, labels_topic=str(merged["labels_topic"]).strip(),
     )
 
 

@@ -3,7 +3,9 @@
 ``encoder_node.py`` creates one :class:`EncoderNodeCore` from a validated :class:`~rk_siglip_ros.node.config.NodeConfig`
 and gives it three things it cannot know without rclpy: how to open a publisher (of message fields with a header)
 on a topic, what time it is on the node's clock, and where log lines go. Which topics get a publisher (the patch
-tokens only with ``publish_patch_tokens``) is decided here. Subscription callbacks call
+tokens only with ``publish_patch_tokens``, the labels once there are labels) is decided here, and so is the label
+scoring (:mod:`rk_siglip_ros.node.labels`): the adapter only turns (label, probability) pairs into a message.
+Subscription callbacks call
 :meth:`EncoderNodeCore.offer`; the diagnostics timer calls :meth:`EncoderNodeCore.diagnostics`; shutdown calls
 :meth:`EncoderNodeCore.close`.
 Because nothing here imports ROS, the whole path (message in -> fields out) is tested with rosbags messages.
@@ -18,7 +20,9 @@ from typing import Any
 
 from rk_siglip_ros.camera_frames import image_from_message
 from rk_siglip_ros.embedding_msg import embedding_fields
-from rk_siglip_ros.node.config import NodeConfig
+from rk_siglip_ros.manifest import ManifestError
+from rk_siglip_ros.node.config import ConfigError, NodeConfig, check_labels, check_top_k
+from rk_siglip_ros.node.labels import EmbedLabels, NodeLabels, check_text_tower, text_tower_embedder
 from rk_siglip_ros.node.mailbox import Dispatcher, Frame
 from rk_siglip_ros.node.stats import ERROR, WARN, DiagnosticReport, LogThrottle, NodeStats, stamp_to_seconds
 
@@ -26,6 +30,9 @@ from rk_siglip_ros.node.stats import ERROR, WARN, DiagnosticReport, LogThrottle,
 PublishFields = Callable[[Any, dict[str, Any]], None]
 # open_publisher(topic) -> the publish function of a new sensor_msgs/Image publisher on that topic.
 OpenPublisher = Callable[[str], PublishFields]
+# publish_labels(header, results): results are (label, probability) pairs, most probable first.
+PublishLabels = Callable[[Any, list[tuple[str, float]]], None]
+OpenLabelsPublisher = Callable[[str], PublishLabels]
 LogLine = Callable[[str], None]
 LOG_PERIOD_S = 5.0
 DRAIN_TIMEOUT_S = 5.0
@@ -45,12 +52,18 @@ class EncoderNodeCore:
     """Frames in (any thread), embeddings out (dispatcher thread), diagnostics on demand."""
 
     def __init__(self, config: NodeConfig, open_publisher: OpenPublisher, now_s: Callable[[], float],
-                 warn: LogLine, error: LogLine, encoder_factory: Callable[[NodeConfig], Any] = open_encoder) -> None:
+                 warn: LogLine, error: LogLine, encoder_factory: Callable[[NodeConfig], Any] = open_encoder,
+                 open_labels_publisher: OpenLabelsPublisher | None = None,
+                 embed_labels: EmbedLabels | None = None, info: LogLine | None = None) -> None:
         self.config = config
         self._publish_embedding = open_publisher(config.output_topic)
         self._publish_tokens = open_publisher(config.patch_tokens_topic) if config.publish_patch_tokens else None
+        self._open_labels_publisher = open_labels_publisher
+        self._publish_labels: PublishLabels | None = None
         self._now_s = now_s
-        self._warn, self._error = warn, error
+        self._warn, self._error, self._info = warn, error, info or (lambda line: None)
+        self.labels = NodeLabels(embed_labels or text_tower_embedder(config.shards), config.labels_top_k)
+        self.set_labels(config.labels)  # a shard set without a text tower fails here, before the NPU is opened
         self._throttle = LogThrottle(LOG_PERIOD_S)
         self._closed = False
         self.stats = NodeStats(config.image_topics)
@@ -81,6 +94,47 @@ class EncoderNodeCore:
         """A run-time change of ``max_rate_hz``; raises ConfigError (a ValueError) for a value start would refuse."""
         self.dispatcher.set_max_rate(max_rate_hz)
 
+    def set_labels(self, labels: Any, background: bool = False) -> None:
+        """Start, change or (empty) stop label scoring; the text tower runs once per change.
+
+        ``background=False`` (start): embed here. ``background=True`` (a run-time change): check here, embed in a
+        background thread, switch when done (and log it); the labels in use stay until then. Raises ConfigError
+        (the labels in use stay) for labels start would refuse or a shard set without a text tower.
+        """
+        checked = check_labels(labels)
+        if checked and self._open_labels_publisher is None:
+            raise ConfigError("labels: this node cannot publish vision_msgs/Classification")
+        try:
+            if background and checked:
+                check_text_tower(self.config.shards)
+                self._open_labels_topic()
+                self.labels.change_labels(checked, self._labels_changed)
+                return
+            label_set = self.labels.set_labels(checked)
+        except (ValueError, ManifestError) as error:  # TextError: no text tower, a text without words
+            raise ConfigError(f"labels: {error}") from None
+        self._labels_changed(label_set, None, 0.0)
+        if checked:
+            self._open_labels_topic()
+
+    def _open_labels_topic(self) -> None:
+        if self._publish_labels is None:
+            assert self._open_labels_publisher is not None
+            self._publish_labels = self._open_labels_publisher(self.config.labels_topic)
+
+    def _labels_changed(self, label_set: Any, error: BaseException | None, seconds: float) -> None:
+        if error is not None:
+            self._error(f"labels: {error}; still scoring the previous {self.labels.count} label(s)")
+            return
+        note = label_set.truncation_note() if label_set is not None else None
+        if note:
+            self._warn(f"labels: {note}")
+        if seconds:
+            self._info(f"labels: {self.labels.count} label(s) in use (text tower {seconds:.1f} s)")
+
+    def set_labels_top_k(self, top_k: Any) -> None:
+        self.labels.set_top_k(check_top_k(top_k))
+
     def diagnostics(self) -> DiagnosticReport:
         report = self.stats.report(core_busy=self._busy.read(), in_flight=self.dispatcher.in_flight,
                                    capacity=self.encoder.capacity)
@@ -104,6 +158,7 @@ class EncoderNodeCore:
         if stuck:
             report.level = ERROR
             report.message = f"{'; '.join(str(call) for call in stuck)}; {report.message}"
+        report.values += [("labels", str(self.labels.count)), ("labels top k", str(self.labels.top_k))]
         return report
 
     def close(self, drain: bool = True, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
@@ -131,6 +186,9 @@ class EncoderNodeCore:
         self._publish_embedding(header, embedding_fields(result.embedding))
         if self._publish_tokens is not None and getattr(result, "tokens", None) is not None:
             self._publish_tokens(header, embedding_fields(result.tokens))
+        results = self.labels.classify(result.embedding)
+        if results is not None and self._publish_labels is not None:
+            self._publish_labels(header, results)
         stamp = stamp_to_seconds(header.stamp)
         return self._now_s() - stamp if stamp > 0 else None  # an unset stamp says nothing about latency
 

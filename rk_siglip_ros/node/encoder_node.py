@@ -1,4 +1,5 @@
-"""`encoder_node`: the rclpy adapter. Camera topics in, ``/siglip/embeddings`` (sensor_msgs/Image, 32FC1) out.
+"""`encoder_node`: the rclpy adapter. Camera topics in, ``/siglip/embeddings`` (sensor_msgs/Image, 32FC1) out, and
+with ``labels`` set ``/siglip/labels`` (vision_msgs/Classification).
 
 The only module that imports rclpy and ROS message packages. It declares the parameters listed in
 :mod:`rk_siglip_ros.node.config`, subscribes, publishes and reports diagnostics; everything else (frame policy,
@@ -46,6 +47,7 @@ if rclpy is not None:
         from rclpy.executors import ExternalShutdownException
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import CompressedImage, Image
+        from vision_msgs.msg import Classification, ObjectHypothesis
     except ImportError as missing:
         MISSING_ROS_PACKAGE = missing.name or str(missing)
 
@@ -60,7 +62,8 @@ class EncoderNode(Node):
         config = validate(self._declare_parameters(), share_dir=_share_dir())
         logger = self.get_logger()
         self._service = EncoderNodeCore(config, open_publisher=self._open_publisher, now_s=self._clock_seconds,
-                                       warn=logger.warning, error=logger.error)
+                                        warn=logger.warning, error=logger.error,
+                                        open_labels_publisher=self._open_labels_publisher, info=logger.info)
         try:
             self._camera_subscriptions = [self._subscribe(topic, config) for topic in config.image_topics]
             self.add_on_set_parameters_callback(self._set_parameters_hook)
@@ -73,6 +76,8 @@ class EncoderNode(Node):
         logger.info(f"encoding {', '.join(config.image_topics)} -> {config.output_topic} "
                     f"({self._service.embedding_dim}-d, shards {config.shards}, backend {config.backend}, "
                     f"mode {config.mode}, cores {list(config.cores)})")
+        if config.labels:
+            logger.info(self._labels_line())
 
     def close(self) -> None:
         """Finish or drop the frames in flight and release the NPU; safe to call twice."""
@@ -109,6 +114,26 @@ class EncoderNode(Node):
 
         return publish
 
+    def _open_labels_publisher(self, topic: str) -> Any:
+        publisher = self.create_publisher(Classification, topic, RELIABLE_DEPTH)
+
+        def publish(header: Any, results: list[tuple[str, float]]) -> None:
+            msg = Classification()
+            msg.header = header
+            msg.results = [ObjectHypothesis(class_id=label, score=score) for label, score in results]
+            publisher.publish(msg)
+
+        return publish
+
+    def _labels_line(self) -> str:
+        labels = self._service.labels
+        if labels.changing:
+            return f"labels: embedding the new labels in the background; {labels.count} in use until then"
+        if not labels.count:
+            return "labels off"
+        return (f"{labels.count} labels -> {self._service.config.labels_topic} (vision_msgs/Classification, top "
+                f"{labels.top_k})")
+
     def _clock_seconds(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
@@ -127,6 +152,15 @@ class EncoderNode(Node):
                     self._service.set_max_rate(parameter.value)  # config.check_max_rate, as at start
                 except ValueError as error:
                     return SetParametersResult(successful=False, reason=str(error))
+            elif parameter.name in ("labels", "labels_top_k"):
+                try:  # labels: checked here, embedded in the background (minutes for 1000 labels on a CPU)
+                    if parameter.name == "labels":
+                        self._service.set_labels(parameter.value, background=True)
+                    else:
+                        self._service.set_labels_top_k(parameter.value)
+                except ValueError as error:
+                    return SetParametersResult(successful=False, reason=str(error))
+                self.get_logger().info(self._labels_line())
         return SetParametersResult(successful=True)
 
 
