@@ -187,16 +187,22 @@ def test_search_bag_ranks_known_photos_as_transformers_does(encoded, checkpoint,
     assert f"contact sheet: {sheet} (8 frames" in done.stdout
 
 
-def write_embedding_bag(path: Path, width: int, count: int = 3) -> None:
-    """A bag as `ros2 bag record /siglip/embeddings` of the node would hold: embeddings, no metadata about them."""
+def write_embedding_bag(path: Path, width: int, count: int = 3, corrupt: bool = False) -> None:
+    """A bag as `ros2 bag record /siglip/embeddings` of the node would hold: embeddings, no metadata about them
+    (``corrupt``: plus one truncated embedding message and one truncated camera frame)."""
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         connection = writer.add_connection("/siglip/embeddings", "sensor_msgs/msg/Image", typestore=STORE)
+        camera = writer.add_connection("/cam0/image_raw", "sensor_msgs/msg/Image", typestore=STORE)
         rng = np.random.default_rng(1)
         for index in range(count):
             vector = rng.normal(size=width).astype(np.float32)
             message = STORE.types["sensor_msgs/msg/Image"](header=header(index, "cam0"),
                                                            **embedding_fields(vector / np.linalg.norm(vector)))
-            writer.write(connection, 10**18 + index, STORE.serialize_cdr(message, "sensor_msgs/msg/Image"))
+            raw = STORE.serialize_cdr(message, "sensor_msgs/msg/Image")
+            writer.write(connection, 10**18 + index, raw)
+            if corrupt and index == 0:
+                writer.write(connection, 10**18 + index, raw[:20])
+                writer.write(camera, 10**18 + index, raw[:6])
 
 
 def test_search_bag_of_a_node_recording_needs_shards_then_works(shards, tmp_path):
@@ -209,6 +215,16 @@ def test_search_bag_of_a_node_recording_needs_shards_then_works(shards, tmp_path
     assert done.returncode == 0, done.stderr
     assert len(parse_hits(done.stdout)["a cat"]) == 3  # --top larger than the bag: every frame once
     assert "\n  " in done.stdout and " - " in done.stdout  # no image topic in such a bag: shown as "-"
+
+
+def test_search_bag_skips_and_counts_corrupt_messages(shards, tmp_path):
+    bag = tmp_path / "corrupt"
+    write_embedding_bag(bag, 64, corrupt=True)
+    sheet = tmp_path / "sheet.png"
+    done = run("search_bag", str(bag), "a cat", "--shards", str(shards), "--sheet", str(sheet))
+    assert done.returncode == 0, done.stderr
+    assert "skipped 1 unreadable message(s) on /siglip/embeddings" in done.stderr
+    assert len(parse_hits(done.stdout)["a cat"]) == 3 and sheet.exists()
 
 
 def test_search_bag_accepts_another_build_of_the_same_model(encoded, checkpoint, tmp_path):

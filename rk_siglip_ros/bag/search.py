@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..camera_frames import IMAGE_MSG_TYPES, BadFrame, image_from_message
+from ..camera_frames import IMAGE_MSG_TYPES, image_from_message
 from ..embedding_msg import embedding_from_message
 from ..manifest import MANIFEST_NAME, Manifest, file_sha256
 from .errors import BagError, one_line
@@ -73,6 +73,7 @@ class BagEmbeddings:
     matrix: np.ndarray  # (N, D) float32, unit rows
     topic: str
     custom_data: dict[str, str] = field(default_factory=dict)
+    unreadable: int = 0  # embedding messages that did not deserialise or decode (skipped)
 
     @property
     def width(self) -> int:
@@ -94,9 +95,16 @@ def header_of(raw: bytes | memoryview) -> FrameKey:
     CompressedImage), read from the CDR bytes without deserialising the pixels."""
     little = raw[1] == 1  # encapsulation CDR_LE (0x0001) or CDR_BE (0x0000)
     order = "<" if little else ">"
-    sec, nanosec, length = struct.unpack_from(f"{order}iII", raw, 4)
+    sec, nanosec, length = struct.unpack_from(f"{order}iII", raw, 4)  # struct.error when too short
     frame_id = bytes(raw[16:16 + max(0, length - 1)]).decode("utf-8", "replace")  # length counts the NUL
     return sec, nanosec, frame_id
+
+
+def _header_or_none(raw: bytes | memoryview) -> FrameKey | None:
+    try:
+        return header_of(raw)
+    except (struct.error, IndexError):  # a truncated message: not a frame anyone can be shown
+        return None
 
 
 def custom_data(reader: object) -> dict[str, str]:
@@ -121,17 +129,24 @@ def read_embeddings(bag: OpenBag, topic: str | None = None) -> BagEmbeddings:
     image_topics: dict[FrameKey, str] = {}
     rows: list[np.ndarray] = []
     keys: list[FrameKey] = []
+    unreadable = 0
     for connection, _, raw in bag.reader.messages([*embedding_connections, *image_connections]):
         if connection.id in wanted:
-            message = bag.typestore.deserialize_cdr(raw, connection.msgtype)
-            vector = embedding_from_message(message)
+            try:
+                message = bag.typestore.deserialize_cdr(raw, connection.msgtype)
+                vector = embedding_from_message(message)
+            except Exception:  # noqa: BLE001 - a corrupt message is skipped and counted, not a failed search
+                unreadable += 1
+                continue
             if vector.shape[0] != 1:
                 continue  # patch tokens recorded on the same topic: not a frame embedding
             rows.append(vector[0])
             keys.append((int(message.header.stamp.sec), int(message.header.stamp.nanosec),
                          str(message.header.frame_id)))
         else:
-            image_topics.setdefault(header_of(raw), connection.topic)
+            key = _header_or_none(raw)
+            if key is not None:
+                image_topics.setdefault(key, connection.topic)
     if not rows:
         raise BagError(f"the bag's {topic} holds no 1 x D embeddings; make them with `encode_bag IN OUT --shards DIR`")
     widths = {row.shape[0] for row in rows}
@@ -142,7 +157,7 @@ def read_embeddings(bag: OpenBag, topic: str | None = None) -> BagEmbeddings:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     matrix /= np.where(norms > 0, norms, 1.0)
     frames = [Frame(*key, topic=image_topics.get(key, "")) for key in keys]
-    return BagEmbeddings(frames, matrix, topic, custom)
+    return BagEmbeddings(frames, matrix, topic, custom, unreadable)
 
 
 # ------------------------------------------------------------------------------------------------ shard set
@@ -225,13 +240,13 @@ def frame_images(bag: OpenBag, keys: set[FrameKey], embedding_topic: str) -> dic
     images: dict[FrameKey, np.ndarray] = {}
     connections = [c for c in bag.reader.connections if c.msgtype in IMAGE_MSG_TYPES and c.topic != embedding_topic]
     for connection, _, raw in bag.reader.messages(connections):
-        key = header_of(raw)
-        if key not in keys or key in images:
+        key = _header_or_none(raw)
+        if key is None or key not in keys or key in images:
             continue
         try:
             images[key] = image_from_message(bag.typestore.deserialize_cdr(raw, connection.msgtype))
-        except (BadFrame, ValueError):
-            continue  # drawn as "no image"
+        except Exception:  # noqa: BLE001 - any frame that does not decode is drawn as "no image"
+            continue
     return images
 
 

@@ -76,7 +76,9 @@ def _run(args: argparse.Namespace) -> int:
         hits = rank(embeddings, label_set, args.top)
         keys = {hit.frame.key for row in hits for hit in row}
         images = frame_images(bag, keys, embeddings.topic) if args.sheet else {}
-    for line in (build_note, label_set.truncation_note()):
+    unreadable = (f"skipped {embeddings.unreadable} unreadable message(s) on {embeddings.topic}"
+                  if embeddings.unreadable else None)
+    for line in (build_note, label_set.truncation_note(), unreadable):
         if line:
             print(f"search_bag: {line}", file=sys.stderr)
     print(f"{len(embeddings.frames)} frames on {embeddings.topic}, shard set {manifest.root} "
