@@ -1,13 +1,16 @@
 """Per-core workers that keep the NPU's three cores busy at once.
 
 The scheduler knows nothing about images or models: it moves opaque frame states through ``run_shard(shard, core,
-state)`` calls and hands the final state to ``finish(state)``. Three modes:
+state)`` calls and hands the final state to ``finish(state)``. Four modes:
 
 - ``sequential``: one frame at a time, shard k on core k % N (the seed's behaviour: one core busy at any moment).
 - ``pipeline``: the shard chain is cut into up to N contiguous stages of balanced cost, one worker thread per core;
   frames flow stage to stage, up to one frame per stage in flight.
 - ``replicas``: every core holds the whole chain; N workers pull frames from one queue, so a frame goes to whichever
   core is free.
+- ``allcores``: the vendor's latency option: one frame at a time, every shard in one context spanning all the cores
+  (core = the tuple of cores; RKNN core mask NPU_CORE_0_1_2). The runtime splits only some ops across the cores
+  (on RK3588 the conv-type projections; attention stays on one core), so latency drops by less than N.
 
 Admission is bounded (``capacity`` frames in flight; ``submit`` blocks beyond that), results resolve in submission
 order, an exception in a shard fails only that frame's future, and ``close`` drains (or cancels) what is in flight
@@ -30,7 +33,7 @@ from typing import Any
 
 from .partitioning import min_max_partition
 
-MODES = ("sequential", "pipeline", "replicas")
+MODES = ("sequential", "pipeline", "replicas", "allcores")
 # Consecutive failed frames after which a replicas core leaves the rotation (never the last core in rotation).
 RETIRE_AFTER = 5
 # close() waits this long by default for frames in flight and running shard calls; then it returns regardless.
@@ -42,7 +45,8 @@ CALL_TIMEOUT_S = 60.0
 
 LOG = logging.getLogger(__name__)
 
-RunShard = Callable[[int, int, Any], Any]
+Core = int | tuple[int, ...]  # a core index, or a tuple: one context spanning those cores (allcores)
+RunShard = Callable[[int, Core, Any], Any]
 Finish = Callable[[Any], Any]
 
 
@@ -58,12 +62,13 @@ class StuckCallError(RuntimeError):
 class StuckCall:
     """A shard call that had not returned when close() stopped waiting."""
 
-    core: int
+    core: Core
     shard: int
     seconds: float
 
     def __str__(self) -> str:
-        return f"core {self.core} stuck in shard {self.shard} for {self.seconds:.1f} s"
+        where = f"cores {'-'.join(map(str, self.core))}" if isinstance(self.core, tuple) else f"core {self.core}"
+        return f"{where} stuck in shard {self.shard} for {self.seconds:.1f} s"
 
 
 class BusyWindow:
@@ -89,7 +94,7 @@ class ShardEvent:
 
     frame: int
     shard: int
-    core: int
+    core: Core
     start: float
     end: float
 
@@ -108,7 +113,7 @@ class _Worker:
     """A thread that runs ``assignment`` (shard index, core) pairs in order on each frame it takes from ``inbox``."""
 
     name: str
-    assignment: list[tuple[int, int]]
+    assignment: list[tuple[int, Core]]
     inbox: queue.Queue
     outbox: queue.Queue | None  # the next stage's inbox; None = this worker finishes frames
     thread: threading.Thread | None = field(default=None, repr=False)
@@ -136,7 +141,7 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
-def plan_workers(mode: str, cores: Sequence[int], costs: Sequence[float]) -> list[list[tuple[int, int]]]:
+def plan_workers(mode: str, cores: Sequence[int], costs: Sequence[float]) -> list[list[tuple[int, Core]]]:
     """Each worker's (shard, core) assignment for ``mode``. Pipeline workers are listed in stage order."""
     check_mode(mode)
     if not cores:
@@ -148,6 +153,8 @@ def plan_workers(mode: str, cores: Sequence[int], costs: Sequence[float]) -> lis
         return [[(k, cores[k % len(cores)]) for k in shards]]
     if mode == "replicas":
         return [[(k, core) for k in shards] for core in cores]
+    if mode == "allcores":
+        return [[(k, tuple(cores)) for k in shards]]
     return [[(k, core) for k in stage] for stage, core in zip(balanced_stages(costs, len(cores)), cores, strict=False)]
 
 
@@ -218,7 +225,8 @@ class Scheduler:
             now = time.perf_counter()
             busy = dict(self._busy)
             for _, core, start, _ in self._running.values():
-                busy[core] += now - start
+                for one in core if isinstance(core, tuple) else (core,):  # allcores: one call on every core
+                    busy[one] += now - start
         return now, busy
 
     def busy_window(self) -> BusyWindow:
@@ -406,11 +414,14 @@ class Scheduler:
                 end = time.perf_counter()
                 self._account(worker.name, frame.index, shard, core, start, end)
 
-    def _account(self, worker: str, frame: int, shard: int, core: int, start: float, end: float) -> None:
+    def _account(self, worker: str, frame: int, shard: int, core: Core, start: float, end: float) -> None:
         with self._lock:
             self._running.pop(worker, None)
             self._hung.pop(worker, None)
-            self._busy[core] += end - start
+            # A context spanning several cores counts as busy on each of them (an upper bound: the runtime splits
+            # only some ops across them).
+            for one in core if isinstance(core, tuple) else (core,):
+                self._busy[one] += end - start
             stats = self._shard_stats.setdefault(shard, [0, 0.0])
             stats[0] += 1
             stats[1] += end - start

@@ -31,3 +31,30 @@ def shard_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pat
         return cache[key]
 
     return factory
+
+
+DOUBLES = Path(__file__).resolve().parent / "doubles"
+
+
+@pytest.fixture
+def rknnlite_double(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """rknn-toolkit-lite2's ``rknnlite.api`` replaced by the test double in test/doubles (skips on a real board).
+
+    Yields the double's module (its BOARD versions and LIVE contexts); every import of ``rknnlite`` during the test
+    gets the double, and the modules are dropped afterwards so nothing leaks into other tests.
+    """
+    import importlib
+    import sys
+
+    from rk_siglip_ros.backends.rknnlite import rknnlite_available
+
+    if rknnlite_available():
+        pytest.skip("rknn-toolkit-lite2 is installed (a board): the on-board tests use the real one")
+    monkeypatch.syspath_prepend(str(DOUBLES))
+    module = importlib.import_module("rknnlite.api.rknn_lite")
+    saved_board = dict(module.BOARD)
+    yield module
+    module.BOARD.update(saved_board)
+    module.LIVE.clear()
+    for name in [name for name in sys.modules if name == "rknnlite" or name.startswith("rknnlite.")]:
+        del sys.modules[name]

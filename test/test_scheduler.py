@@ -325,3 +325,26 @@ def test_bad_image_is_a_value_error_on_submit():
                 encoder.submit(bad)
         assert encoder.in_flight == 0
         assert encoder.encode(image()).shape == (WIDTH,)
+
+
+def test_allcores_runs_one_frame_at_a_time_on_one_context_spanning_every_core():
+    """The vendor's latency mode: each shard once, on the tuple of cores (RKNN core mask 0-1-2), one frame in flight;
+    the sim divides only the op classes its profile splits (here all work is dense: 3x)."""
+    assert plan_workers("allcores", CORES, [1.0] * 3) == [[(k, CORES) for k in range(3)]]
+    backend = SimBackend({"per_call_ms": 1.0, "dense_ms_per_gmac": 6.0,
+                          "all_cores": {"cores": 3, "speedup": {"dense": 3.0, "attention": 1.0}}})
+    manifest = sim_manifest([1.0] * 4)
+    assert backend.predicted_ms(manifest, manifest.shards[0]) == pytest.approx(7.0)
+    assert backend.predicted_ms(manifest, manifest.shards[0], cores=3) == pytest.approx(3.0)
+    assert backend.predicted_ms(manifest, manifest.shards[0], cores=2) == pytest.approx(1.0 + 6.0 / 2.0)
+    assert backend.load(manifest, manifest.shards[0], CORES).seconds == pytest.approx(0.003)
+    with SiglipEncoder(manifest, backend, mode="allcores", cores=CORES, trace=True) as encoder:
+        assert encoder.capacity == 1
+        encoder.core_busy()
+        encoder.encode_batch([image(i) for i in range(3)])
+        busy = encoder.core_busy()
+        events = list(encoder.scheduler.trace)
+    assert concurrency(events) == 1
+    assert {e.core for e in events} == {CORES}
+    assert [e.shard for e in events] == [0, 1, 2, 3] * 3
+    assert busy[0] > 0 and busy[0] == busy[1] == busy[2]  # the one context counts on each core it spans

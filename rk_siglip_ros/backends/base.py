@@ -1,7 +1,8 @@
 """What every backend provides: load one shard onto one core, run it, release it.
 
 A backend never sees images or scheduling; the encoder feeds it named float32 tensors (host scales already applied)
-and the scheduler decides which core runs which shard when.
+and the scheduler decides which core runs which shard when. A core is an NPU core index, or a tuple of indices for one
+context spanning several cores (the ``allcores`` mode).
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import numpy as np
 
 from ..manifest import Manifest, ShardSpec
 
+# One core index, or several for one context spanning them (RKNN core mask NPU_CORE_0_1_2).
+Core = int | tuple[int, ...]
+
 
 class BackendError(RuntimeError):
     """A backend cannot be used here (missing runtime, wrong board, incompatible model); the message says what to do."""
@@ -20,7 +24,7 @@ class BackendError(RuntimeError):
 class ShardRunner(ABC):
     """One shard loaded for one core. ``run`` is called by one worker thread at a time."""
 
-    def __init__(self, shard: ShardSpec, core: int) -> None:
+    def __init__(self, shard: ShardSpec, core: Core) -> None:
         self.shard = shard
         self.core = core
 
@@ -38,8 +42,8 @@ class Backend(ABC):
     file_kind: str | None = None
 
     @abstractmethod
-    def load(self, manifest: Manifest, shard: ShardSpec, core: int) -> ShardRunner:
-        """Load ``shard`` pinned to ``core``."""
+    def load(self, manifest: Manifest, shard: ShardSpec, core: Core) -> ShardRunner:
+        """Load ``shard`` pinned to ``core`` (a tuple: one context spanning those cores)."""
 
     def estimated_cost(self, manifest: Manifest, shard: ShardSpec) -> float:
         """Relative cost of a shard, used to balance pipeline stages; MACs unless the backend knows better."""

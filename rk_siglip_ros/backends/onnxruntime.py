@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..manifest import Manifest, ShardSpec
-from .base import Backend, BackendError, ShardRunner, declared_outputs
+from .base import Backend, BackendError, Core, ShardRunner, declared_outputs
 
 
 def session_options(threads: int) -> Any:
@@ -60,7 +60,7 @@ class OnnxRuntimeBackend(Backend):
     def threads(self) -> int:
         return self._threads
 
-    def load(self, manifest: Manifest, shard: ShardSpec, core: int) -> ShardRunner:
+    def load(self, manifest: Manifest, shard: ShardSpec, core: Core) -> ShardRunner:
         path = manifest.path(shard, "onnx")
         try:
             session = create_session(path, self._threads)
@@ -70,7 +70,7 @@ class OnnxRuntimeBackend(Backend):
 
 
 class _OrtRunner(ShardRunner):
-    def __init__(self, shard: ShardSpec, core: int, session: object) -> None:
+    def __init__(self, shard: ShardSpec, core: Core, session: object) -> None:
         super().__init__(shard, core)
         self._session = session
         self._input_names = [i.name for i in session.get_inputs()]

@@ -1,5 +1,8 @@
 """RKNN-Lite backend (RK3588 board only): one RKNNLite context per (shard, core), pinned with core_mask.
 
+A context for a group of cores (the ``allcores`` mode) gets the vendor's multi-core mask (NPU_CORE_0_1_2 for cores
+0, 1, 2): the runtime then splits the ops it can split (conv-type ones) across those cores.
+
 rknn-toolkit-lite2 ships aarch64 wheels only, so it is imported when this backend is opened, never at module import.
 A .rknn built by toolkit X needs librknnrt >= X on the board; the manifest records X and every context checks the
 runtime it got against it before the first frame, instead of failing later with "Invalid RKNN model version".
@@ -13,7 +16,7 @@ import threading
 import numpy as np
 
 from ..manifest import Manifest, ShardSpec
-from .base import Backend, BackendError, ShardRunner, declared_outputs
+from .base import Backend, BackendError, Core, ShardRunner, declared_outputs
 
 OFF_BOARD_HINT = ("the rknnlite backend needs an RK3588 board with rknn-toolkit-lite2 installed "
                   "(`pip install rknn-toolkit-lite2==<the toolkit version in manifest.json>`: aarch64 wheels on "
@@ -87,12 +90,24 @@ class RknnLiteBackend(Backend):
 
     def __init__(self) -> None:
         self._lite = import_rknnlite()
-        self._core_masks = {0: self._lite.NPU_CORE_0, 1: self._lite.NPU_CORE_1, 2: self._lite.NPU_CORE_2}
+        self._core_masks: dict[Core, int] = {0: self._lite.NPU_CORE_0, 1: self._lite.NPU_CORE_1,
+                                             2: self._lite.NPU_CORE_2, (0, 1): self._lite.NPU_CORE_0_1,
+                                             (0, 1, 2): self._lite.NPU_CORE_0_1_2}
         self._lock = threading.Lock()  # context creation is not documented as thread-safe
+        self.sdk_version: str | None = None  # RKNNLite.get_sdk_version() of the first context (librknnrt, driver)
 
-    def load(self, manifest: Manifest, shard: ShardSpec, core: int) -> ShardRunner:
-        if core not in self._core_masks:
-            raise BackendError(f"RK3588 has NPU cores 0, 1, 2; core {core} does not exist")
+    def core_mask(self, core: Core) -> int:
+        """RKNNLite's core_mask for one core or a group of cores; BackendError for what RK3588 cannot do."""
+        key = tuple(sorted(core)) if isinstance(core, tuple) else core
+        if isinstance(key, tuple) and len(key) == 1:
+            key = key[0]
+        if key not in self._core_masks:
+            raise BackendError(f"RK3588 has NPU cores 0, 1, 2 and multi-core contexts on 0-1 or 0-1-2; core {core} "
+                               "is not one of them")
+        return self._core_masks[key]
+
+    def load(self, manifest: Manifest, shard: ShardSpec, core: Core) -> ShardRunner:
+        mask = self.core_mask(core)
         path = manifest.path(shard, "rknn")
         with self._lock:
             context = self._lite(verbose=False)
@@ -100,11 +115,12 @@ class RknnLiteBackend(Backend):
                 if context.load_rknn(str(path)) != 0:
                     raise BackendError(f"RKNNLite.load_rknn({path}) failed; is the file built for "
                                        f"{manifest.target}? rebuild the shard set for this board")
-                if context.init_runtime(core_mask=self._core_masks[core]) != 0:
+                if context.init_runtime(core_mask=mask) != 0:
                     raise BackendError(f"RKNNLite.init_runtime(core {core}) failed for {path}; check that "
                                        "librknnrt.so and the rknpu driver are installed and the NPU is free")
-                check_runtime_version(str(context.get_sdk_version()),
-                                      manifest.toolchain.get("rknn_toolkit2", ""), str(path))
+                sdk_version = str(context.get_sdk_version())
+                self.sdk_version = self.sdk_version or sdk_version
+                check_runtime_version(sdk_version, manifest.toolchain.get("rknn_toolkit2", ""), str(path))
             except BaseException:
                 context.release()
                 raise
@@ -112,7 +128,7 @@ class RknnLiteBackend(Backend):
 
 
 class _RknnRunner(ShardRunner):
-    def __init__(self, shard: ShardSpec, core: int, context: object) -> None:
+    def __init__(self, shard: ShardSpec, core: Core, context: object) -> None:
         super().__init__(shard, core)
         self._context = context
 
