@@ -55,6 +55,7 @@ setup(
             f"encode_text = {PACKAGE}.cli.encode_text:main",
             f"search_bag = {PACKAGE}.cli.search_bag:main",
             f"bench = {PACKAGE}.cli.bench:main",
+            f"selfcheck = {PACKAGE}.cli.selfcheck:main",
         ],
     },
 )

@@ -13,21 +13,43 @@ def test_bench_sim_reports_every_configuration(shard_factory, tmp_path, capsys):
     shards = [shard_factory(profile="pipeline3"), shard_factory(profile="seed")]
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     assert bench(["--shards", *map(str, shards), "--backend", "sim", "--frames", "6", "--warmup", "1",
-                  "--time-scale", "0.05", "--json", str(out), "--plot", str(chart)]) == 0
+                  "--timing-profile", "rk3588-fp16-rk1", "--time-scale", "0.05", "--json", str(out),
+                  "--plot", str(chart)]) == 0
     printed = capsys.readouterr().out
     assert "highest throughput:" in printed and "lowest latency:" in printed
     results = json.loads(out.read_text())
     assert {(r["profile"], r["mode"]) for r in results} == {(p, m) for p in ("pipeline3", "seed")
-                                                            for m in ("sequential", "pipeline", "replicas")}
+                                                            for m in ("sequential", "pipeline", "replicas",
+                                                                      "allcores")}
     for r in results:
         assert set(r["core_busy"]) == {"0", "1", "2"} and r["frames"] == 6
         assert r["latency_p50_ms"] > 0 and r["frames_per_s"] > 0 and r["compute_ms_per_frame"] > 0
         assert len(r["shard_ms"]) == (3 if r["profile"] == "pipeline3" else 6)
+        assert r["timing_profile"] == "rk3588-fp16-rk1"
     sequential = {r["profile"]: r for r in results if r["mode"] == "sequential"}
     for r in results:
-        if r["mode"] != "sequential":  # the winner the table must show: several cores at once
+        if r["mode"] in ("pipeline", "replicas"):  # the winner the table must show: several cores at once
             assert r["frames_per_s"] > sequential[r["profile"]]["frames_per_s"]
+        if r["mode"] == "allcores":  # one context on all three: busy on each alike
+            assert len(set(r["core_busy"].values())) == 1
     assert chart.stat().st_size > 1000 and chart.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_sim_runs_every_packaged_profile_side_by_side_and_takes_a_fitted_one(shard_factory, tmp_path, capsys):
+    """NPU predictions are a range, never one number: by default each packaged profile runs; a profile JSON (such
+    as selfcheck writes) is taken too."""
+    fitted = tmp_path / "fitted.json"
+    fitted.write_text(json.dumps({"name": "fitted", "per_call_ms": 1.0, "dense_ms_per_gmac": 50.0}))
+    shards = str(shard_factory(profile="pipeline3"))
+    out = tmp_path / "bench.json"
+    assert bench(["--shards", shards, "--backend", "sim", "--modes", "replicas", "--frames", "3", "--warmup", "0",
+                  "--time-scale", "0.05", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert {r["timing_profile"] for r in json.loads(out.read_text())} == {"rk3588-fp16", "rk3588-fp16-rk1"}
+    assert "predicted range over 2 timing profiles" in printed and "[rk3588-fp16-rk1] highest throughput" in printed
+    assert bench(["--shards", shards, "--backend", "sim", "--modes", "replicas", "--frames", "3", "--warmup", "0",
+                  "--timing-profile", str(fitted), "--time-scale", "0.05", "--json", str(out)]) == 0
+    assert [r["timing_profile"] for r in json.loads(out.read_text())] == ["fitted"]
 
 
 def test_bench_onnxruntime_measures_host_overhead(shard_factory, tmp_path, capsys):

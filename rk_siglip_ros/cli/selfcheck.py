@@ -1,0 +1,92 @@
+"""`selfcheck`: measure this board's NPU with your shard sets, fit a timing profile, write the fastest configuration.
+
+    selfcheck --shards shards/b16-whole shards/b16-pipeline3 shards/b16-seed --out selfcheck_out
+    ros2 launch rk_siglip_ros encoder.launch.py params_file:=selfcheck_out/throughput.params.yaml
+
+Runs every shard set with every scheduler mode, times each shard on each core alone and on one context spanning
+all cores, fits a timing profile (per-call overhead, dense and attention rates, all-cores speedups) by least squares
+and prints how well it explains the measurements. Writes into --out: profile.json (use it with `bench --backend sim
+--timing-profile selfcheck_out/profile.json`), throughput.params.yaml and latency.params.yaml (params files for the
+launch file), report.json. Also reports librknnrt against the shard sets' rknn-toolkit2, the NPU driver and clock.
+Give shard sets of several cuts (e.g. whole, pipeline3 and seed): the fit needs shards that differ in size and in
+their attention share. Off the board, --backend sim measures the timing simulation (and recovers its profile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..backends import BACKENDS
+from ..scheduler import MODES
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="selfcheck", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--shards", required=True, nargs="+", type=Path, help="shard set folders (several cuts)")
+    parser.add_argument("--out", type=Path, default=Path("selfcheck_out"), help="output folder (default selfcheck_out)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="default auto (rknnlite on a board)")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    parser.add_argument("--cores", default="0,1,2", help="comma-separated NPU cores (default 0,1,2)")
+    parser.add_argument("--frames", type=int, default=10, help="frames per shard set x mode (default 10)")
+    parser.add_argument("--call-frames", type=int, default=3,
+                        help="frames per core when timing shard calls, one at a time (default 3)")
+    parser.add_argument("--image-size", default="640x480", help="input frame WIDTHxHEIGHT (default 640x480)")
+    parser.add_argument("--timing-profile", default=None, help="sim only: the profile that generates the times")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="sim only: run this much faster than real time")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    try:
+        width, height = (int(v) for v in args.image_size.lower().split("x"))
+        cores = tuple(int(core) for core in args.cores.split(","))
+    except ValueError:
+        print("selfcheck: --image-size is WIDTHxHEIGHT and --cores comma-separated integers", file=sys.stderr)
+        return 2
+    if not modes or any(mode not in MODES for mode in modes) or args.frames < 1 or args.call_frames < 1:
+        print(f"selfcheck: --modes must name some of {', '.join(MODES)}; --frames and --call-frames >= 1",
+              file=sys.stderr)
+        return 2
+    from ..backends import BackendError
+    from ..manifest import ManifestError
+    from ..measure import format_table
+    from ..selfcheck import per_core_ratios, run_selfcheck
+
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(f"  {line}", file=sys.stderr, flush=True)
+
+    try:
+        report = run_selfcheck(args.shards, args.out, backend=args.backend, cores=cores, modes=modes,
+                               frames=args.frames, call_frames=args.call_frames, timing_profile=args.timing_profile,
+                               time_scale=args.time_scale, image_size=(height, width), progress=progress)
+    except (ManifestError, BackendError, ValueError) as error:
+        print(f"selfcheck: {error}", file=sys.stderr)
+        return 1
+    print(f"board ({report.backend}):")
+    for line in report.facts.lines():
+        print(f"  {line}")
+    print(f"\nfitted timing profile ({len(report.calls)} shard x core measurements):")
+    for line in report.fit.summary().splitlines():
+        print(f"  {line}")
+    ratios = per_core_ratios(report.fit)
+    print("  measured / fitted per core: " + ", ".join(f"{where} {ratio:.3f}" for where, ratio in ratios.items()))
+    print()
+    print(format_table(report.results))
+    for choice in report.choices:
+        print(f"best for {choice.goal:<10}: {choice.result.profile} x {choice.result.mode} "
+              f"({choice.result.frames_per_s:.2f} frames/s, p50 {choice.result.latency_p50_ms:.0f} ms, "
+              f"{choice.result.shards}) -> {choice.params_file}")
+    print(f"profile: {report.profile_file}   report: {args.out / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
