@@ -46,7 +46,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("backend", default_value="",
                               description="auto|onnxruntime|rknnlite|sim; empty = from params_file"),
         DeclareLaunchArgument("mode", default_value="",
-                              description="sequential|pipeline|replicas; empty = from params_file"),
+                              description="sequential|pipeline|replicas|allcores; empty = from params_file"),
         DeclareLaunchArgument("params_file", default_value=str(share / "config" / "encoder.yaml"),
                               description="Node parameters (YAML)"),
         OpaqueFunction(function=node_with_overrides),

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -168,15 +169,25 @@ def format_core(core: int | tuple[int, ...]) -> str:
     return f"cores {'-'.join(map(str, core))}" if isinstance(core, tuple) else f"core {core}"
 
 
+def set_names(results: Sequence[BenchResult]) -> dict[str, str]:
+    """The name each shard set goes by in tables: its build profile, or its folder name when two sets share a
+    profile (e.g. the seed cut with and without attention tiles)."""
+    by_profile: dict[str, set[str]] = {}
+    for r in results:
+        by_profile.setdefault(r.profile, set()).add(r.shards)
+    return {r.shards: r.profile if len(by_profile[r.profile]) == 1 else Path(r.shards).name for r in results}
+
+
 def format_table(results: Sequence[BenchResult]) -> str:
+    names = set_names(results)
     timed = any(r.timing_profile for r in results)
-    header = ("profile", "mode", *(("timing profile",) if timed else ()), "backend", "shards", "p50 ms", "p95 ms",
+    header = ("shard set", "mode", *(("timing profile",) if timed else ()), "backend", "shards", "p50 ms", "p95 ms",
               "frames/s", "core busy %", "host ms", "host %")
     first_number = header.index("shards")
     rows = [header]
     for r in results:
         busy = "/".join(f"{100 * r.core_busy[c]:.0f}" for c in sorted(r.core_busy))
-        rows.append((r.profile, r.mode, *((r.timing_profile,) if timed else ()), r.backend, str(len(r.shard_ms)),
+        rows.append((names[r.shards], r.mode, *((r.timing_profile,) if timed else ()), r.backend, str(len(r.shard_ms)),
                      f"{r.latency_p50_ms:.1f}", f"{r.latency_p95_ms:.1f}", f"{r.frames_per_s:.2f}", busy,
                      f"{r.host_ms_per_frame:.2f}", f"{100 * r.host_fraction:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -192,15 +203,16 @@ def verdict(results: Sequence[BenchResult]) -> str:
     if not results:
         return "no results"
     lines = []
+    names = set_names(results)
     timings = list(dict.fromkeys(r.timing_profile for r in results))
     for timing in timings:
         group = [r for r in results if r.timing_profile == timing]
         fastest = max(group, key=lambda r: r.frames_per_s)
         quickest = min(group, key=lambda r: r.latency_p50_ms)
         prefix = f"[{timing}] " if timing else ""
-        lines.append(f"{prefix}highest throughput: {fastest.profile} x {fastest.mode} ({fastest.frames_per_s:.2f} "
-                     f"frames/s, {fastest.shards})")
-        lines.append(f"{prefix}lowest latency:     {quickest.profile} x {quickest.mode} "
+        lines.append(f"{prefix}highest throughput: {names[fastest.shards]} x {fastest.mode} "
+                     f"({fastest.frames_per_s:.2f} frames/s, {fastest.shards})")
+        lines.append(f"{prefix}lowest latency:     {names[quickest.shards]} x {quickest.mode} "
                      f"({quickest.latency_p50_ms:.1f} ms p50, {quickest.shards})")
     if len(timings) > 1:
         best = [max(r.frames_per_s for r in results if r.timing_profile == t) for t in timings]

@@ -38,7 +38,12 @@ DRIVER_PATHS = ("sys/kernel/debug/rknpu/version", "sys/module/rknpu/version", "p
 NPU_DEVFREQ_GLOB = "sys/class/devfreq/*npu*"
 _LIBRKNNRT_VERSION = re.compile(rb"librknnrt version: ?(\d+\.\d+\.\d+[^\x00\n]*)")
 
-Progress = Callable[[str], None]
+Progress = Callable[[str], None]  # called once per step with what starts now
+
+
+def step_count(shard_sets: int, cores: int, modes: int) -> int:
+    """How many progress steps run_selfcheck takes: per shard set, each core alone (+ all cores), then each mode."""
+    return shard_sets * (cores + (1 if cores > 1 else 0) + modes)
 
 
 @dataclass

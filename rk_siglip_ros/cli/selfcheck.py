@@ -37,7 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", default="640x480", help="input frame WIDTHxHEIGHT (default 640x480)")
     parser.add_argument("--timing-profile", default=None, help="sim only: the profile that generates the times")
     parser.add_argument("--time-scale", type=float, default=1.0, help="sim only: run this much faster than real time")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
 
@@ -54,22 +54,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"selfcheck: --modes must name some of {', '.join(MODES)}; --frames and --call-frames >= 1",
               file=sys.stderr)
         return 2
+    from tqdm import tqdm
+
     from ..backends import BackendError
     from ..manifest import ManifestError
-    from ..measure import format_table
-    from ..selfcheck import per_core_ratios, run_selfcheck
+    from ..measure import format_table, set_names
+    from ..selfcheck import per_core_ratios, run_selfcheck, step_count
+
+    bar = tqdm(total=step_count(len(args.shards), len(cores), len(modes)), unit="step", desc="selfcheck",
+               file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
+    started = [False]
 
     def progress(line: str) -> None:
-        if not args.quiet:
-            print(f"  {line}", file=sys.stderr, flush=True)
+        if started[0]:
+            bar.update(1)
+        started[0] = True
+        bar.set_postfix_str(line, refresh=True)
 
     try:
         report = run_selfcheck(args.shards, args.out, backend=args.backend, cores=cores, modes=modes,
                                frames=args.frames, call_frames=args.call_frames, timing_profile=args.timing_profile,
                                time_scale=args.time_scale, image_size=(height, width), progress=progress)
     except (ManifestError, BackendError, ValueError) as error:
+        bar.close()
         print(f"selfcheck: {error}", file=sys.stderr)
         return 1
+    bar.update(1)
+    bar.close()
     print(f"board ({report.backend}):")
     for line in report.facts.lines():
         print(f"  {line}")
@@ -80,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("  measured / fitted per core: " + ", ".join(f"{where} {ratio:.3f}" for where, ratio in ratios.items()))
     print()
     print(format_table(report.results))
+    names = set_names(report.results)
     for choice in report.choices:
-        print(f"best for {choice.goal:<10}: {choice.result.profile} x {choice.result.mode} "
+        print(f"best for {choice.goal:<10}: {names[choice.result.shards]} x {choice.result.mode} "
               f"({choice.result.frames_per_s:.2f} frames/s, p50 {choice.result.latency_p50_ms:.0f} ms, "
               f"{choice.result.shards}) -> {choice.params_file}")
     print(f"profile: {report.profile_file}   report: {args.out / 'report.json'}")
