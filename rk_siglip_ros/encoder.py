@@ -27,7 +27,7 @@ from .backends import Backend, ShardRunner, create_backend, resolve_backend_name
 from .manifest import Manifest, ManifestError, load_manifest, verify_files
 from .postprocess import pooled_embedding, token_matrix
 from .preprocess import Preprocessor
-from .scheduler import CALL_TIMEOUT_S, CLOSE_TIMEOUT_S, BusyWindow, Scheduler, StuckCall, check_mode
+from .scheduler import CALL_TIMEOUT_S, CLOSE_TIMEOUT_S, BusyWindow, Core, Scheduler, StuckCall, check_mode
 
 DEFAULT_CORES = (0, 1, 2)
 # A host scale pair multiplying to 1 within this tolerance is skipped: the tensor goes to the next shard untouched.
@@ -115,7 +115,7 @@ class SiglipEncoder:
 
         shards: a shard folder, or a :class:`Manifest` from ``load_manifest`` (its ``root`` set); files of a kind the
         manifest records in ``verified_kinds`` are not hashed again. backend: auto | onnxruntime | rknnlite | sim.
-        mode: sequential | pipeline | replicas. cores: NPU cores (for onnxruntime, worker slots). timing_profile /
+        mode: scheduler.MODES (e.g. allcores). cores: NPU cores (for onnxruntime, worker slots). timing_profile /
         time_scale: the sim backend's profile (name, JSON path or dict) and a factor on its sleep times (tests use
         small ones). threads: onnxruntime intra-op threads per session (default: CPUs / concurrent workers). trace:
         keep per-shard events (``scheduler.trace``). queue_slots: frames admitted beyond one per worker. Default 0: one
@@ -254,7 +254,7 @@ class SiglipEncoder:
 
     # ---------------------------------------------------------------------------------------- worker callbacks
 
-    def _run_shard(self, index: int, core: int, state: _FrameState) -> _FrameState:
+    def _run_shard(self, index: int, core: Core, state: _FrameState) -> _FrameState:
         shard = self.manifest.shards[index]
         start = time.perf_counter()
         feed = {}
