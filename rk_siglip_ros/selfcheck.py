@@ -143,23 +143,26 @@ class SelfcheckReport:
     cores: tuple[int, ...]
     facts: BoardFacts
     calls: list[ShardCall]
-    fit: ProfileFit
+    fit: ProfileFit | None  # None when the measurements cannot separate the terms (fit_problem says why)
     results: list[BenchResult]
     choices: list[Choice]
-    profile_file: Path
+    profile_file: Path | None
+    fit_problem: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "cores": list(self.cores), "board": asdict(self.facts),
                 "calls": [{"shards": c.shards, "shard": c.shard, "core": format_core(c.core), "ms": c.ms,
                            "calls": c.calls} for c in self.calls],
-                "fit": {"profile": self.fit.profile.to_dict(), "fitted": self.fit.fitted, "kept": self.fit.kept,
-                        "rms_error": self.fit.rms_error, "worst_error": self.fit.worst[0]},
+                "fit": None if self.fit is None else {
+                    "profile": self.fit.profile.to_dict(), "fitted": self.fit.fitted, "kept": self.fit.kept,
+                    "rms_error": self.fit.rms_error, "worst_error": self.fit.worst[0]},
+                "fit_problem": self.fit_problem,
                 "results": [asdict(r) for r in self.results],
                 "choices": {c.goal: {"shards": c.result.shards, "mode": c.result.mode,
                                      "frames_per_s": c.result.frames_per_s,
                                      "latency_p50_ms": c.result.latency_p50_ms, "params_file": str(c.params_file)}
                             for c in self.choices},
-                "profile_file": str(self.profile_file)}
+                "profile_file": None if self.profile_file is None else str(self.profile_file)}
 
 
 def measure_calls(manifest: Manifest, label: str, backend: str, cores: Sequence[int], frames: int = 3,
@@ -183,7 +186,7 @@ def measure_calls(manifest: Manifest, label: str, backend: str, cores: Sequence[
     return calls
 
 
-def params_yaml(shards: str, backend: str, mode: str, cores: Sequence[int], timing_profile: Path | None,
+def params_yaml(shards: str, backend: str, mode: str, cores: Sequence[int], timing_profile: Path | str | None,
                 comments: Sequence[str]) -> str:
     """A ROS 2 params file for encoder_node ("/**" matches it whatever its name); values are JSON, which is YAML."""
     lines = [f"# {line}" for line in comments]
@@ -195,7 +198,8 @@ def params_yaml(shards: str, backend: str, mode: str, cores: Sequence[int], timi
 
 
 def write_choice(goal: str, result: BenchResult, backend: str, cores: Sequence[int], out: Path,
-                 profile_file: Path) -> Choice:
+                 timing_profile: Path | str | None) -> Choice:
+    """``goal``.params.yaml for ``result``'s shard set and mode; ``timing_profile`` only for the sim backend."""
     path = out / f"{goal}.params.yaml"
     measured = (f"{result.frames_per_s:.2f} frames/s, latency p50 {result.latency_p50_ms:.0f} ms on {backend}"
                 + (" (sim: a prediction from the timing profile, not a measurement)" if backend == "sim" else ""))
@@ -204,7 +208,7 @@ def write_choice(goal: str, result: BenchResult, backend: str, cores: Sequence[i
                 f"ros2 launch rk_siglip_ros encoder.launch.py params_file:={path.resolve()} "
                 "image_topics:=\"[/camera/image_raw]\"",
                 "Parameters not listed here take the node's defaults (config/encoder.yaml)."]
-    timing = profile_file.resolve() if backend == "sim" else None
+    timing = timing_profile if backend == "sim" else None
     path.write_text(params_yaml(str(Path(result.shards).resolve()), backend, result.mode, cores, timing, comments))
     return Choice(goal, result, path)
 
@@ -241,20 +245,26 @@ def run_selfcheck(shard_dirs: Sequence[str | Path], out: Path, backend: str = "a
                 results.append(bench_encoder(encoder, frames=frames, warmup=1, image_size=image_size,
                                              time_scale=scale, label=label))
     facts = board_facts(manifests, sdk_version, root)
-    fit = fit_profile([call.sample for call in calls], name="selfcheck", base=sim_profile)
     out.mkdir(parents=True, exist_ok=True)
-    profile_file = out / "profile.json"
-    profile_data = fit.profile.to_dict()
-    profile_data["description"] = (f"fitted by selfcheck on {backend} ({time.strftime('%Y-%m-%d')}), librknnrt "
-                                   f"{facts.librknnrt}, NPU driver {facts.driver}")
-    profile_data["fit"] = {"fitted": fit.fitted, "kept": fit.kept, "rms_error": fit.rms_error}
-    profile_data["anchors"] = [call.sample.to_dict() for call in calls]
-    profile_file.write_text(json.dumps(profile_data, indent=2) + "\n")
-    choices = [write_choice("throughput", max(results, key=lambda r: r.frames_per_s), backend, cores, out,
-                            profile_file),
-               write_choice("latency", min(results, key=lambda r: r.latency_p50_ms), backend, cores, out,
-                            profile_file)]
-    report = SelfcheckReport(backend, tuple(cores), facts, calls, fit, results, choices, profile_file)
+    fit: ProfileFit | None = None
+    fit_problem = profile_file = None
+    try:
+        fit = fit_profile([call.sample for call in calls], name="selfcheck", base=sim_profile)
+    except ValueError as error:  # e.g. one shard set: the configurations are still measured and chosen
+        fit_problem = str(error)
+    if fit is not None:
+        profile_file = out / "profile.json"
+        profile_data = fit.profile.to_dict()
+        profile_data["description"] = (f"fitted by selfcheck on {backend} ({time.strftime('%Y-%m-%d')}), librknnrt "
+                                       f"{facts.librknnrt}, NPU driver {facts.driver}")
+        profile_data["fit"] = {"fitted": fit.fitted, "kept": fit.kept, "rms_error": fit.rms_error}
+        profile_data["anchors"] = [call.sample.to_dict() for call in calls]
+        profile_file.write_text(json.dumps(profile_data, indent=2) + "\n")
+    # The node's sim (if that is the backend) runs the board's own fit when there is one.
+    timing = profile_file.resolve() if profile_file is not None else sim_profile
+    choices = [write_choice("throughput", max(results, key=lambda r: r.frames_per_s), backend, cores, out, timing),
+               write_choice("latency", min(results, key=lambda r: r.latency_p50_ms), backend, cores, out, timing)]
+    report = SelfcheckReport(backend, tuple(cores), facts, calls, fit, results, choices, profile_file, fit_problem)
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     return report
 

@@ -65,6 +65,20 @@ def test_selfcheck_on_the_sim_writes_a_profile_params_files_and_a_report(sim_set
     assert json.loads(bench_json.read_text())[0]["timing_profile"] == "profile"
 
 
+def test_one_shard_set_cannot_be_fitted_but_is_still_measured_and_chosen(sim_sets, tmp_path, capsys):
+    """A single whole graph gives one kind of shard: the fit cannot separate per-call, dense and attention terms.
+    selfcheck says so, writes no profile, and still writes the params files (the sim then runs its own profile)."""
+    out = tmp_path / "out"
+    assert selfcheck(["--shards", str(sim_sets[0]), "--backend", "sim", "--timing-profile", "rk3588-fp16",
+                      "--out", str(out), "--modes", "replicas,allcores", "--frames", "3", "--call-frames", "1",
+                      "--time-scale", "0.05", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "no timing profile fitted" in printed and "several cuts" in printed
+    assert not (out / "profile.json").exists() and json.loads((out / "report.json").read_text())["fit"] is None
+    assert node_parameters(out / "latency.params.yaml")["mode"] == "allcores"
+    assert node_parameters(out / "throughput.params.yaml")["timing_profile"] == "rk3588-fp16"
+
+
 def test_selfcheck_runs_the_rknnlite_backend_through_the_double(rknnlite_double, shard_factory, tmp_path, capsys):
     sets = [shard_factory(profile="pipeline3", formats=("onnx", "rknn")),
             shard_factory(profile="whole", formats=("onnx", "rknn"))]

@@ -84,14 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"board ({report.backend}):")
     for line in report.facts.lines():
         print(f"  {line}")
-    print(f"\nfitted timing profile ({len(report.calls)} shard x core measurements):")
-    for line in report.fit.summary().splitlines():
-        print(f"  {line}")
-    if report.backend == "sim" and args.time_scale < 1:
-        print(f"  note: --time-scale {args.time_scale} divides the host's own time around each call (real time) by "
-              f"{args.time_scale} too, so the per-call term comes out high; --time-scale 1 recovers the sim's profile")
-    ratios = per_core_ratios(report.fit)
-    print("  measured / fitted per core: " + ", ".join(f"{where} {ratio:.3f}" for where, ratio in ratios.items()))
+    if report.fit is None:
+        print(f"\nno timing profile fitted: {report.fit_problem}")
+    else:
+        print(f"\nfitted timing profile ({len(report.calls)} shard x core measurements):")
+        for line in report.fit.summary().splitlines():
+            print(f"  {line}")
+        if report.backend == "sim" and args.time_scale < 1:
+            print(f"  note: --time-scale {args.time_scale} divides the host's own time around each call (real time) "
+                  f"by {args.time_scale} too, so the per-call term comes out high; --time-scale 1 recovers the sim's "
+                  "profile")
+        ratios = per_core_ratios(report.fit)
+        print("  measured / fitted per core: " + ", ".join(f"{where} {ratio:.3f}" for where, ratio in ratios.items()))
     print()
     print(format_table(report.results))
     names = set_names(report.results)
@@ -99,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"best for {choice.goal:<10}: {names[choice.result.shards]} x {choice.result.mode} "
               f"({choice.result.frames_per_s:.2f} frames/s, p50 {choice.result.latency_p50_ms:.0f} ms, "
               f"{choice.result.shards}) -> {choice.params_file}")
-    print(f"profile: {report.profile_file}   report: {args.out / 'report.json'}")
+    print(f"profile: {report.profile_file or 'not written'}   report: {args.out / 'report.json'}")
     return 0
 
 
