@@ -46,7 +46,7 @@ def test_rk1_profile_reproduces_the_independent_measurement():
 def test_rk1_profile_is_the_least_squares_fit_of_its_anchors():
     """The derivation is executable: refitting the anchors stored in the file gives the file's terms."""
     data = packaged_json("rk3588-fp16-rk1")
-    fit = fit_profile([CallTime.from_dict(a) for a in data["anchors"]], base="rk3588-fp16")
+    fit = fit_profile([CallTime.from_dict(a) for a in data["anchors"]], base="rk3588-fp16", outlier_mads=None)
     stored = term_values(load_timing_profile("rk3588-fp16-rk1"))
     for term, value in term_values(fit.profile).items():
         assert value == pytest.approx(stored[term], rel=0.005), term
@@ -125,3 +125,19 @@ def test_fit_recovers_the_generating_profile_through_the_sim_within_5_percent(tm
     expected["per_call_ms"] += statistics.median(delays)
     for term, value in term_values(fit.profile).items():
         assert value == pytest.approx(expected[term], rel=0.05), (term, fit.summary(), delays)
+
+
+def test_stray_delays_are_set_aside_and_named():
+    """A few calls hit by a stray delay (an interrupt, another process) must not move the profile: the fit sets them
+    aside and says how many; with outlier rejection off they visibly would."""
+    samples = chain_samples("rk3588-fp16")
+    hit = {3: 12.0, 17: 25.0, 40: 8.0}  # sample index -> extra milliseconds
+    delayed = [replace(s, ms=s.ms + hit.get(i, 0.0)) for i, s in enumerate(samples)]
+    fit = fit_profile(delayed, base="rk3588-fp16-rk1")
+    assert sorted(delayed.index(s) for s in fit.outliers) == sorted(hit)
+    expected = term_values(load_timing_profile("rk3588-fp16"))
+    for term, value in term_values(fit.profile).items():
+        assert value == pytest.approx(expected[term], rel=1e-6), term
+    assert f"{len(hit)} set aside as stray delays" in fit.summary()
+    naive = term_values(fit_profile(delayed, base="rk3588-fp16-rk1", outlier_mads=None).profile)
+    assert max(abs(naive[t] - expected[t]) / expected[t] for t in expected) > 0.01
