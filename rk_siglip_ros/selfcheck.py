@@ -226,7 +226,9 @@ def run_selfcheck(shard_dirs: Sequence[str | Path], out: Path, backend: str = "a
     manifests = {str(Path(d)): load_manifest(d, verify=()) for d in shard_dirs}
     names = {resolve_backend_name(backend, m) for m in manifests.values()}
     if len(names) != 1:
-        raise ValueError(f"--backend {backend} resolves differently per shard set ({sorted(names)}); name one")
+        from .backends import BackendError
+
+        raise BackendError(f"--backend {backend} resolves differently per shard set ({sorted(names)}); name one")
     backend = names.pop()
     scale = time_scale if backend == "sim" else 1.0
     sim_profile = (timing_profile or DEFAULT_PROFILE) if backend == "sim" else None

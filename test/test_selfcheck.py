@@ -53,7 +53,6 @@ def test_selfcheck_on_the_sim_writes_a_profile_params_files_and_a_report(sim_set
         config = validate({**parameters, **launch_overrides(dict.fromkeys(LAUNCH_ARGUMENTS, ""))})
         assert config.mode == best["mode"] and config.timing_profile == str((out / "profile.json").resolve())
         assert f"best for {goal}" in printed
-    assert quickest["mode"] == "allcores"  # one frame split over the cores is the latency choice on this profile
 
     fitted = load_timing_profile(out / "profile.json")
     assert fitted.per_call_ms > 0 and fitted.all_cores_speedup["dense"] > 1.5
@@ -71,10 +70,11 @@ def test_one_shard_set_cannot_be_fitted_but_is_still_measured_and_chosen(sim_set
     out = tmp_path / "out"
     assert selfcheck(["--shards", str(sim_sets[0]), "--backend", "sim", "--timing-profile", "rk3588-fp16",
                       "--out", str(out), "--modes", "replicas,allcores", "--frames", "3", "--call-frames", "1",
-                      "--time-scale", "0.05", "--quiet"]) == 0
+                      "--time-scale", "0.2", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "no timing profile fitted" in printed and "several cuts" in printed
     assert not (out / "profile.json").exists() and json.loads((out / "report.json").read_text())["fit"] is None
+    # whole x allcores: 404 ms against 860 ms for replicas under this profile, a gap no scheduling hiccup closes
     assert node_parameters(out / "latency.params.yaml")["mode"] == "allcores"
     assert node_parameters(out / "throughput.params.yaml")["timing_profile"] == "rk3588-fp16"
 
@@ -121,10 +121,20 @@ def test_board_facts_from_what_the_board_exposes(sim_sets, tmp_path):
     assert (empty.librknnrt, empty.driver, empty.npu_clock) == (UNKNOWN, UNKNOWN, {})
 
 
-def test_selfcheck_rejects_bad_arguments(sim_sets, tmp_path, capsys):
-    assert selfcheck(["--shards", str(sim_sets[0]), "--modes", "turbo"]) == 2
-    assert selfcheck(["--shards", str(tmp_path / "none"), "--backend", "sim", "--out", str(tmp_path)]) == 1
-    assert "selfcheck: no shard set at" in capsys.readouterr().err
+@pytest.mark.parametrize("args", [["--modes", "turbo"], ["--frames", "0"], ["--image-size", "big"],
+                                  ["--cores", "0,0"]])
+def test_selfcheck_rejects_bad_arguments_with_status_2(sim_sets, args, capsys):
+    try:
+        status = selfcheck(["--shards", str(sim_sets[0]), "--backend", "sim", *args])
+    except SystemExit as exit_info:  # argparse refuses --modes and --cores itself, with the same status
+        status = exit_info.code
+    assert status == 2 and "selfcheck: error:" in capsys.readouterr().err
+
+
+def test_selfcheck_on_a_missing_shard_set_is_one_line_and_status_2(tmp_path, capsys):
+    assert selfcheck(["--shards", str(tmp_path / "none"), "--backend", "sim", "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("selfcheck: error: no shard set at")
 
 
 def test_the_measuring_and_selfcheck_modules_need_no_dev_dependencies():

@@ -19,18 +19,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..backends import BACKENDS
-from ..scheduler import MODES
+from .common import EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE, add_encoder_options, run_tool
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="selfcheck", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--shards", required=True, nargs="+", type=Path, help="shard set folders (several cuts)")
+                                     epilog=f"{__doc__.split(chr(10) * 2, 2)[2]}\n{EXIT_STATUS_HELP}",
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    add_encoder_options(parser, several_shards=True, several_modes=True)
     parser.add_argument("--out", type=Path, default=Path("selfcheck_out"), help="output folder (default selfcheck_out)")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="default auto (rknnlite on a board)")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
-    parser.add_argument("--cores", default="0,1,2", help="comma-separated NPU cores (default 0,1,2)")
     parser.add_argument("--frames", type=int, default=10, help="frames per shard set x mode (default 10)")
     parser.add_argument("--call-frames", type=int, default=3,
                         help="frames per core when timing shard calls, one at a time (default 3)")
@@ -43,25 +40,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     try:
         width, height = (int(v) for v in args.image_size.lower().split("x"))
-        cores = tuple(int(core) for core in args.cores.split(","))
     except ValueError:
-        print("selfcheck: --image-size is WIDTHxHEIGHT and --cores comma-separated integers", file=sys.stderr)
-        return 2
-    if not modes or any(mode not in MODES for mode in modes) or args.frames < 1 or args.call_frames < 1:
-        print(f"selfcheck: --modes must name some of {', '.join(MODES)}; --frames and --call-frames >= 1",
-              file=sys.stderr)
-        return 2
+        print("selfcheck: error: --image-size is WIDTHxHEIGHT, e.g. 640x480", file=sys.stderr)
+        return EXIT_USAGE
+    if args.frames < 1 or args.call_frames < 1:
+        print("selfcheck: error: --frames and --call-frames must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    return run_tool("selfcheck", lambda: _run(args, width, height))
+
+
+def _run(args: argparse.Namespace, width: int, height: int) -> int:
     from tqdm import tqdm
 
-    from ..backends import BackendError
-    from ..manifest import ManifestError
     from ..measure import format_table, set_names
     from ..selfcheck import per_core_ratios, run_selfcheck, step_count
 
-    bar = tqdm(total=step_count(len(args.shards), len(cores), len(modes)), unit="step", desc="selfcheck",
+    bar = tqdm(total=step_count(len(args.shards), len(args.cores), len(args.modes)), unit="step", desc="selfcheck",
                file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
     started = [False]
 
@@ -72,15 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.set_postfix_str(line, refresh=True)
 
     try:
-        report = run_selfcheck(args.shards, args.out, backend=args.backend, cores=cores, modes=modes,
+        report = run_selfcheck(args.shards, args.out, backend=args.backend, cores=args.cores, modes=args.modes,
                                frames=args.frames, call_frames=args.call_frames, timing_profile=args.timing_profile,
                                time_scale=args.time_scale, image_size=(height, width), progress=progress)
-    except (ManifestError, BackendError, ValueError) as error:
+        bar.update(1)
+    finally:
         bar.close()
-        print(f"selfcheck: {error}", file=sys.stderr)
-        return 1
-    bar.update(1)
-    bar.close()
     print(f"board ({report.backend}):")
     for line in report.facts.lines():
         print(f"  {line}")
@@ -104,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({choice.result.frames_per_s:.2f} frames/s, p50 {choice.result.latency_p50_ms:.0f} ms, "
               f"{choice.result.shards}) -> {choice.params_file}")
     print(f"profile: {report.profile_file or 'not written'}   report: {args.out / 'report.json'}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
