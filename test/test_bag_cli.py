@@ -196,7 +196,9 @@ def test_sigint_to_the_console_script_leaves_no_output(tmp_path, shards):
     write_bag(bag, frames=200, size=(240, 320))
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "rk_siglip_ros.cli.encode_bag", str(bag), str(out),
-                                "--shards", str(shards), "--backend", "onnxruntime", "--no-progress"],
+                                # The sim's NPU timing (tens of ms per shard call, one frame at a time) keeps the run
+                                # going for seconds however idle or loaded the machine is, so the signal lands mid-run.
+                                "--shards", str(shards), "--backend", "sim", "--mode", "sequential", "--no-progress"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.partial-*")) and process.poll() is None and time.monotonic() < deadline:
