@@ -1,65 +1,51 @@
-"""End to end on a machine with ROS 2: launch encoder_node on random:tiny shards, publish camera frames, and check
-one embedding per frame with the frame's stamp and frame_id, unit norm. Off-ROS this module skips with the reason.
+"""launch_testing, the ROS way to test a launch file: the INSTALLED encoder.launch.py included as a user's own launch
+file would include it, frames published one at a time, one embedding per frame with the frame's stamp and frame_id
+and a unit norm, diagnostics published, and every process of the launch exiting 0 after launch_testing's SIGINT.
 
-Run on a robot / ROS workstation (after `colcon build` and sourcing install/setup.bash):
-    python3 -m pytest -rs test/test_node_launch.py        (launch_testing's pytest plugin runs it)
-    launch_test test/test_node_launch.py
-Shards: built here with the builder (needs torch), or taken from $RK_SIGLIP_TEST_SHARDS (a random:tiny set).
+Runs through pytest (launch_testing's plugin, pytest < 9) in `make test-ros`, or alone with
+`launch_test test/ros/test_launch_testing.py` after sourcing a ROS 2 and this package's install.
 """
 
 import array
 import os
-import tempfile
 import time
 import unittest
 from pathlib import Path
 
 import pytest
+import ros_support
 
-NEEDS_ROS = "needs ROS 2 (rclpy, launch_testing): source /opt/ros/<distro>/setup.bash"
-try:
-    import launch
-    import launch_ros.actions
-    import launch_testing
-    import launch_testing.actions
-    import launch_testing.asserts
-    import rclpy
-    from sensor_msgs.msg import CompressedImage, Image
-except ImportError:
-    pytest.skip(NEEDS_ROS, allow_module_level=True)
+ros_support.require_ros()
 
-import cv2  # noqa: E402 -- only meaningful once ROS is known to be there
+import cv2  # noqa: E402
+import launch  # noqa: E402
+import launch_testing  # noqa: E402
+import launch_testing.actions  # noqa: E402
+import launch_testing.asserts  # noqa: E402
 import numpy as np  # noqa: E402
-
-from rk_siglip_ros.embedding_msg import embedding_from_message  # noqa: E402
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 TOPICS = {"/test_cam0/image_raw": Image, "/test_cam1/image_raw/compressed": CompressedImage}
-OUTPUT = "/siglip/embeddings"
 FRAMES_PER_TOPIC = 3
 DEADLINE_S = 60.0  # liveness only: how long to wait for an embedding before calling it lost
 
 
-def tiny_shards() -> Path:
-    given = os.environ.get("RK_SIGLIP_TEST_SHARDS")
-    if given:
-        return Path(given)
-    try:
-        from rk_siglip_ros.builder.build import build_shards
-    except ImportError as error:
-        pytest.skip(f"building random:tiny shards needs the builder stack ({error}); "
-                    "or set RK_SIGLIP_TEST_SHARDS=<a random:tiny shard set>")
-    out = Path(tempfile.mkdtemp(prefix="rk_siglip_launch_")) / "tiny"
-    build_shards("random:tiny", out, profile="pipeline3", formats=("onnx",), progress=False)
-    return out
-
-
 @pytest.mark.launch_test
 def generate_test_description():
-    node = launch_ros.actions.Node(
-        package="rk_siglip_ros", executable="encoder_node", name="encoder_node", output="screen",
-        parameters=[{"shards": str(tiny_shards()), "backend": "onnxruntime", "image_topics": list(TOPICS),
-                     "qos": "reliable"}])
-    return launch.LaunchDescription([node, launch_testing.actions.ReadyToTest()]), {"encoder_node": node}
+    # The package as `colcon build` installs it; launch resolves the package and its executable through the
+    # environment, so the test process takes the install's environment on.
+    os.environ.update(ros_support.installed_env())
+    from ament_index_python.packages import get_package_share_directory
+
+    launch_file = Path(get_package_share_directory(ros_support.PACKAGE)) / "launch" / ros_support.LAUNCH_FILE
+    encoder = launch.actions.IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(str(launch_file)),
+        launch_arguments={"shards": str(ros_support.tiny_shards()), "backend": "onnxruntime",
+                          "image_topics": ",".join(TOPICS)}.items())
+    return launch.LaunchDescription([encoder, launch_testing.actions.ReadyToTest()]), {}
 
 
 def camera_frame(topic: str, message_type: type, index: int):
@@ -106,11 +92,11 @@ class TestEmbeddings(unittest.TestCase):
 
     def test_one_embedding_per_frame_with_the_source_header(self):
         received = []
-        self.node.create_subscription(Image, OUTPUT, received.append, 10)
+        self.node.create_subscription(Image, ros_support.OUTPUT, received.append, 10)
         publishers = {topic: self.node.create_publisher(kind, topic, 10) for topic, kind in TOPICS.items()}
         self.assertTrue(self.spin_until(lambda: all(p.get_subscription_count() > 0 for p in publishers.values())),
                         "encoder_node did not subscribe to the camera topics")
-        self.assertTrue(self.spin_until(lambda: self.node.count_publishers(OUTPUT) > 0))
+        self.assertTrue(self.spin_until(lambda: self.node.count_publishers(ros_support.OUTPUT) > 0))
         sent = []
         for index in range(FRAMES_PER_TOPIC):
             for topic, kind in TOPICS.items():
@@ -127,12 +113,10 @@ class TestEmbeddings(unittest.TestCase):
                              (source.header.stamp.sec, source.header.stamp.nanosec))
             self.assertEqual(embedding.header.frame_id, source.header.frame_id)
             self.assertEqual((embedding.encoding, embedding.height), ("32FC1", 1))
-            vector = embedding_from_message(embedding)[0]
+            vector = np.frombuffer(bytes(embedding.data), "<f4")
             self.assertAlmostEqual(float(np.linalg.norm(vector)), 1.0, places=4)
 
-    def test_diagnostics_are_published(self, proc_output):
-        from diagnostic_msgs.msg import DiagnosticArray
-
+    def test_diagnostics_are_published(self):
         arrays = []
         self.node.create_subscription(DiagnosticArray, "/diagnostics", arrays.append, 10)
         self.assertTrue(self.spin_until(lambda: any("siglip encoder" in s.name for a in arrays for s in a.status)))

@@ -1,0 +1,313 @@
+"""What the real-ROS tests share: finding ROS, a DDS domain of their own, a colcon-built install of this package,
+the installed launch file run as a subprocess, and an rclpy client that publishes camera frames and collects
+embeddings and diagnostics.
+
+Only this folder's tests import rclpy; the off-ROS suite (test/*.py) never does. `make test-ros` runs this folder
+with a ROS 2 sourced (see the Makefile); without one every module here skips with :data:`NO_ROS_REASON`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = "rk_siglip_ros"
+LAUNCH_FILE = "encoder.launch.py"
+OUTPUT = "/siglip/embeddings"
+# Liveness bounds only (how long to wait before calling something lost), never timing assertions.
+START_TIMEOUT_S = 60.0
+EXIT_TIMEOUT_S = 30.0
+# ROS_DOMAIN_ID 1..101: 0 is everyone's default; above 101 Cyclone's ports collide with Linux's ephemeral range.
+DOMAIN_IDS = range(1, 102)
+LOCK_DIR = Path(tempfile.gettempdir())
+
+
+def _no_ros_reason() -> str | None:
+    reason = os.environ.get("RK_SIGLIP_NO_ROS")
+    if reason:
+        return reason
+    try:
+        import launch  # noqa: F401
+        import rclpy  # noqa: F401
+        from sensor_msgs.msg import Image  # noqa: F401
+    except ImportError as error:
+        return f"no ROS 2 in this environment ({error}): run `make test-ros`, or source /opt/ros/<distro>/setup.bash"
+    return None
+
+
+NO_ROS_REASON = _no_ros_reason()
+
+
+def require_ros() -> None:
+    """Skip the calling test module (module level) with the reason when no ROS 2 is sourced."""
+    if NO_ROS_REASON is not None:
+        pytest.skip(NO_ROS_REASON, allow_module_level=True)
+
+
+# ------------------------------------------------------------------------------------------- DDS isolation
+
+
+_domain_lock: TextIO | None = None
+
+
+def claim_domain_id() -> int:
+    """A ROS_DOMAIN_ID no other test session on this machine holds: start from this PID, take the first free one.
+
+    The claim is an flock held for the life of the process, so parallel runs (other worktrees, CI jobs) never share
+    a domain and a crashed run frees its id.
+    """
+    global _domain_lock
+    first = os.getpid() % len(DOMAIN_IDS)
+    for offset in range(len(DOMAIN_IDS)):
+        domain = DOMAIN_IDS[(first + offset) % len(DOMAIN_IDS)]
+        handle = open(LOCK_DIR / f"rk_siglip_ros-domain-{domain}.lock", "w")  # noqa: SIM115 -- held on purpose
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _domain_lock = handle
+        return domain
+    raise RuntimeError(f"every ROS_DOMAIN_ID in {DOMAIN_IDS} is held by another test session")
+
+
+def isolate_dds() -> int:
+    """Loopback-only Cyclone DDS in a domain of this session's own; every subprocess inherits it."""
+    domain = claim_domain_id()
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    os.environ["ROS_LOCALHOST_ONLY"] = "1"
+    os.environ["RMW_IMPLEMENTATION"] = "rmw_cyclonedds_cpp"
+    os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="rk_siglip_roslog_"))
+    os.environ["PYTHONUNBUFFERED"] = "1"
+    os.environ["RCUTILS_COLORIZED_OUTPUT"] = "0"
+    return domain
+
+
+# ------------------------------------------------------------------------------------------- the install
+
+
+def source_files() -> list[str]:
+    """The files a clone has (tracked plus new, not ignored), so the build sees the working tree."""
+    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout
+    return [line for line in listing.splitlines() if line and (REPO / line).is_file()]
+
+
+def colcon_install(workspace: Path) -> dict[str, str]:
+    """`colcon build` this package in ``workspace`` as a robot would; returns the environment with its
+    install/local_setup.bash sourced on top of the current ROS."""
+    source = workspace / "src" / PACKAGE
+    for relative in source_files():
+        if relative.startswith("shards/"):
+            continue  # a developer's built shard sets: the tests bring their own
+        target = source / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / relative, target)
+    colcon = shutil.which("colcon") or str(Path(sys.executable).with_name("colcon"))
+    result = subprocess.run([colcon, "build", "--event-handlers", "console_direct-"], cwd=workspace,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"colcon build failed:\n{result.stdout}\n{result.stderr}"
+    dump = subprocess.run(["bash", "-c", f". {workspace}/install/local_setup.bash && env -0"],
+                          capture_output=True, check=True).stdout.decode()
+    return dict(item.split("=", 1) for item in dump.split("\0") if "=" in item)
+
+
+_installed: dict[str, str] | None = None
+_tiny_shards: Path | None = None
+
+
+def tiny_shards() -> Path:
+    """A random:tiny shard set (three ONNX shards, pipeline3), built once per process into a temporary folder."""
+    global _tiny_shards
+    if _tiny_shards is None:
+        from rk_siglip_ros.builder.build import build_shards
+
+        out = Path(_session_dir()) / "shards-random-tiny"
+        build_shards("random:tiny", out, profile="pipeline3", formats=("onnx",), progress=False)
+        _tiny_shards = out
+    return _tiny_shards
+
+
+@functools.lru_cache(maxsize=1)
+def _session_dir() -> str:
+    """One temporary folder per process for the workspace and shards, removed at exit."""
+    path = tempfile.mkdtemp(prefix="rk_siglip_ros_test_")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def installed_env() -> dict[str, str]:
+    """:func:`colcon_install` into a temporary workspace, once per process (pytest fixtures and launch_testing's
+    generate_test_description share it)."""
+    global _installed
+    if _installed is None:
+        workspace = Path(_session_dir()) / "ws"
+        _installed = colcon_install(workspace)
+    return dict(_installed)
+
+
+# ------------------------------------------------------------------------------------------- processes
+
+
+class RosProcess:
+    """A `ros2 launch` / `ros2 run` subprocess with its output collected in the background."""
+
+    def __init__(self, command: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> None:
+        self.command = list(command)
+        self.process = subprocess.Popen(self.command, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self._lines)
+
+    def wait_for_line(self, text: str, timeout: float = START_TIMEOUT_S) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any(text in line for line in self._lines):
+                return True
+            if self.process.poll() is not None:
+                self._reader.join(timeout=5)
+                return any(text in line for line in self._lines)
+            time.sleep(0.05)
+        return False
+
+    def interrupt(self) -> None:
+        """Ctrl-C as a terminal sends it: to the process (ros2 launch forwards it to the node)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+
+    def wait(self, timeout: float = EXIT_TIMEOUT_S) -> int:
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"{self.command[:3]} did not exit within {timeout} s:\n{self.output}") from None
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        """Last resort for a test that failed half-way: the whole process group (launch and its node)."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+def launch_node(env: dict[str, str], **arguments: str) -> RosProcess:
+    """`ros2 launch rk_siglip_ros encoder.launch.py name:=value ...`, the installed launch file."""
+    command = ["ros2", "launch", PACKAGE, LAUNCH_FILE, *(f"{name}:={value}" for name, value in arguments.items())]
+    return RosProcess(command, env)
+
+
+def run_node(env: dict[str, str], *ros_args: str) -> RosProcess:
+    """`ros2 run rk_siglip_ros encoder_node --ros-args ...`: the node's own exit status, no launch in between."""
+    return RosProcess(["ros2", "run", PACKAGE, "encoder_node", "--ros-args", *ros_args], env)
+
+
+def write_params(path: Path, **values: Any) -> Path:
+    """A params file as users write them (`/**: ros__parameters:`), values in YAML flow style."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": values}}, default_flow_style=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------- rclpy client
+
+
+class RosClient:
+    """An rclpy node spinning in a background thread: publishers for cameras, collectors for topics."""
+
+    def __init__(self, name: str = "rk_siglip_test_client") -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        with contextlib.suppress(ExternalShutdownException):
+            while self.context.ok():
+                self.executor.spin_once(timeout_sec=0.05)
+
+    def collect(self, message_type: type, topic: str, qos: Any = 10) -> list[tuple[float, Any]]:
+        """Every message on ``topic`` as (receive time.monotonic(), message), appended as they arrive."""
+        received: list[tuple[float, Any]] = []
+
+        def store(message: Any) -> None:
+            with self._lock:
+                received.append((time.monotonic(), message))
+
+        self.node.create_subscription(message_type, topic, store, qos)
+        return received
+
+    def publisher(self, message_type: type, topic: str, qos: Any = 10) -> Any:
+        return self.node.create_publisher(message_type, topic, qos)
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+        self._thread.join(timeout=5)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = START_TIMEOUT_S, step: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def wait_until_connected(client: RosClient, publishers: Sequence[Any], timeout: float = START_TIMEOUT_S) -> None:
+    """Until the node subscribes to every camera and publishes embeddings (the node is up)."""
+    assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in publishers)
+                      and client.node.count_publishers(OUTPUT) > 0, timeout), "encoder_node did not come up"
+
+
+@contextlib.contextmanager
+def running(process: RosProcess) -> Iterator[RosProcess]:
+    """The process, killed at the end if a test left it running (a failing test must not leak nodes)."""
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+def stamp_key(header: Any) -> tuple[int, int]:
+    return int(header.stamp.sec), int(header.stamp.nanosec)
