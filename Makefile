@@ -9,7 +9,9 @@ RKNN_TOOLKIT2 := rknn-toolkit2==2.5.0
 
 # A ROS 2 for the real-ROS suite and `make ros-demo`: the one already sourced (ROS_DISTRO set), else this tree (CI
 # and dev machines have a source-built Humble there), else none: the ROS tests then skip with the reason.
-ROS_TREE ?= ../shared/ros2-humble
+# SHARED: the folder beside the clone holding the ROS 2 tree and shared test data (a worktree elsewhere: SHARED=...).
+SHARED ?= ../shared
+ROS_TREE ?= $(SHARED)/ros2-humble
 # Runs "$(1)" in a bash subshell with the venv activated and a ROS 2 sourced on top (venv first: the tree's scripts
 # run the first python3 on PATH). Without a ROS 2 it runs "$(1)" with the venv only and RK_SIGLIP_NO_ROS set to the
 # reason, which test/ros/conftest.py turns into a skip of every ROS test.
@@ -60,7 +62,7 @@ test-offros: setup
 	$(BIN)/python -m pytest -rs test --ignore=test/ros
 
 test-ros: setup
-	$(call with_ros,python -m pytest -rs test/ros)
+	$(call with_ros,RK_SIGLIP_SHARED=$(SHARED) python -m pytest -rs test/ros)
 
 lint: setup
 	$(BIN)/ruff check rk_siglip_ros test launch setup.py benchmarks tools

@@ -27,6 +27,8 @@ from typing import Any, TextIO
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# The shared folder beside the clone (ROS tree, test data); `make SHARED=...` points elsewhere.
+SHARED = Path(os.environ.get("RK_SIGLIP_SHARED", REPO.parent / "shared"))
 PACKAGE = "rk_siglip_ros"
 LAUNCH_FILE = "encoder.launch.py"
 OUTPUT = "/siglip/embeddings"
@@ -197,9 +199,11 @@ class RosProcess:
         return False
 
     def interrupt(self) -> None:
-        """Ctrl-C as a terminal sends it: to the process (ros2 launch forwards it to the node)."""
+        """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group, so the node gets it from
+        the terminal and, under ros2 launch, a second time from launch, which forwards it."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGINT)
 
     def wait(self, timeout: float = EXIT_TIMEOUT_S) -> int:
         try:

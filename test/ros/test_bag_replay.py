@@ -22,7 +22,9 @@ from rosbags.rosbag2 import Writer  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
-REAL_BAG = ros_support.REPO.parent / "shared" / "testdata" / "real-rosbag2" / "images.bag"
+from rk_siglip_ros.bag import STORAGES, open_bag  # noqa: E402
+
+REAL_BAG = ros_support.SHARED / "testdata" / "real-rosbag2" / "images.bag"
 MESSAGE_TYPES = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage": CompressedImage}
 EMBEDDING_ENCODING = "32FC1"
 
@@ -34,7 +36,7 @@ def write_camera_bag(path: Path, frames: int = 12, period_ns: int = 100_000_000)
     header, stamp = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
     rng = np.random.default_rng(7)
     start = 1_700_000_000 * 10**9
-    with Writer(path, version=9, storage_plugin="sqlite3") as writer:
+    with Writer(path, version=9, storage_plugin=STORAGES["sqlite3"]) as writer:
         front = writer.add_connection("/front/image_raw", image.__msgtype__, typestore=store)
         rear = writer.add_connection("/rear/image_raw/compressed", compressed.__msgtype__, typestore=store)
         for index in range(frames):
@@ -56,12 +58,12 @@ def play_bag(client: ros_support.RosClient, bag: Path) -> dict[str, int]:
     """Publish every image message of ``bag`` at its recorded log-time offsets, as serialized CDR (what
     `ros2 bag play` sends); returns messages per topic."""
     played: dict[str, int] = {}
-    with AnyReader([bag]) as reader:
-        connections = [c for c in reader.connections if c.msgtype in MESSAGE_TYPES]
+    with open_bag(bag) as opened:  # rosbag2 only (rosbags' AnyReader takes a folder named *.bag for ROS 1)
+        connections = [c for c in opened.reader.connections if c.msgtype in MESSAGE_TYPES]
         publishers = {c.topic: client.publisher(MESSAGE_TYPES[c.msgtype], c.topic) for c in connections}
         ros_support.wait_until_connected(client, list(publishers.values()))
         first_log_ns, start = None, time.monotonic()
-        for connection, log_ns, raw in reader.messages(connections=connections):
+        for connection, log_ns, raw in opened.reader.messages(connections=connections):
             first_log_ns = log_ns if first_log_ns is None else first_log_ns
             time.sleep(max(0.0, start + (log_ns - first_log_ns) * 1e-9 - time.monotonic()))
             publishers[connection.topic].publish(bytes(raw))
@@ -88,8 +90,8 @@ def encode_bag_embeddings(bag: Path, out: Path, shards: Path) -> dict[tuple[int,
 
 
 def bag_topics(bag: Path) -> list[str]:
-    with AnyReader([bag]) as reader:
-        return sorted({c.topic for c in reader.connections if c.msgtype in MESSAGE_TYPES})
+    with open_bag(bag) as opened:
+        return sorted({c.topic for c in opened.reader.connections if c.msgtype in MESSAGE_TYPES})
 
 
 @pytest.mark.parametrize("which", ["real-rosbag2", "written-here"])

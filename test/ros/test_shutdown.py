@@ -19,7 +19,7 @@ from test_cameras import CAMERAS, camera_message, scene, slow_profile  # noqa: E
 
 RAW_CAMERAS = [topic for topic, kind in CAMERAS.items() if kind != "jpeg"]
 STOP_LINE = re.compile(r"stopped: published (\d+) embeddings, (\d+) of them finished after the stop request; "
-                       r"dropped (\d+) frames? waiting")
+                       r"dropped (\d+) frames? \(waiting in a mailbox")
 
 
 def test_sigint_publishes_the_frames_in_flight_and_exits_0(
