@@ -68,7 +68,12 @@ def test_empty_shards_without_a_share_folder():
     ("max_rate_hz", -1.0, "max_rate_hz must be a finite number >= 0"),
     ("max_rate_hz", float("inf"), "max_rate_hz must be a finite number >= 0"),
     ("max_rate_hz", "fast", "max_rate_hz must be a finite number >= 0"),
-    ("diagnostic_period", 0.0, "diagnostic_period must be > 0"),
+    ("max_rate_hz", True, "max_rate_hz must be a finite number >= 0"),
+    ("max_rate_hz", "5", "max_rate_hz must be a finite number >= 0"),
+    ("diagnostic_updater.period", 0.0, "diagnostic_updater.period must be a finite number > 0"),
+    ("diagnostic_updater.period", 0, "diagnostic_updater.period must be a finite number > 0"),
+    ("diagnostic_updater.period", "often", "diagnostic_updater.period must be a finite number > 0"),
+    ("diagnostic_period", 2.0, "unknown parameters: diagnostic_period"),
     ("output_topic", "", "output_topic must not be empty"),
     ("no_such_parameter", 1, "unknown parameters: no_such_parameter"),
 ])
@@ -129,3 +134,13 @@ def test_docs_list_every_parameter_and_launch_argument():
         assert f"`{name}`" in docs, name
     for argument in ("shards", "image_topics", "backend", "mode", "params_file"):
         assert f"`{argument}:=" in docs or f"| `{argument}`" in docs, argument
+
+
+def test_integers_are_taken_for_every_float_parameter(shards):
+    """People write `max_rate_hz: 5`; the node declares float parameters dynamically typed (ROS would otherwise
+    refuse an INTEGER for a DOUBLE), so validate is their type check: ints in, floats out."""
+    floats = [name for name, spec in PARAMETERS.items() if isinstance(spec.default, float)]
+    assert floats and all(PARAMETERS[name].number for name in floats)
+    config = validate({"shards": str(shards), "max_rate_hz": 5, "diagnostic_updater.period": 2})
+    assert (config.max_rate_hz, config.diagnostic_period) == (5.0, 2.0)
+    assert isinstance(config.max_rate_hz, float) and isinstance(config.diagnostic_period, float)

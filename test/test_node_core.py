@@ -14,7 +14,7 @@ from rk_siglip_ros.camera_frames import image_from_message
 from rk_siglip_ros.embedding_msg import embedding_from_message
 from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.node.config import validate
-from rk_siglip_ros.node.core import EncoderNodeCore
+from rk_siglip_ros.node.core import EncoderNodeCore, ShutdownSummary
 from rk_siglip_ros.node.mailbox import Dispatcher
 
 TOPICS = ("/cam0/image_raw", "/cam1/image_raw", "/cam2/image_raw/compressed")
@@ -177,8 +177,8 @@ def test_bad_frames_are_logged_with_topic_and_reason_and_skipped(tiny_shards, ty
 
 def test_close_releases_the_encoder_and_drops_late_frames(tiny_shards, types):
     service, embeddings, _, _, _, _ = make_service(tiny_shards, types)
-    service.close()
-    service.close()  # idempotent
+    assert service.close() == ShutdownSummary(published=0, finished_after_stop=0, dropped=0)
+    assert service.close() is None  # idempotent
     with pytest.raises(Exception, match="closed"):
         service.encoder.submit(np.zeros((8, 8, 3), np.uint8))
     service.offer(TOPICS[0], camera_messages(types, 9)[TOPICS[0]])
@@ -207,6 +207,40 @@ def test_close_does_not_wait_for_frames_the_drain_gave_up_on(tiny_shards, types,
     assert totals["dropped_shutdown"] == 1 and totals.get("published", 0) == 0 and embeddings.messages == []
     # The 1.5 s call outlives the 0.05 s drain + grace: shutdown is bounded and says which core it left behind.
     assert all("stuck in shard 0" in line for line in errors), errors
+
+
+def test_close_finishes_the_frames_in_flight_and_says_so(tiny_shards, types, tmp_path):
+    """Drain: a frame in the encoder when close() comes is finished and published; the summary counts it."""
+    profile = tmp_path / "slow.json"
+    profile.write_text('{"name": "slow", "per_call_ms": 100, "dense_ms_per_gmac": 0}')
+    embeddings = Outbox(types)
+    config = validate({"shards": str(tiny_shards), "backend": "sim", "mode": "pipeline", "timing_profile": str(profile),
+                       "image_topics": list(TOPICS)})
+    service = EncoderNodeCore(config, open_publisher=lambda topic: embeddings, now_s=time.time,
+                              warn=print, error=print)
+    try:
+        service.offer(TOPICS[0], camera_messages(types, 3)[TOPICS[0]])
+        assert wait_until(lambda: service.dispatcher.in_flight == 1), "the frame never reached the encoder"
+    finally:
+        summary = service.close(drain=True)
+    assert summary == ShutdownSummary(published=1, finished_after_stop=1, dropped=0)
+    assert len(embeddings.messages) == 1
+    assert summary.line().startswith("stopped: published 1 embeddings, 1 of them finished after the stop request")
+
+
+@pytest.mark.parametrize("backend, hardware_id", [("onnxruntime", "cpu/onnxruntime"),
+                                                   ("sim", "rk3588-npu-simulated/sim"),
+                                                   ("auto", "cpu/onnxruntime")])
+def test_hardware_id_names_the_backend_actually_opened(tiny_shards, backend, hardware_id):
+    """backend auto resolves to onnxruntime off the board: diagnostics and the start log say which, never auto."""
+    config = validate({"shards": str(tiny_shards), "backend": backend})
+    service = EncoderNodeCore(config, open_publisher=lambda topic: (lambda header, fields: None), now_s=time.time,
+                              warn=print, error=print)
+    try:
+        assert service.hardware_id == hardware_id
+        assert service.backend_name == hardware_id.split("/")[1]
+    finally:
+        service.close()
 
 
 def test_diagnostics_report_cores_and_capacity(tiny_shards, types):

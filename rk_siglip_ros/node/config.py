@@ -27,15 +27,20 @@ NPU_CORES = (0, 1, 2)  # RK3588
 COMPRESSED_SUFFIX = "/compressed"
 IMAGE_TYPE, COMPRESSED_TYPE = IMAGE_MSG_TYPES
 BUILD_HINT = "build_shards --model google/siglip-base-patch16-512 --out {path}"
+DIAGNOSTIC_PERIOD = "diagnostic_updater.period"
 # encoder.launch.py's arguments that map onto node parameters (params_file is the parameter file itself).
 LAUNCH_ARGUMENTS = ("shards", "image_topics", "backend", "mode")
 
 
 @dataclass(frozen=True)
 class Parameter:
+    """A node parameter. ``number``: a float that also takes integers (people write ``max_rate_hz: 5``); the node
+    declares it dynamically typed and :func:`check_number` (here, at start and at run time) is its type check."""
+
     default: Any
     description: str
     read_only: bool = True
+    number: bool = False
 
 
 # name -> declaration. The order is the order of the docs table.
@@ -50,13 +55,14 @@ PARAMETERS: dict[str, Parameter] = {
                                                       "topics ending in /compressed"),
     "qos": Parameter("sensor_data", f"Subscription QoS: {'|'.join(QOS_PROFILES)} (reliable = depth 10)"),
     "max_rate_hz": Parameter(0.0, "Per-camera encode rate limit in Hz; 0 = as fast as the encoder allows",
-                             read_only=False),
+                             read_only=False, number=True),
     "max_image_pixels": Parameter(DEFAULT_MAX_IMAGE_PIXELS, "Frames declaring more pixels are refused before "
                                                             "decoding (bad frame); 0 = no limit"),
     "output_topic": Parameter("/siglip/embeddings", "Embedding topic (sensor_msgs/Image, 32FC1, 1 x dim)"),
     "publish_patch_tokens": Parameter(False, "Also publish the patch tokens (tokens x width, 32FC1)"),
     "patch_tokens_topic": Parameter("/siglip/patch_embeddings", "Topic for the patch tokens"),
-    "diagnostic_period": Parameter(1.0, "Seconds between /diagnostics updates"),
+    # diagnostic_updater's own name for its period (every node using it has this parameter): one setting, not two.
+    DIAGNOSTIC_PERIOD: Parameter(1.0, "Seconds between /diagnostics updates", number=True),
     # [""] rather than []: a ROS 2 parameter needs a typed default, and an empty list has no element type.
     "labels": Parameter([""], "Open-vocabulary labels scored on every frame (needs a shard set built with --text); "
                               "[] or [''] = off. Changing them runs the text tower once", read_only=False),
@@ -127,15 +133,20 @@ def launch_overrides(arguments: Mapping[str, str]) -> dict[str, Any]:
     return overrides
 
 
+def check_number(name: str, value: Any, minimum: float, allow_minimum: bool, meaning: str = "") -> float:
+    """A float parameter's value as a float: an int or a float (not a bool, not a string), finite, above ``minimum``
+    (or equal to it with ``allow_minimum``); else ConfigError naming the parameter."""
+    number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    in_range = number >= minimum if allow_minimum else number > minimum
+    if not (in_range and math.isfinite(number)):  # NaN fails both comparisons
+        bound = f"{'>=' if allow_minimum else '>'} {minimum:g}"
+        raise ConfigError(f"{name} must be a finite number {bound}{meaning}, got {value!r}")
+    return number
+
+
 def check_max_rate(value: Any) -> float:
     """``max_rate_hz`` as a float: finite and >= 0 (0 = unlimited). Checked at start and on every run-time change."""
-    try:
-        rate = float(value)
-    except (TypeError, ValueError):
-        rate = math.nan
-    if not (rate >= 0.0 and math.isfinite(rate)):  # also refuses NaN
-        raise ConfigError(f"max_rate_hz must be a finite number >= 0 (0 = unlimited), got {value!r}")
-    return rate
+    return check_number("max_rate_hz", value, 0.0, allow_minimum=True, meaning=" (0 = unlimited)")
 
 
 def check_labels(value: Any) -> tuple[str, ...]:
@@ -192,9 +203,7 @@ def validate(values: Mapping[str, Any], share_dir: str | Path | None = None) -> 
 
     max_rate = check_max_rate(merged["max_rate_hz"])
     max_pixels = _non_negative_int(merged, "max_image_pixels")
-    period = float(merged["diagnostic_period"])
-    if not (period > 0.0 and math.isfinite(period)):
-        raise ConfigError(f"diagnostic_period must be > 0 seconds, got {merged['diagnostic_period']}")
+    period = check_number(DIAGNOSTIC_PERIOD, merged[DIAGNOSTIC_PERIOD], 0.0, allow_minimum=False, meaning=" seconds")
     labels = check_labels(merged["labels"])
     top_k = check_top_k(merged["labels_top_k"])
     for name in ("output_topic", "patch_tokens_topic", "labels_topic"):

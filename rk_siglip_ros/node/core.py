@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rk_siglip_ros.camera_frames import image_from_message
@@ -38,6 +39,24 @@ LOG_PERIOD_S = 5.0
 DRAIN_TIMEOUT_S = 5.0
 # After the drain timeout, how long close() still waits for shard calls running now before leaving them behind.
 STUCK_GRACE_S = 0.5
+# What each backend runs on, for the diagnostics hardware ID (never "auto": the backend actually opened).
+HARDWARE = {"rknnlite": "rk3588-npu", "sim": "rk3588-npu-simulated", "onnxruntime": "cpu"}
+
+
+@dataclass(frozen=True)
+class ShutdownSummary:
+    """What :meth:`EncoderNodeCore.close` did: embeddings published since start, how many of them were frames
+    finished after the stop request (in the encoder when it came), and frames dropped while stopping."""
+
+    published: int
+    finished_after_stop: int
+    dropped: int
+
+    def line(self) -> str:
+        frames = f"{self.dropped} frame{'' if self.dropped == 1 else 's'}"
+        return (f"stopped: published {self.published} embeddings, {self.finished_after_stop} of them finished after "
+                f"the stop request; dropped {frames} (waiting in a mailbox, or unfinished after "
+                f"{DRAIN_TIMEOUT_S:.0f} s)")
 
 
 def open_encoder(config: NodeConfig) -> Any:
@@ -85,6 +104,16 @@ class EncoderNodeCore:
     @property
     def embedding_dim(self) -> int:
         return int(self.encoder.embedding_dim)
+
+    @property
+    def backend_name(self) -> str:
+        """The backend the encoder opened (``auto`` resolved: rknnlite, onnxruntime or sim)."""
+        return str(self.encoder.backend.name)
+
+    @property
+    def hardware_id(self) -> str:
+        """The diagnostics hardware ID: what runs the encoder and with which backend, e.g. ``rk3588-npu/rknnlite``."""
+        return f"{HARDWARE.get(self.backend_name, 'unknown')}/{self.backend_name}"
 
     def offer(self, topic: str, message: Any) -> None:
         """The subscription callback: store the frame, return at once."""
@@ -161,14 +190,16 @@ class EncoderNodeCore:
         report.values += [("labels", str(self.labels.count)), ("labels top k", str(self.labels.top_k))]
         return report
 
-    def close(self, drain: bool = True, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+    def close(self, drain: bool = True, timeout_s: float = DRAIN_TIMEOUT_S) -> ShutdownSummary | None:
         """Finish (drain, up to ``timeout_s``) or drop the frames in flight, then release the encoder (every NPU
         context). Bounded: returns within ``timeout_s`` + :data:`STUCK_GRACE_S` (plus the release of the contexts)
-        even if an NPU call never returns; such a call is logged with its core and left behind."""
+        even if an NPU call never returns; such a call is logged with its core and left behind. Returns what
+        happened, or None when already closed."""
         if self._closed:
-            return
+            return None
         self._closed = True
         deadline = time.monotonic() + timeout_s
+        before = self.stats.totals()
         try:
             self.dispatcher.stop(drain=drain, timeout=timeout_s)
         finally:
@@ -178,6 +209,10 @@ class EncoderNodeCore:
             stuck = self.encoder.close(cancel=True, timeout=remaining + STUCK_GRACE_S)
             for call in stuck or ():
                 self._error(f"shutdown: NPU {call}; left behind (its context is not released)")
+        after = self.stats.totals()
+        return ShutdownSummary(published=after.get("published", 0),
+                               finished_after_stop=after.get("published", 0) - before.get("published", 0),
+                               dropped=after.get("dropped_shutdown", 0) - before.get("dropped_shutdown", 0))
 
     # ------------------------------------------------------------------------------------------ callbacks
 

@@ -10,7 +10,9 @@ conversions, encoder, stats) lives in ROS-free modules, driven through
 from __future__ import annotations
 
 import array
+import signal
 import sys
+import threading
 from typing import Any
 
 from rk_siglip_ros.backends.base import BackendError
@@ -44,14 +46,19 @@ if rclpy is not None:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
         from diagnostic_msgs.msg import DiagnosticStatus
         from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-        from rclpy.executors import ExternalShutdownException
+        from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+        from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import CompressedImage, Image
         from vision_msgs.msg import Classification, ObjectHypothesis
     except ImportError as missing:
         MISSING_ROS_PACKAGE = missing.name or str(missing)
 
 RELIABLE_DEPTH = 10
+SIGNAL_POLL_S = 0.1  # how soon spinning notices a stop request
+# What a parameter of each default's type must be, for the one-line error when rclpy refuses a value's type.
+TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number"}
 
 
 class EncoderNode(Node):
@@ -67,14 +74,15 @@ class EncoderNode(Node):
         try:
             self._camera_subscriptions = [self._subscribe(topic, config) for topic in config.image_topics]
             self.add_on_set_parameters_callback(self._set_parameters_hook)
-            self._updater = diagnostic_updater.Updater(self, period=config.diagnostic_period)
-            self._updater.setHardwareID(f"rk3588-npu/{config.backend}")
+            self._updater = diagnostic_updater.Updater(_UpdaterHost(self), period=config.diagnostic_period)
+            self._updater.setHardwareID(self._service.hardware_id)
             self._updater.add("siglip encoder", self._diagnose)
         except BaseException:
             self._service.close(drain=False)  # release the NPU before the error propagates
             raise
         logger.info(f"encoding {', '.join(config.image_topics)} -> {config.output_topic} "
-                    f"({self._service.embedding_dim}-d, shards {config.shards}, backend {config.backend}, "
+                    f"({self._service.embedding_dim}-d, shards {config.shards}, backend {self._service.backend_name}"
+                    f"{' (auto)' if config.backend == 'auto' else ''}, "
                     f"mode {config.mode}, cores {list(config.cores)})")
         if config.labels:
             logger.info(self._labels_line())
@@ -83,16 +91,27 @@ class EncoderNode(Node):
         """Finish or drop the frames in flight and release the NPU; safe to call twice."""
         service = getattr(self, "_service", None)
         if service is not None:
-            # After an external shutdown (Jazzy's SIGINT handling) publishing fails: drop instead of draining.
-            service.close(drain=rclpy.ok())
+            # main() keeps the context alive through a SIGINT, so this drains; after an external shutdown of the
+            # context (someone else's rclpy.shutdown) publishing fails: drop instead.
+            summary = service.close(drain=rclpy.ok())
+            if summary is not None:
+                self.get_logger().info(summary.line())
 
     # ------------------------------------------------------------------------------------------------ ROS glue
 
     def _declare_parameters(self) -> dict[str, Any]:
+        """Declare every parameter; a value of the wrong type becomes a ConfigError (one line), not a traceback.
+
+        Float parameters are dynamically typed, so an integer (``max_rate_hz: 5``) is accepted in params files, on
+        the command line and at run time; config.check_number is their type check."""
         values = {}
         for name, spec in PARAMETERS.items():
-            descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
-            values[name] = self.declare_parameter(name, spec.default, descriptor).value
+            descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only,
+                                             dynamic_typing=spec.number)
+            try:
+                values[name] = self.declare_parameter(name, spec.default, descriptor).value
+            except (InvalidParameterTypeException, InvalidParameterValueException) as error:
+                raise ConfigError(f"parameter {name!r} must be {_type_name(spec.default)}: {error}") from None
         return values
 
     def _subscribe(self, topic: str, config: NodeConfig) -> Any:
@@ -164,6 +183,55 @@ class EncoderNode(Node):
         return SetParametersResult(successful=True)
 
 
+class _UpdaterHost:
+    """The node as diagnostic_updater.Updater sees it. The Updater declares its own ``diagnostic_updater.period``
+    parameter (statically typed: ``period: 2`` would be refused); the node has already declared it (validated, ints
+    accepted), so here that declaration returns the node's parameter instead of declaring a second one."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def declare_parameter(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if self._node.has_parameter(name):
+            return self._node.get_parameter(name)
+        return self._node.declare_parameter(name, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node, name)
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, list):
+        return f"a list of {TYPE_NAMES[type(default[0])].split(' ', 1)[1]}s" if default else "a list"
+    return TYPE_NAMES[type(default)]
+
+
+def _spin_until_stop_requested(node: Node) -> None:
+    """Spin until SIGINT or SIGTERM (Ctrl-C, ros2 launch's shutdown) or an external shutdown of the context.
+
+    rclpy's own signal handlers are off (see main): Humble's would shut the context down before the node could
+    publish the frames still in the encoder. Here a signal only asks spinning to stop. Ctrl-C under ros2 launch
+    arrives twice (from the terminal and forwarded by launch), so a repeated SIGINT changes nothing; a SIGTERM while
+    stopping (launch escalates to it after its sigterm_timeout) raises KeyboardInterrupt to cut the drain short.
+    """
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGTERM:
+            raise KeyboardInterrupt
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+    finally:
+        executor.remove_node(node)
+
+
 def _share_dir() -> str | None:
     try:
         return get_package_share_directory(PACKAGE)
@@ -183,20 +251,26 @@ def main(args: list[str] | None = None) -> int:
               f"sudo apt install ros-$ROS_DISTRO-{MISSING_ROS_PACKAGE.split('.')[0].replace('_', '-')}",
               file=sys.stderr)
         return EXIT_USAGE
-    rclpy.init(args=args)
+    # No rclpy signal handlers: the context must outlive Ctrl-C so the frames in flight can still be published.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     status = 0
     try:
         node = EncoderNode()
-        rclpy.spin(node)
+        _spin_until_stop_requested(node)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C / ros2 launch shutdown: fall through to the clean-up
+        pass  # a signal before spinning started, or an external shutdown: fall through to the clean-up
     except (ConfigError, ManifestError, BackendError) as error:  # a one-line reason, not a traceback
         rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
         status = EXIT_USAGE
     finally:
         if node is not None:
-            node.close()
+            try:
+                node.close()
+            except KeyboardInterrupt:
+                pass  # SIGTERM while draining: stop waiting; the encoder's close still releases the NPU
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)  # the last clean-up steps are quick: let them finish
             node.destroy_node()
         rclpy.try_shutdown()
     return status
