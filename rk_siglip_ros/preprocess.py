@@ -8,19 +8,28 @@ does not, so OpenCV would drift from the reference on camera-sized inputs.
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 from PIL import Image
 
 from .manifest import PreprocessSpec
 
-RESAMPLE_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
+RESAMPLE_NAMES = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+def resample_filters(image_module: ModuleType) -> dict[str, int]:
+    """Resample name -> PIL filter constant, for Pillow >= 9.0.
+
+    ``Image.Resampling`` only exists from Pillow 9.1; Ubuntu 22.04's python3-pil (what rosdep gives a Humble robot)
+    is 9.0.1, which has the same values as module constants (``Image.BICUBIC``). Those were deprecated in 9.1 and
+    removed in 10, so take the enum when it is there and the constants otherwise.
+    """
+    source = getattr(image_module, "Resampling", image_module)
+    return {name: int(getattr(source, name.upper())) for name in RESAMPLE_NAMES}
+
+
+RESAMPLE_FILTERS = resample_filters(Image)
 
 
 def check_image(image: object) -> np.ndarray:

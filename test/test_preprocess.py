@@ -9,7 +9,7 @@ from skimage import data as photos
 from rk_siglip_ros.builder.models import hf_image_processor
 from rk_siglip_ros.manifest import PreprocessSpec
 from rk_siglip_ros.postprocess import l2_normalise, pooled_embedding
-from rk_siglip_ros.preprocess import Preprocessor, check_image
+from rk_siglip_ros.preprocess import RESAMPLE_FILTERS, Preprocessor, check_image, resample_filters
 
 
 class _Tower:
@@ -77,3 +77,19 @@ def test_pooling_and_normalising():
     pooled = np.array([[3.0, 4.0]], np.float32)
     np.testing.assert_allclose(pooled_embedding(pooled, tokens), [0.6, 0.8], rtol=1e-6)
     assert np.all(l2_normalise(np.zeros(3, np.float32)) == 0)
+
+
+def test_resample_filters_work_with_pillow_9_0_names():
+    """Ubuntu 22.04 (Humble) ships Pillow 9.0.1: module constants only, no Image.Resampling (9.1+). A stand-in
+    module with exactly 9.0's names must give the same filters as this Pillow; so must one with only the enum
+    (Pillow 10+ removed the constants)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    pillow_9_0 = SimpleNamespace(NEAREST=0, LANCZOS=1, BILINEAR=2, BICUBIC=3, BOX=4, HAMMING=5)  # PIL/Image.py 9.0.1
+    assert resample_filters(pillow_9_0) == RESAMPLE_FILTERS
+    enum_only = SimpleNamespace(Resampling=Image.Resampling)
+    assert resample_filters(enum_only) == RESAMPLE_FILTERS
+    assert RESAMPLE_FILTERS["bicubic"] == 3 and set(RESAMPLE_FILTERS) == {"nearest", "bilinear", "bicubic", "lanczos",
+                                                                        "box", "hamming"}
