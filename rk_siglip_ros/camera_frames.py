@@ -5,11 +5,12 @@ Messages are duck-typed: a ``sensor_msgs/Image`` (encoding, height, width, step,
 Every frame is checked before it is converted, so a broken camera driver costs one skipped frame with a reason
 (:class:`BadFrame`), never a dead node.
 
-Colour conversion uses ROS's cv_bridge where it is importable (on a robot) and rosbags-image otherwise; both
-convert with OpenCV the same way. 16-bit images (mono16, rgb16, bayer_*16, ...) are scaled linearly to 8 bits
-(value * 255 / 65535), which is what both libraries do when asked for ``rgb8``: the full 16-bit range maps to
-0..255, with no auto-exposure. Compressed images are decoded with OpenCV (JPEG, PNG, anything ``cv2.imdecode``
-reads); greyscale ones are expanded to three equal channels.
+Colour conversion uses ROS's cv_bridge where it is importable (on a robot) and rosbags-image otherwise; both get
+the same compact pixels (:func:`compact_message`) and convert with OpenCV the same way, so they agree pixel for
+pixel. 16-bit images (mono16, rgb16, bayer_*16, ...) are converted at 16 bits, then scaled linearly to 8 bits with
+rounding (:func:`to_rgb8`): the full 16-bit range maps to 0..255, with no auto-exposure. Compressed images are
+decoded with OpenCV (JPEG, PNG, anything ``cv2.imdecode`` reads); greyscale ones are expanded to three equal
+channels.
 
 No rclpy or ROS message package is imported here; cv_bridge is imported lazily and only if present.
 """
@@ -41,7 +42,11 @@ RAW_ENCODINGS: dict[str, tuple[int, int]] = {
 }
 # Generic OpenCV encodings carry no colour order; ROS treats them as mono8 / bgr8.
 GENERIC_ALIASES = {"8UC1": "mono8", "8UC3": "bgr8"}
+# Newer names (sensor_msgs image_encodings, Iron+) for the YUV 4:2:2 layouts Humble's cv_bridge only knows by their
+# old names: uyvy is "yuv422" (U Y0 V Y1), yuyv is "yuv422_yuy2" (Y0 U Y1 V).
+CV_BRIDGE_NAMES = {"uyvy": "yuv422", "yuyv": "yuv422_yuy2"}
 TARGET_ENCODING = "rgb8"
+TARGET_ENCODING_16 = "rgb16"  # 16-bit input converts at full depth first, then scales to 8 bits (see to_rgb8)
 
 
 class BadFrame(ValueError):  # noqa: N818 -- the name is the cross-team interface
@@ -113,21 +118,57 @@ def _pixels(msg: Any, pixel_bytes: int, channel_bytes: int) -> np.ndarray:
 
 
 def _rgb_from_raw(msg: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
-    encoding, _, _ = check_raw(msg)  # validates first, whichever library converts
+    return convert_with(None, msg, max_pixels)
+
+
+def convert_with(library: str | None, msg: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """A raw Image message -> RGB uint8 (H, W, 3); raises BadFrame.
+
+    ``library``: None for the one this process uses (cv_bridge where importable, as on a robot), or "cv_bridge" /
+    "rosbags-image" to pick one (the tests check that both give the same pixels).
+    """
+    encoding, pixel_bytes, channel_bytes = check_raw(msg)  # validates first, whichever library converts
     width, height = int(msg.width), int(msg.height)
     if max_pixels > 0 and width * height > max_pixels:
         raise BadFrame(f"{width}x{height} = {width * height / 1e6:.1f} MP is above the limit of "
                        f"{max_pixels / 1e6:g} MP (max_image_pixels)")
     if encoding in GENERIC_ALIASES:
-        # cv_bridge would pass 8UC3 through unswapped; read generics the same way everywhere (as mono8 / bgr8).
+        # cv_bridge refuses 8UC1/8UC3 -> rgb8 ("not a color format"); read generics the same way everywhere.
         encoding, convert = GENERIC_ALIASES[encoding], _convert_with_rosbags
+    elif library == "rosbags-image":
+        convert = _convert_with_rosbags
     else:
         convert = _colour_converter()  # outside the try: a missing library is not a bad frame
+        if library == "cv_bridge" and convert is _convert_with_rosbags:
+            raise RuntimeError("cv_bridge is not importable in this process: source a ROS 2 (it ships cv_bridge)")
+    compact = compact_message(msg, encoding, pixel_bytes, channel_bytes)
     try:
-        rgb = convert(msg, encoding)
+        rgb = convert(compact, TARGET_ENCODING_16 if channel_bytes == 2 else TARGET_ENCODING)
     except Exception as error:  # cv2.error, ImageConversionError, CvBridgeError: all mean "this frame is bad"
         raise BadFrame(f"cannot convert {encoding} to {TARGET_ENCODING}: {error}") from error
-    return _checked_rgb(rgb)
+    return _checked_rgb(to_rgb8(rgb))
+
+
+def compact_message(msg: Any, encoding: str, pixel_bytes: int, channel_bytes: int) -> SimpleNamespace:
+    """The message's pixels as an Image-like object both converters read the same way: rows without padding
+    (``step`` = width x pixel bytes), native byte order, ``encoding`` as given.
+
+    Neither library honours every ``step``: rosbags-image ignores it, and cv_bridge derives the width from it
+    (step / pixel size), which misreads rows whose padding is not a whole number of pixels (rgba8 with 6 bytes of
+    padding came out scrambled).
+    """
+    pixels = _pixels(msg, pixel_bytes, channel_bytes)
+    height, width = pixels.shape[:2]
+    return SimpleNamespace(encoding=encoding, height=height, width=width, step=width * pixel_bytes,
+                           is_bigendian=int(sys.byteorder == "big"), data=pixels.reshape(-1).view(np.uint8))
+
+
+def to_rgb8(rgb: np.ndarray) -> np.ndarray:
+    """16-bit RGB -> 8 bits, value x 255 / 65535 rounded to the nearest integer (what cv_bridge's convertTo does;
+    rosbags-image truncates, up to one level darker). 8-bit input is returned as is."""
+    if rgb.dtype != np.uint16:
+        return rgb
+    return ((rgb.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # exact: v / 257 is never a tie
 
 
 @functools.lru_cache(maxsize=1)
@@ -139,23 +180,19 @@ def _colour_converter() -> Callable[[Any, str], np.ndarray]:
         return _convert_with_rosbags
     bridge = CvBridge()
 
-    def convert_with_cv_bridge(msg: Any, encoding: str) -> np.ndarray:
-        # cv_bridge reads step and byte order itself: give it the original message, its encoding unchanged.
-        del encoding
-        return bridge.imgmsg_to_cv2(msg, desired_encoding=TARGET_ENCODING)
+    def convert_with_cv_bridge(compact: Any, target: str) -> np.ndarray:
+        named = SimpleNamespace(**{**vars(compact), "encoding": CV_BRIDGE_NAMES.get(compact.encoding,
+                                                                                    compact.encoding)})
+        return bridge.imgmsg_to_cv2(named, desired_encoding=target)
 
     return convert_with_cv_bridge
 
 
-def _convert_with_rosbags(msg: Any, encoding: str) -> np.ndarray:
-    """``encoding``: the message's, or the colour encoding a generic one (8UC1, 8UC3) is read as."""
-    # rosbags-image ignores `step`: hand it a compact native-endian copy of the pixels instead of the original.
+def _convert_with_rosbags(compact: Any, target: str) -> np.ndarray:
+    """``compact``: from :func:`compact_message`; ``target``: rgb8, or rgb16 for 16-bit input."""
     from rosbags.image import message_to_cvimage
 
-    pixels = _pixels(msg, *RAW_ENCODINGS[str(msg.encoding)])
-    compact = SimpleNamespace(encoding=encoding, height=pixels.shape[0], width=pixels.shape[1],
-                              is_bigendian=int(sys.byteorder == "big"), data=pixels.reshape(-1).view(np.uint8))
-    return message_to_cvimage(compact, TARGET_ENCODING)
+    return message_to_cvimage(compact, target)
 
 
 def conversion_library() -> str:
