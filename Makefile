@@ -73,5 +73,9 @@ bench: setup
 demo: setup
 	$(BIN)/python tools/demo.py
 
+# The demo's sample camera bag into the real node through ros2 launch (tools/ros_demo.py --help for options).
+ros-demo: setup
+	$(call with_ros,python tools/ros_demo.py)
+
 clean:
 	rm -rf $(VENV) build install log *.egg-info .pytest_cache

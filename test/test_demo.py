@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
-from repo_tools import load_tool
+from repo_tools import TOOLS_DIR, load_tool
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
@@ -108,3 +111,14 @@ def test_demo_labels_and_search_the_sample_bag(demo_run):
     assert (out / "search_sheet.png").stat().st_size > 0
     assert "label probabilities and search ranks are meaningless" in text
     assert 'search_bag your_bag_siglip "a red door"' in text
+
+
+def test_ros_demo_without_ros_says_so_in_one_line():
+    """`make ros-demo` where no ROS 2 is available: a clear line, exit 0 (test/ros runs the real thing)."""
+    env = {**os.environ, "RK_SIGLIP_NO_ROS": "no ROS 2: source /opt/ros/<distro>/setup.bash"}
+    result = subprocess.run([sys.executable, str(TOOLS_DIR / "ros_demo.py")], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.strip().splitlines() == [
+        "ros-demo: skipped, no ROS 2: source /opt/ros/<distro>/setup.bash. `make demo` runs the same bag through "
+        "encode_bag without ROS."]
