@@ -1,5 +1,6 @@
-"""A node that cannot start says why in one line and exits 1: every bad parameter value (command line and params
-file), a missing shard set, a corrupt one. No traceback, ever. Integers for float parameters are not errors."""
+"""A node that cannot start says why in one line and exits 2 (EXIT_USAGE, as every rk_siglip_ros tool for bad
+parameters or setup): every bad parameter value (command line and params file), a missing shard set, a corrupt one.
+No traceback, ever. Integers for float parameters are not errors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 import ros_support
 
 ros_support.require_ros()
+
+from rk_siglip_ros.node.encoder_node import EXIT_USAGE  # noqa: E402
 
 PARALLEL_STARTS = 4
 # (-p argument, text the one line must contain)
@@ -28,6 +31,7 @@ BAD_VALUES = [
     ("image_topics:=['/a','/a']", "image_topics lists a topic twice"),
     ("image_topics:=['']", "image_topics must list at least one topic name"),
     ("output_topic:=' '", "output_topic must not be empty"),
+    ("max_image_pixels:=-5", "max_image_pixels must be a whole number >= 0"),
     # Wrong types: rclpy refuses them before the node's own checks; still one line naming the parameter.
     ("mode:=5", "parameter 'mode'"),
     ("cores:=fast", "parameter 'cores'"),
@@ -43,15 +47,15 @@ def node_lines(output: str) -> list[str]:
             if line.strip() and "is not multicast-capable" not in line and not line.startswith("[ros2run]")]
 
 
-def assert_one_line_exit_1(process: ros_support.RosProcess, expected: str) -> None:
+def assert_one_line_exit_2(process: ros_support.RosProcess, expected: str) -> None:
     code = process.wait()
     lines = node_lines(process.output)
-    assert code == 1, f"exit {code}:\n{process.output}"
+    assert code == EXIT_USAGE, f"exit {code}:\n{process.output}"
     assert "Traceback" not in process.output, process.output
     assert len(lines) == 1 and expected in lines[0], process.output
 
 
-def test_each_bad_parameter_value_exits_1_with_one_line(installed_env: dict[str, str], tiny_shards: Path) -> None:
+def test_each_bad_parameter_value_exits_2_with_one_line(installed_env: dict[str, str], tiny_shards: Path) -> None:
     # A few at a time: each costs a Python start-up. Not all at once: on the loopback (no multicast) Cyclone DDS
     # gives a domain about ten participants per machine ("Failed to find a free participant index").
     for start in range(0, len(BAD_VALUES), PARALLEL_STARTS):
@@ -60,24 +64,24 @@ def test_each_bad_parameter_value_exits_1_with_one_line(installed_env: dict[str,
                      for argument, expected in batch]
         for process, expected in processes:
             with ros_support.running(process):
-                assert_one_line_exit_1(process, expected)
+                assert_one_line_exit_2(process, expected)
 
 
-def test_a_bad_value_in_a_params_file_exits_1_with_one_line(installed_env: dict[str, str], tiny_shards: Path,
+def test_a_bad_value_in_a_params_file_exits_2_with_one_line(installed_env: dict[str, str], tiny_shards: Path,
                                                             tmp_path: Path) -> None:
     params = ros_support.write_params(tmp_path / "bad.yaml", shards=str(tiny_shards), max_rate_hz="ten")
     with ros_support.running(ros_support.run_node(installed_env, "--params-file", str(params))) as process:
-        assert_one_line_exit_1(process, "max_rate_hz must be a finite number >= 0 (0 = unlimited), got 'ten'")
+        assert_one_line_exit_2(process, "max_rate_hz must be a finite number >= 0 (0 = unlimited), got 'ten'")
 
 
 def test_missing_shard_set_says_how_to_build_one(installed_env: dict[str, str], tmp_path: Path) -> None:
     missing = tmp_path / "no_such_shards"
     with ros_support.running(ros_support.run_node(installed_env, "-p", f"shards:={missing}")) as process:
-        assert_one_line_exit_1(process, f"shards folder {missing} does not exist. Build a shard set with")
+        assert_one_line_exit_2(process, f"shards folder {missing} does not exist. Build a shard set with")
 
 
 @pytest.mark.parametrize("damage", ["manifest", "shard"])
-def test_corrupt_shard_set_exits_1_with_one_line(installed_env: dict[str, str], tiny_shards: Path, tmp_path: Path,
+def test_corrupt_shard_set_exits_2_with_one_line(installed_env: dict[str, str], tiny_shards: Path, tmp_path: Path,
                                                  damage: str) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny_shards, broken)
@@ -92,7 +96,7 @@ def test_corrupt_shard_set_exits_1_with_one_line(installed_env: dict[str, str], 
         assert manifest  # the manifest itself is intact
     with ros_support.running(ros_support.run_node(installed_env, "-p", f"shards:={broken}",
                                                   "-p", "backend:=onnxruntime")) as process:
-        assert_one_line_exit_1(process, expected)
+        assert_one_line_exit_2(process, expected)
 
 
 def test_the_launch_file_reports_the_one_line_and_the_exit_code(installed_env: dict[str, str],
@@ -101,7 +105,7 @@ def test_the_launch_file_reports_the_one_line_and_the_exit_code(installed_env: d
         launch.wait()
     assert "Traceback" not in launch.output, launch.output
     assert "does not exist. Build a shard set with" in launch.output
-    assert "exit code 1" in launch.output, launch.output
+    assert f"exit code {EXIT_USAGE}" in launch.output, launch.output
 
 
 def test_integers_for_float_parameters_on_the_command_line_start_the_node(
