@@ -206,13 +206,15 @@ def _type_name(default: Any) -> str:
     return TYPE_NAMES[type(default)]
 
 
-def _spin_until_stop_requested(node: Node) -> None:
-    """Spin until SIGINT or SIGTERM (Ctrl-C, ros2 launch's shutdown) or an external shutdown of the context.
+def _stop_on_signals() -> threading.Event:
+    """SIGINT and SIGTERM (Ctrl-C, ros2 launch's shutdown) set the returned event instead of raising.
 
     rclpy's own signal handlers are off (see main): Humble's would shut the context down before the node could
-    publish the frames still in the encoder. Here a signal only asks spinning to stop. Ctrl-C under ros2 launch
-    arrives twice (from the terminal and forwarded by launch), so a repeated SIGINT changes nothing; a SIGTERM while
-    stopping (launch escalates to it after its sigterm_timeout) raises KeyboardInterrupt to cut the drain short.
+    publish the frames still in the encoder. Installed before the node is built, so a Ctrl-C during start-up never
+    interrupts it half-way (which could leave encoder threads running and the process hanging): the node finishes
+    starting, then stops. Ctrl-C under ros2 launch arrives twice (from the terminal and forwarded by launch), so a
+    repeated SIGINT changes nothing; a SIGTERM while stopping (launch escalates to it after its sigterm_timeout)
+    raises KeyboardInterrupt to cut the drain short.
     """
     stop = threading.Event()
 
@@ -223,6 +225,11 @@ def _spin_until_stop_requested(node: Node) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, request_stop)
+    return stop
+
+
+def _spin_until(node: Node, stop: threading.Event) -> None:
+    """Spin until ``stop`` is set or the context is shut down from elsewhere."""
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
@@ -253,13 +260,14 @@ def main(args: list[str] | None = None) -> int:
         return EXIT_USAGE
     # No rclpy signal handlers: the context must outlive Ctrl-C so the frames in flight can still be published.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = _stop_on_signals()
     node = None
     status = 0
     try:
         node = EncoderNode()
-        _spin_until_stop_requested(node)
+        _spin_until(node, stop)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # a signal before spinning started, or an external shutdown: fall through to the clean-up
+        pass  # SIGTERM twice, or an external shutdown: fall through to the clean-up
     except (ConfigError, ManifestError, BackendError) as error:  # a one-line reason, not a traceback
         rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
         status = EXIT_USAGE

@@ -66,3 +66,17 @@ def test_sigint_publishes_the_frames_in_flight_and_exits_0(
     assert len(embeddings) == published, "an embedding the node published did not arrive"
     assert sum(1 for received_at, _ in embeddings if received_at >= interrupted) >= drained
     assert "process has finished cleanly" in node.output  # ros2 launch saw exit code 0
+
+
+def test_sigint_during_start_up_still_exits_0(installed_env: dict[str, str], tiny_shards: Path) -> None:
+    """Ctrl-C while the node is still starting (its DDS participant exists, the encoder is loading): it finishes
+    starting, then stops cleanly. A KeyboardInterrupt half-way through start-up used to leave encoder threads
+    running and the process hanging."""
+    process = ros_support.run_node(installed_env, "-p", f"shards:={tiny_shards}", "-p", "backend:=onnxruntime")
+    with ros_support.running(process):
+        # Cyclone's note on the loopback comes as the node's DDS participant is created, before the encoder loads.
+        process.wait_for_line("is not multicast-capable", timeout=10)
+        process.interrupt()
+        assert process.wait() == 0, process.output
+    assert "Traceback" not in process.output
+    assert STOP_LINE.search(process.output), process.output
