@@ -258,6 +258,8 @@ class RosClient:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._lock = threading.Lock()
+        self._running = threading.Event()
+        self._running.set()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -265,7 +267,7 @@ class RosClient:
         from rclpy.executors import ExternalShutdownException
 
         with contextlib.suppress(ExternalShutdownException):
-            while self.context.ok():
+            while self._running.is_set() and self.context.ok():
                 self.executor.spin_once(timeout_sec=0.05)
 
     def collect(self, message_type: type, topic: str, qos: Any = 10) -> list[tuple[float, Any]]:
@@ -283,10 +285,11 @@ class RosClient:
         return self.node.create_publisher(message_type, topic, qos)
 
     def close(self) -> None:
+        self._running.clear()  # the spin thread stops before the context goes away under it
+        self._thread.join(timeout=5)
         self.executor.shutdown(timeout_sec=1)
         self.node.destroy_node()
         self.context.try_shutdown()
-        self._thread.join(timeout=5)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = START_TIMEOUT_S, step: float = 0.05) -> bool:
