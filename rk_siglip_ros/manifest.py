@@ -541,23 +541,34 @@ def _check_text(manifest: Manifest, source: str) -> None:
 def verify_text_files(manifest: Manifest, source: str = "manifest") -> None:
     """Check that every text-side file exists inside the folder and matches its recorded sha256 (done when the text
     tower is opened, so a node without labels never hashes it)."""
-    assert manifest.root is not None
+    root = _root_to_check(manifest, "text", source)
     if manifest.text is None:
         raise ManifestError(f"{source}: this shard set has no text tower; {REBUILD_HINT} --text")
     for relative in manifest.text.files:
-        path = (manifest.root / relative).resolve()
-        if manifest.root not in path.parents:
-            raise ManifestError(f"{source}: text file {relative!r} resolves outside the shard folder (a symlink?); "
-                                "copy the file into the folder")
-        if not path.is_file():
-            raise ManifestError(f"{source}: text file {path} is missing; {REBUILD_HINT} --text")
-        expected = manifest.text.sha256.get(relative)
-        if expected is None:
-            raise ManifestError(f"{source}: no sha256 recorded for text file {relative!r}; {REBUILD_HINT} --text")
-        actual = file_sha256(path)
-        if actual != expected:
-            raise ManifestError(f"{source}: {path} has been modified or corrupted (sha256 {actual[:12]}..., "
-                                f"manifest expects {expected[:12]}...); {REBUILD_HINT} --text")
+        _check_file(root, relative, manifest.text.sha256.get(relative), "text file", source, f"{REBUILD_HINT} --text")
+
+
+def _root_to_check(manifest: Manifest, kind: str, source: str) -> Path:
+    if manifest.root is None:
+        raise ManifestError(f"{source}: the manifest has no folder (root) to check its {kind} files in; load it with "
+                            "load_manifest(folder)")
+    return manifest.root
+
+
+def _check_file(root: Path, relative: str, expected: str | None, what: str, source: str, hint: str) -> None:
+    """``relative`` exists inside ``root`` (no symlink out of it) and its sha256 is ``expected``; else one line."""
+    path = (root / relative).resolve()
+    if root not in path.parents:
+        raise ManifestError(f"{source}: {what} {relative!r} resolves outside the shard folder (a symlink?); copy the "
+                            "file into the folder")
+    if not path.is_file():
+        raise ManifestError(f"{source}: {what} {path} is missing; {hint}")
+    if expected is None:
+        raise ManifestError(f"{source}: no sha256 recorded for {relative!r} ({what}); {hint}")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ManifestError(f"{source}: {path} has been modified or corrupted (sha256 {actual[:12]}..., manifest "
+                            f"expects {expected[:12]}...); {hint}")
 
 
 # ------------------------------------------------------------------------------------------------------ loading
@@ -593,25 +604,10 @@ def load_manifest(location: str | Path, verify: Iterable[str] = FILE_KINDS) -> M
 
 def verify_files(manifest: Manifest, kind: str, source: str = "manifest") -> None:
     """Check that every shard file of ``kind`` exists inside the folder and matches its recorded sha256."""
-    if manifest.root is None:
-        raise ManifestError(f"{source}: the manifest has no folder (root) to check its {kind} files in; load it with "
-                            "load_manifest(folder)")
+    root = _root_to_check(manifest, kind, source)
     for shard in manifest.shards:
         relative = shard.file(kind)
-        if relative is None:
-            continue
-        path = (manifest.root / relative).resolve()
-        if manifest.root not in path.parents:
-            raise ManifestError(f"{source}: shard {shard.name} {kind} file {relative!r} resolves outside the shard "
-                                "folder (a symlink?); copy the file into the folder")
-        if not path.is_file():
-            raise ManifestError(f"{source}: shard {shard.name} {kind} file {path} is missing; {REBUILD_HINT}")
-        expected = shard.sha256.get(relative)
-        if expected is None:
-            raise ManifestError(f"{source}: shard {shard.name} has no sha256 recorded for {relative!r}; "
-                                f"{REBUILD_HINT}")
-        actual = file_sha256(path)
-        if actual != expected:
-            raise ManifestError(f"{source}: {path} has been modified or corrupted (sha256 {actual[:12]}..., "
-                                f"manifest expects {expected[:12]}...); {REBUILD_HINT}")
+        if relative is not None:
+            _check_file(root, relative, shard.sha256.get(relative), f"shard {shard.name} {kind} file", source,
+                        REBUILD_HINT)
     manifest.verified_kinds = manifest.verified_kinds | {kind}

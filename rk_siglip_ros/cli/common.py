@@ -23,13 +23,14 @@ from ..backends import BACKENDS, BackendError
 from ..bag.errors import BagError, one_line
 from ..camera_frames import BadFrame
 from ..image_header import DEFAULT_MAX_IMAGE_PIXELS
-from ..manifest import ManifestError
+from ..manifest import Manifest, ManifestError
 from ..scheduler import MODES
-from ..text import TEXT_BATCH, TextError
+from ..text import TEXT_BATCH, LabelSet, TextError
 
 __all__ = [
     "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_STATUS_HELP", "EXIT_USAGE", "SETUP_ERRORS",
-    "add_encoder_options", "add_max_image_pixels_option", "one_line", "parse_cores", "run_tool", "text_progress",
+    "add_encoder_options", "add_max_image_pixels_option", "embed_labels", "one_line", "parse_cores", "run_tool",
+    "text_progress",
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -117,3 +118,16 @@ def text_progress(total: int, desc: str) -> Iterator[Callable[[int], object] | N
 
     with tqdm(total=total, unit="text", desc=desc, file=sys.stderr) as bar:
         yield bar.update
+
+
+def embed_labels(shards: str | Path | Manifest, labels: list[str], prog: str) -> LabelSet:
+    """The labels embedded once with the shard set's text tower (TextError: no tower, bad labels), with a progress
+    bar for many and a note on stderr when a label was cut to the tokenizer's length."""
+    from ..text import TextEncoder
+
+    with TextEncoder.open(shards) as text, text_progress(len(labels), f"{prog}: labels") as progress:
+        label_set = text.label_set(labels, progress=progress)
+    note = label_set.truncation_note()
+    if note:
+        print(f"{prog}: {note}", file=sys.stderr)
+    return label_set

@@ -24,7 +24,7 @@ from ..bag import (
 )
 from ..bag.replay import DEFAULT_TOP_K
 from ..labels_msg import LABELS_TOPIC
-from ..text import LabelSet, TextError, check_texts
+from ..text import TextError, check_texts
 from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -33,9 +33,9 @@ from .common import (
     SETUP_ERRORS,
     add_encoder_options,
     add_max_image_pixels_option,
+    embed_labels,
     one_line,
     run_tool,
-    text_progress,
 )
 
 DESCRIPTION = """\
@@ -120,7 +120,7 @@ def _encode(plan: ReplayPlan, args: argparse.Namespace) -> int:
         from ..encoder import SiglipEncoder  # after the cheap checks: it loads ONNX Runtime / RKNN-Lite
 
         if args.labels is not None:
-            plan.labels, plan.labels_top_k = _label_set(args.shards, args.labels), args.labels_top_k
+            plan.labels, plan.labels_top_k = embed_labels(args.shards, args.labels, "encode_bag"), args.labels_top_k
         encoder = SiglipEncoder.open(args.shards, backend=args.backend, mode=args.mode, cores=args.cores)
     except KeyboardInterrupt:
         print("encode_bag: interrupted; nothing written", file=sys.stderr)
@@ -142,18 +142,6 @@ def _encode(plan: ReplayPlan, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(format_summary(summary))
     return EXIT_OK
-
-
-def _label_set(shards: Path, labels: list[str]) -> LabelSet:
-    """The labels embedded once with the shard set's text tower (TextError without one)."""
-    from ..text import TextEncoder
-
-    with TextEncoder.open(shards) as text, text_progress(len(labels), "encode_bag: labels") as progress:
-        label_set = text.label_set(labels, progress=progress)
-    note = label_set.truncation_note()
-    if note:
-        print(f"encode_bag: {note}", file=sys.stderr)
-    return label_set
 
 
 if __name__ == "__main__":

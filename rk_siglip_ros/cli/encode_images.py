@@ -14,13 +14,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..camera_frames import BadFrame
 from ..image_header import ImageHeaderError, ImageTooLargeError, check_declared_size
-from .common import EXIT_OK, EXIT_STATUS_HELP, add_encoder_options, add_max_image_pixels_option, run_tool, text_progress
+from .common import EXIT_OK, EXIT_STATUS_HELP, add_encoder_options, add_max_image_pixels_option, embed_labels, run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +70,9 @@ def _run(args: argparse.Namespace) -> int:
     from ..manifest import load_manifest
 
     # Bad labels or a shard set without a text tower: refused before any image is encoded.
-    labels = _label_set(load_manifest(args.shards, verify=()), args.labels) if args.labels is not None else None
+    labels = None
+    if args.labels is not None:
+        labels = embed_labels(load_manifest(args.shards, verify=()), args.labels, "encode_images")
     with SiglipEncoder.open(args.shards, backend=args.backend, mode=args.mode, cores=args.cores) as encoder:
         start = time.perf_counter()
         embeddings = encoder.encode_batch(images)
@@ -87,18 +88,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"encode_images: {len(labels)} label(s) -> {args.scores} {outputs[args.scores].shape} float32 "
               "probabilities")
     return EXIT_OK
-
-
-def _label_set(manifest: Any, labels: list[str]) -> Any:
-    """The labels embedded once by the shard set's text tower (TextError: no tower, bad labels)."""
-    from ..text import TextEncoder
-
-    with TextEncoder.open(manifest) as text, text_progress(len(labels), "encode_images: labels") as progress:
-        label_set = text.label_set(labels, progress=progress)
-    note = label_set.truncation_note()
-    if note:
-        print(f"encode_images: {note}", file=sys.stderr)
-    return label_set
 
 
 def save_all(arrays: dict[Path, np.ndarray]) -> None:
