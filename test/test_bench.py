@@ -73,7 +73,7 @@ def test_bench_onnxruntime_measures_host_overhead(shard_factory, tmp_path, capsy
 def test_bench_rejects_bad_arguments(shard_factory, args, capsys):
     try:
         status = bench(["--shards", str(shard_factory()), *args])
-    except SystemExit as exit_info:  # argparse refuses --modes itself, with the same status
+    except SystemExit as exit_info:  # argparse refuses these itself, with the same status
         status = exit_info.code
     assert status == 2
     assert "bench:" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..measure import BenchResult, bench_encoder, format_table, verdict
-from .common import EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE, add_encoder_options, run_tool
+from .common import EXIT_OK, EXIT_STATUS_HELP, add_encoder_options, parse_image_size, positive_int, run_tool
 
 
 def plot(results: Sequence[BenchResult], path: Path) -> None:
@@ -55,11 +55,12 @@ def plot(results: Sequence[BenchResult], path: Path) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0], epilog=EXIT_STATUS_HELP)
     add_encoder_options(parser, several_shards=True, several_modes=True)
-    parser.add_argument("--frames", type=int, default=20,
+    parser.add_argument("--frames", type=positive_int, default=20,
                         help="frames measured per configuration, rounded up to a multiple of the encoder's capacity "
                              "(default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="frames run before measuring (default 2)")
-    parser.add_argument("--image-size", default="640x480", help="input frame WIDTHxHEIGHT (default 640x480)")
+    parser.add_argument("--image-size", type=parse_image_size, default="640x480",
+                        help="input frame WIDTHxHEIGHT (default 640x480)")
     parser.add_argument("--timing-profile", default=None,
                         help="sim: comma-separated packaged profile names or JSON files (e.g. one selfcheck "
                              "fitted); default: every packaged profile, side by side")
@@ -87,18 +88,10 @@ def profile_label(timing: str | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        width, height = (int(v) for v in args.image_size.lower().split("x"))
-    except ValueError:
-        print("bench: error: --image-size is WIDTHxHEIGHT, e.g. 640x480", file=sys.stderr)
-        return EXIT_USAGE
-    if args.frames < 1:
-        print("bench: error: --frames must be >= 1", file=sys.stderr)
-        return EXIT_USAGE
-    return run_tool("bench", lambda: _run(args, width, height))
+    return run_tool("bench", lambda: _run(args))
 
 
-def _run(args: argparse.Namespace, width: int, height: int) -> int:
+def _run(args: argparse.Namespace) -> int:
     from ..encoder import SiglipEncoder
     from ..manifest import load_manifest
 
@@ -118,7 +111,7 @@ def _run(args: argparse.Namespace, width: int, height: int) -> int:
                                              timing_profile=timing, time_scale=time_scale)
                 with encoder:
                     result = bench_encoder(encoder, frames=args.frames, warmup=args.warmup,
-                                           image_size=(height, width), time_scale=time_scale, label=str(shards),
+                                           image_size=args.image_size, time_scale=time_scale, label=str(shards),
                                            timing_profile=profile_label(timing))
                 results.append(result)
                 print(f"  {result.label:<40} {result.frames_per_s:7.2f} frames/s  p50 "

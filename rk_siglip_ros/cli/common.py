@@ -29,7 +29,8 @@ from ..text import TEXT_BATCH, LabelSet, TextError
 
 __all__ = [
     "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_STATUS_HELP", "EXIT_USAGE", "SETUP_ERRORS",
-    "add_encoder_options", "add_max_image_pixels_option", "embed_labels", "one_line", "parse_cores", "run_tool",
+    "add_encoder_options", "add_max_image_pixels_option", "embed_labels", "one_line", "parse_cores",
+    "parse_image_size", "positive_int", "run_tool",
     "text_progress",
 ]
 
@@ -53,6 +54,28 @@ def parse_cores(text: str) -> tuple[int, ...]:
     if not cores or min(cores) < 0 or len(set(cores)) != len(cores):
         raise argparse.ArgumentTypeError(f"{text!r}: expected distinct core numbers >= 0, e.g. 0,1,2")
     return cores
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``--image-size 640x480`` -> (480, 640): (height, width) of a test frame (an argparse ``type``)."""
+    try:
+        width, height = (int(value) for value in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be at least 1")
+    return height, width
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (an argparse ``type``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
+    return value
 
 
 def _modes(text: str) -> list[str]:

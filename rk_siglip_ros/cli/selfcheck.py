@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .common import EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE, add_encoder_options, run_tool
+from .common import EXIT_OK, EXIT_STATUS_HELP, add_encoder_options, parse_image_size, positive_int, run_tool
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -28,10 +28,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawTextHelpFormatter)
     add_encoder_options(parser, several_shards=True, several_modes=True)
     parser.add_argument("--out", type=Path, default=Path("selfcheck_out"), help="output folder (default selfcheck_out)")
-    parser.add_argument("--frames", type=int, default=10, help="frames per shard set x mode (default 10)")
-    parser.add_argument("--call-frames", type=int, default=3,
+    parser.add_argument("--frames", type=positive_int, default=10, help="frames per shard set x mode (default 10)")
+    parser.add_argument("--call-frames", type=positive_int, default=3,
                         help="frames per core when timing shard calls, one at a time (default 3)")
-    parser.add_argument("--image-size", default="640x480", help="input frame WIDTHxHEIGHT (default 640x480)")
+    parser.add_argument("--image-size", type=parse_image_size, default="640x480",
+                        help="input frame WIDTHxHEIGHT (default 640x480)")
     parser.add_argument("--timing-profile", default=None, help="sim only: the profile that generates the times")
     parser.add_argument("--time-scale", type=float, default=1.0, help="sim only: run this much faster than real time")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -40,18 +41,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        width, height = (int(v) for v in args.image_size.lower().split("x"))
-    except ValueError:
-        print("selfcheck: error: --image-size is WIDTHxHEIGHT, e.g. 640x480", file=sys.stderr)
-        return EXIT_USAGE
-    if args.frames < 1 or args.call_frames < 1:
-        print("selfcheck: error: --frames and --call-frames must be >= 1", file=sys.stderr)
-        return EXIT_USAGE
-    return run_tool("selfcheck", lambda: _run(args, width, height))
+    return run_tool("selfcheck", lambda: _run(args))
 
 
-def _run(args: argparse.Namespace, width: int, height: int) -> int:
+def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..measure import format_table, set_names
@@ -70,7 +63,7 @@ def _run(args: argparse.Namespace, width: int, height: int) -> int:
     try:
         report = run_selfcheck(args.shards, args.out, backend=args.backend, cores=args.cores, modes=args.modes,
                                frames=args.frames, call_frames=args.call_frames, timing_profile=args.timing_profile,
-                               time_scale=args.time_scale, image_size=(height, width), progress=progress)
+                               time_scale=args.time_scale, image_size=args.image_size, progress=progress)
         bar.update(1)
     finally:
         bar.close()
