@@ -24,6 +24,11 @@ def shard_data_files() -> list[tuple[str, list[str]]]:
     return entries
 
 
+def config_files() -> list[str]:
+    """config/: the node's parameter defaults (*.yaml) and DDS settings (*.xml, e.g. cyclonedds_large_images.xml)."""
+    return [str(p.relative_to(HERE)) for p in sorted((HERE / "config").iterdir()) if p.suffix in (".yaml", ".xml")]
+
+
 setup(
     name=PACKAGE,
     version="0.1.0",
@@ -33,7 +38,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", [str(p.relative_to(HERE)) for p in sorted((HERE / "launch").glob("*.launch.py"))]),
-        (f"share/{PACKAGE}/config", [str(p.relative_to(HERE)) for p in sorted((HERE / "config").glob("*.yaml"))]),
+        (f"share/{PACKAGE}/config", config_files()),
         *shard_data_files(),
     ],
     # install_requires stays minimal on purpose: on a ROS 2 robot numpy/OpenCV/Pillow come from apt (rosdep), which

@@ -23,6 +23,7 @@ EXPECTED_INSTALL = [
     (f"share/{PACKAGE}/package.xml", False),
     (f"share/{PACKAGE}/launch/encoder.launch.py", False),
     (f"share/{PACKAGE}/config/encoder.yaml", False),
+    (f"share/{PACKAGE}/config/cyclonedds_large_images.xml", False),
     (f"share/{PACKAGE}/shards/default/manifest.json", False),
     *((f"lib/{PACKAGE}/{script}", True) for script in
       ("encoder_node", "build_shards", "encode_images", "encode_bag", "bench")),

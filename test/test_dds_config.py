@@ -1,0 +1,90 @@
+"""The shipped DDS config for large images and how the launch file applies it (rk_siglip_ros.node.dds), off-ROS.
+
+Under a real ROS 2, test/ros/test_dds.py checks that Cyclone accepts the file and that the node starts with it where
+the kernel grants less than it asks for."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from rk_siglip_ros.node.dds import (
+    CYCLONEDDS_URI,
+    LARGE_IMAGES_FILE,
+    DdsConfigError,
+    cyclonedds_uri,
+    dds_config_file,
+    kernel_receive_buffer_limit,
+    node_environment,
+    uses_large_image_config,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+SHIPPED = CONFIG_DIR / LARGE_IMAGES_FILE
+NS = {"c": "https://cdds.io/config"}
+
+
+def test_shipped_config_asks_for_a_large_buffer_without_a_minimum() -> None:
+    root = ET.parse(SHIPPED).getroot()
+    domain = root.find("c:Domain", NS)
+    assert domain is not None and domain.get("id") == "any"  # ROS_DOMAIN_ID still chooses the domain
+    element = domain.find("c:Internal/c:SocketReceiveBufferSize", NS)
+    assert element is not None
+    # min="default": a kernel that grants less (net.core.rmem_max) is a warning, never a start-up failure.
+    assert element.get("min") == "default"
+    assert element.get("max") == "64MB"
+    # Nothing else: interfaces, peers and the rest stay as the environment (ROS_LOCALHOST_ONLY, ...) sets them.
+    assert [child.tag.split("}")[1] for child in domain] == ["Internal"]
+
+
+def test_large_images_is_the_shipped_file_and_empty_means_the_same() -> None:
+    assert dds_config_file("large_images", CONFIG_DIR) == SHIPPED.resolve()
+    assert dds_config_file("  ", CONFIG_DIR) == SHIPPED.resolve()
+
+
+def test_none_means_no_file_and_no_environment_change() -> None:
+    assert dds_config_file("none", CONFIG_DIR) is None
+    assert node_environment("none", CONFIG_DIR, {CYCLONEDDS_URI: "file:///mine.xml"}) == {}
+
+
+def test_a_path_is_used_as_given(tmp_path: Path) -> None:
+    own = tmp_path / "mine.xml"
+    own.write_text("<CycloneDDS/>")
+    assert dds_config_file(str(own), CONFIG_DIR) == own.resolve()
+    assert node_environment(str(own), CONFIG_DIR, {}) == {CYCLONEDDS_URI: own.resolve().as_uri()}
+
+
+def test_a_missing_file_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DdsConfigError, match=r"dds_config:=.*nope\.xml is not a file; pass large_images or none"):
+        dds_config_file(str(tmp_path / "nope.xml"), CONFIG_DIR)
+    with pytest.raises(DdsConfigError, match="large_images"):  # an install without the file says so too
+        dds_config_file("large_images", tmp_path)
+
+
+def test_our_file_goes_first_so_the_users_own_uri_wins() -> None:
+    assert cyclonedds_uri(SHIPPED) == SHIPPED.as_uri()
+    inherited = "file:///etc/robot/cyclone.xml"
+    environment = node_environment("large_images", CONFIG_DIR, {CYCLONEDDS_URI: inherited})
+    assert environment == {CYCLONEDDS_URI: f"{SHIPPED.resolve().as_uri()},{inherited}"}
+
+
+def test_kernel_limit_is_read_from_procfs_format(tmp_path: Path) -> None:
+    proc = tmp_path / "rmem_max"
+    proc.write_text("4194304\n")
+    assert kernel_receive_buffer_limit(proc) == 4194304
+    assert kernel_receive_buffer_limit(tmp_path / "absent") is None
+
+
+def test_recognises_configs_that_raise_the_receive_buffer(tmp_path: Path) -> None:
+    assert uses_large_image_config({CYCLONEDDS_URI: SHIPPED.as_uri()})
+    assert not uses_large_image_config({})
+    plain = tmp_path / "plain.xml"
+    plain.write_text("<CycloneDDS><Domain><General/></Domain></CycloneDDS>")
+    assert not uses_large_image_config({CYCLONEDDS_URI: plain.as_uri()})
+    own = tmp_path / "own.xml"
+    own.write_text(SHIPPED.read_text())
+    assert uses_large_image_config({CYCLONEDDS_URI: f"{plain.as_uri()},{own}"})  # a plain path in a list too
+    inline = '<CycloneDDS><Domain><Internal><SocketReceiveBufferSize min="default" max="8MB"/></Internal>'
+    assert uses_large_image_config({CYCLONEDDS_URI: inline})
