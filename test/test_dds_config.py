@@ -17,6 +17,7 @@ from rk_siglip_ros.node.dds import (
     cyclonedds_uri,
     dds_config_file,
     kernel_receive_buffer_limit,
+    lost_frames_hint,
     node_environment,
     uses_large_image_config,
 )
@@ -88,3 +89,13 @@ def test_recognises_configs_that_raise_the_receive_buffer(tmp_path: Path) -> Non
     assert uses_large_image_config({CYCLONEDDS_URI: f"{plain.as_uri()},{own}"})  # a plain path in a list too
     inline = '<CycloneDDS><Domain><Internal><SocketReceiveBufferSize min="default" max="8MB"/></Internal>'
     assert uses_large_image_config({CYCLONEDDS_URI: inline})
+
+
+def test_lost_frames_hint_says_what_is_missing() -> None:
+    cyclone = {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}
+    assert "dds_config:=large_images" in lost_frames_hint(cyclone, rmem_max=212992)
+    shipped = {**cyclone, CYCLONEDDS_URI: SHIPPED.as_uri()}
+    low = lost_frames_hint(shipped, rmem_max=212992)
+    assert "net.core.rmem_max = 212992" in low and "sysctl -w net.core.rmem_max=67108864" in low
+    assert "rmem_max" not in lost_frames_hint(shipped, rmem_max=64 * 1024 * 1024)
+    assert "rmw_fastrtps_cpp" in lost_frames_hint({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}, rmem_max=212992)

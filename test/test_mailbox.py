@@ -282,6 +282,70 @@ def test_bad_frames_are_counted_reported_and_skipped(image_types):
     assert any(key == "last bad frame" and CAMERAS[0] in value for key, value in dispatcher.stats.report().values)
 
 
+# ------------------------------------------------------------------------------------ serialized frames (raw=True)
+
+
+class CountingDeserializer:
+    """rosbags' CDR deserialiser for sensor_msgs/Image (what rclpy's deserialize_message does for the node),
+    counting the messages it was asked to deserialise."""
+
+    def __init__(self, typestore) -> None:
+        self.typestore, self.calls = typestore, 0
+
+    def __call__(self, raw: bytes):
+        self.calls += 1
+        return self.typestore.deserialize_cdr(raw, "sensor_msgs/msg/Image")
+
+
+def serialized_image(typestore, value: int) -> bytes:
+    return bytes(typestore.serialize_cdr(good_image(typestore.types, value), "sensor_msgs/msg/Image"))
+
+
+def test_serialized_frames_are_deserialised_only_when_dispatched():
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    deserialize = CountingDeserializer(typestore)
+    encoder = ManualEncoder(capacity=1)
+    published = Published()
+    dispatcher = Dispatcher(encoder, published, cameras=CAMERAS[:1], clock=Clock(),  # the real conversion
+                            deserialize={CAMERAS[0]: deserialize})
+    for value in range(1, 11):  # ten frames while the encoder holds the first: the mailbox keeps the newest bytes
+        dispatcher.offer(CAMERAS[0], serialized_image(typestore, value))
+        dispatcher.pump()
+    assert deserialize.calls == 1
+    encoder.complete()
+    dispatcher.pump()
+    encoder.complete()
+    dispatcher.pump()
+    assert deserialize.calls == 2  # frames 1 and 10; the eight replaced ones were never deserialised
+    assert dispatcher.stats.totals()["dropped_busy"] == 8
+    # The published frames carry the deserialised message: its header gives the stamp for latency and output.
+    assert [frame.message.header.stamp.sec for frame, _ in published.frames] == [1, 10]
+    assert [int(result.embedding[0]) for _, result in published.frames] == [1, 10]
+
+
+def test_bytes_that_do_not_deserialise_are_a_bad_frame_not_an_encoder_error():
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    problems, errors = [], []
+    encoder = ManualEncoder(capacity=1)
+    published = Published()
+    dispatcher = Dispatcher(encoder, published, cameras=CAMERAS[:2], clock=Clock(),
+                            deserialize={camera: CountingDeserializer(typestore) for camera in CAMERAS[:2]},
+                            on_bad_frame=lambda frame, reason: problems.append((frame.camera, reason)),
+                            on_error=lambda frame, reason: errors.append(reason))
+    good = serialized_image(typestore, 7)
+    dispatcher.offer(CAMERAS[0], good[: len(good) // 2])  # truncated CDR
+    dispatcher.offer(CAMERAS[1], good)
+    assert dispatcher.pump() == 1  # the bad frame gave its encoder slot to the good one
+    encoder.complete()
+    dispatcher.pump()
+    assert errors == []
+    assert len(problems) == 1 and problems[0][0] == CAMERAS[0]
+    assert "cannot deserialise the message" in problems[0][1]
+    assert published.cameras() == [CAMERAS[1]]
+    totals = dispatcher.stats.totals()
+    assert totals["bad_frames"] == 1 and "errors" not in totals
+
+
 def test_encoder_errors_are_counted_and_the_next_frame_is_served():
     errors = []
     clock = Clock()

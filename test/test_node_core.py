@@ -13,9 +13,11 @@ from skimage.data import astronaut, chelsea, coffee
 from rk_siglip_ros.camera_frames import image_from_message
 from rk_siglip_ros.embedding_msg import embedding_from_message
 from rk_siglip_ros.encoder import SiglipEncoder
+from rk_siglip_ros.node import stats as node_stats
 from rk_siglip_ros.node.config import validate
 from rk_siglip_ros.node.core import EncoderNodeCore, ShutdownSummary
 from rk_siglip_ros.node.mailbox import Dispatcher
+from rk_siglip_ros.node.stats import WARN, TopicPublishers
 
 TOPICS = ("/cam0/image_raw", "/cam1/image_raw", "/cam2/image_raw/compressed")
 
@@ -95,13 +97,13 @@ class Publishers:
         return self.outboxes[topic]
 
 
-def make_service(tiny_shards, types, **parameters):
+def make_service(tiny_shards, types, deserialize=None, environ=None, **parameters):
     publishers = Publishers(types)
     warnings, errors = [], []
     config = validate({"shards": str(tiny_shards), "backend": "onnxruntime", "image_topics": list(TOPICS),
                        **parameters})
     service = EncoderNodeCore(config, open_publisher=publishers, now_s=time.time, warn=warnings.append,
-                             error=errors.append)
+                             error=errors.append, deserialize=deserialize, environ=environ or {})
     tokens = publishers.outboxes.get(config.patch_tokens_topic, Outbox(types))  # never published to if not opened
     return service, publishers.outboxes[config.output_topic], tokens, warnings, errors, publishers
 
@@ -131,6 +133,62 @@ def test_one_embedding_per_frame_with_the_source_header(tiny_shards, types):
             assert float(vector @ expected) > 0.99999
     totals = service.stats.totals()
     assert totals["received"] == totals["published"] == 6
+
+
+def cdr_deserializers(typestore) -> dict:
+    """What the node hands the core with raw=True subscriptions (rclpy's deserialize_message bound to each topic's
+    type), made of rosbags' CDR deserialiser."""
+    def bound(msgtype: str):
+        return lambda raw: typestore.deserialize_cdr(raw, msgtype)
+
+    return {topic: bound("sensor_msgs/msg/CompressedImage" if topic.endswith("/compressed")
+                         else "sensor_msgs/msg/Image") for topic in TOPICS}
+
+
+def test_serialized_camera_messages_give_the_same_embeddings_and_headers(tiny_shards, types):
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    service, embeddings, _, warnings, errors, _ = make_service(tiny_shards, types,
+                                                               deserialize=cdr_deserializers(typestore))
+    sent = camera_messages(types, 42)
+    try:
+        for topic, message in sent.items():
+            service.offer(topic, bytes(typestore.serialize_cdr(message, message.__msgtype__)))
+            assert embeddings.wait_for(len(embeddings.messages) + 1), "no embedding published"
+        service.offer(TOPICS[0], b"\x00\x01\x00\x00garbage")  # bad CDR: a bad frame, logged with its topic
+        assert wait_until(lambda: service.stats.totals().get("bad_frames", 0) == 1)
+    finally:
+        service.close()
+    assert errors == [] and len(warnings) == 1
+    assert warnings[0].startswith(f"{TOPICS[0]}: skipped a bad frame: cannot deserialise the message (11 bytes)")
+    with SiglipEncoder.open(tiny_shards, backend="onnxruntime", mode="sequential") as reference:
+        for source, published in zip(sent.values(), embeddings.messages, strict=True):
+            assert (published.header.stamp.sec, published.header.stamp.nanosec) == (42, 250_000_000)
+            assert published.header.frame_id == source.header.frame_id
+            expected = reference.encode(image_from_message(source))
+            assert float(embedding_from_message(published)[0] @ expected) > 0.99999
+    # The latency percentiles come from the deserialised headers' stamps.
+    assert dict(service.diagnostics().values)["latency stamp->publish p50 (ms)"] != "n/a"
+
+
+def test_incompatible_qos_and_silent_publishers_are_logged_with_topic_and_cause(tiny_shards, types, monkeypatch):
+    monkeypatch.setattr(node_stats, "SILENT_WITH_PUBLISHERS_S", 0.0)  # blame at once instead of after 3 s
+    service, _, _, warnings, _, _ = make_service(tiny_shards, types, qos="reliable",
+                                                 environ={"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"})
+    try:
+        service.incompatible_qos(TOPICS[1], "RELIABILITY")
+        assert len(warnings) == 1 and warnings[0].startswith(f"{TOPICS[1]}: a publisher offers QoS incompatible")
+        assert "qos: reliable" in warnings[0] and "RELIABILITY" in warnings[0]
+        publishers = {topic: TopicPublishers(1) for topic in TOPICS}
+        report = service.diagnostics(publishers=publishers)
+        service.diagnostics(publishers=publishers)  # the same silence again: not logged twice in a row
+    finally:
+        service.close()
+    assert report.level == WARN
+    logged = warnings[1:]
+    assert len(logged) == 3 and all(any(topic in line for line in logged) for topic in TOPICS)
+    assert any("QoS incompatible" in line and TOPICS[1] in line for line in logged)
+    # Without the large-images config in the environment, lost frames point at it.
+    assert any("dds_config:=large_images" in line and TOPICS[0] in line for line in logged)
 
 
 def test_patch_tokens_are_published_with_the_same_header(tiny_shards, types):

@@ -2,7 +2,15 @@
 
 import pytest
 
-from rk_siglip_ros.node.stats import ERROR, OK, WARN, NodeStats, stamp_to_seconds
+from rk_siglip_ros.node.stats import (
+    ERROR,
+    OK,
+    SILENT_WITH_PUBLISHERS_S,
+    WARN,
+    NodeStats,
+    TopicPublishers,
+    stamp_to_seconds,
+)
 
 CAMERAS = ("/cam0/image_raw", "/cam1/image_raw/compressed")
 
@@ -63,6 +71,68 @@ def test_silent_camera_warns_with_its_topic():
     stats.received(CAMERAS[0])
     report = stats.report()
     assert report.level == WARN and f"no frames on {CAMERAS[1]}" in report.message
+
+
+# ---------------------------------------------------------------------- cameras with publishers but no frames
+
+HINT = "launch with dds_config:=large_images"
+
+
+def silent_report(clock: Clock, publishers: dict, incompatible: str | None = None, silent_s: float = 10.0):
+    """CAMERAS[0] sends, CAMERAS[1] has been silent for ``silent_s``; the report with ``publishers``."""
+    stats = NodeStats(CAMERAS, clock=clock)
+    if incompatible:
+        stats.incompatible_qos(CAMERAS[1], incompatible)
+    clock.now += silent_s
+    stats.received(CAMERAS[0])
+    return stats.report(publishers=publishers, lost_frames_hint=HINT)
+
+
+def test_publishers_but_no_frames_warns_with_topic_and_the_dds_hint():
+    report = silent_report(Clock(), {CAMERAS[0]: TopicPublishers(1), CAMERAS[1]: TopicPublishers(2)})
+    assert report.level == WARN
+    expected = f"no frames on {CAMERAS[1]} for 10 s from 2 publishers: frames likely lost in DDS; {HINT}"
+    assert report.message == expected
+    assert report.silent_with_publishers == {CAMERAS[1]: expected}  # the node logs these
+    assert values(report)[f"{CAMERAS[1]}: publishers"] == "2"
+
+
+def test_incompatible_qos_is_named_as_the_cause():
+    report = silent_report(Clock(), {CAMERAS[1]: TopicPublishers(1)}, incompatible="RELIABILITY")
+    line = report.silent_with_publishers[CAMERAS[1]]
+    assert line.startswith(f"no frames on {CAMERAS[1]} for 10 s from 1 publisher: QoS incompatible")
+    assert "RELIABILITY" in line and "qos parameter" in line and HINT not in line
+    assert report.level == WARN and line in report.message
+
+
+def test_publishers_of_another_type_are_named():
+    other = TopicPublishers(1, other_types=("sensor_msgs/msg/CompressedImage",))
+    line = silent_report(Clock(), {CAMERAS[1]: other}).silent_with_publishers[CAMERAS[1]]
+    assert "they publish sensor_msgs/msg/CompressedImage" in line and HINT not in line
+
+
+def test_no_publisher_is_said_plainly_and_not_logged():
+    report = silent_report(Clock(), {CAMERAS[1]: TopicPublishers(0)})
+    assert f"no frames on {CAMERAS[1]}: no publisher" in report.message
+    assert report.silent_with_publishers == {}
+
+
+def test_a_camera_that_just_started_is_not_blamed_yet():
+    report = silent_report(Clock(), {CAMERAS[1]: TopicPublishers(1)}, silent_s=SILENT_WITH_PUBLISHERS_S / 2)
+    assert report.silent_with_publishers == {}
+    assert report.level == WARN and HINT not in report.message  # still "no frames", without guessing a cause
+
+
+def test_frames_arriving_again_end_the_warning():
+    clock = Clock()
+    stats = NodeStats(CAMERAS, clock=clock)
+    stats.incompatible_qos(CAMERAS[1], "DURABILITY")
+    clock.now += 10.0
+    for camera in CAMERAS:  # a compatible publisher appeared
+        stats.received(camera)
+    report = stats.report(publishers={camera: TopicPublishers(2) for camera in CAMERAS}, lost_frames_hint=HINT)
+    assert report.level == OK and report.silent_with_publishers == {}
+    assert stats.totals()["incompatible_qos"] == 1
 
 
 def test_bad_frames_warn_with_topic_and_reason():

@@ -14,8 +14,9 @@ Because nothing here imports ROS, the whole path (message in -> fields out) is t
 from __future__ import annotations
 
 import functools
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +24,18 @@ from rk_siglip_ros.camera_frames import image_from_message
 from rk_siglip_ros.embedding_msg import embedding_fields
 from rk_siglip_ros.manifest import ManifestError
 from rk_siglip_ros.node.config import ConfigError, NodeConfig, check_labels, check_top_k
+from rk_siglip_ros.node.dds import kernel_receive_buffer_limit, lost_frames_hint
 from rk_siglip_ros.node.labels import EmbedLabels, NodeLabels, check_text_tower, text_tower_embedder
-from rk_siglip_ros.node.mailbox import Dispatcher, Frame
-from rk_siglip_ros.node.stats import ERROR, WARN, DiagnosticReport, LogThrottle, NodeStats, stamp_to_seconds
+from rk_siglip_ros.node.mailbox import Deserialize, Dispatcher, Frame
+from rk_siglip_ros.node.stats import (
+    ERROR,
+    WARN,
+    DiagnosticReport,
+    LogThrottle,
+    NodeStats,
+    TopicPublishers,
+    stamp_to_seconds,
+)
 
 # publish(header, fields): fields as from embedding_msg.embedding_fields; header is the source message's header object.
 PublishFields = Callable[[Any, dict[str, Any]], None]
@@ -39,6 +49,8 @@ LOG_PERIOD_S = 5.0
 DRAIN_TIMEOUT_S = 5.0
 # After the drain timeout, how long close() still waits for shard calls running now before leaving them behind.
 STUCK_GRACE_S = 0.5
+# A camera that has publishers but sends nothing stays so for long: say it every half minute, not every report.
+SILENT_LOG_PERIOD_S = 30.0
 # What each backend runs on, for the diagnostics hardware ID (never "auto": the backend actually opened).
 HARDWARE = {"rknnlite": "rk3588-npu", "sim": "rk3588-npu-simulated", "onnxruntime": "cpu"}
 
@@ -73,7 +85,12 @@ class EncoderNodeCore:
     def __init__(self, config: NodeConfig, open_publisher: OpenPublisher, now_s: Callable[[], float],
                  warn: LogLine, error: LogLine, encoder_factory: Callable[[NodeConfig], Any] = open_encoder,
                  open_labels_publisher: OpenLabelsPublisher | None = None,
-                 embed_labels: EmbedLabels | None = None, info: LogLine | None = None) -> None:
+                 embed_labels: EmbedLabels | None = None, info: LogLine | None = None,
+                 deserialize: Mapping[str, Deserialize] | None = None,
+                 environ: Mapping[str, str] = os.environ) -> None:
+        """``deserialize``: per camera topic, how to turn the serialized message its subscription delivers into a
+        message (the node subscribes with ``raw=True``; topics without one deliver messages). ``environ``: the
+        process environment, to tell which DDS settings apply when frames go missing."""
         self.config = config
         self._publish_embedding = open_publisher(config.output_topic)
         self._publish_tokens = open_publisher(config.patch_tokens_topic) if config.publish_patch_tokens else None
@@ -84,6 +101,8 @@ class EncoderNodeCore:
         self.labels = NodeLabels(embed_labels or text_tower_embedder(config.shards), config.labels_top_k)
         self.set_labels(config.labels)  # a shard set without a text tower fails here, before the NPU is opened
         self._throttle = LogThrottle(LOG_PERIOD_S)
+        self._silent_throttle = LogThrottle(SILENT_LOG_PERIOD_S)
+        self._lost_frames_hint = lost_frames_hint(environ, kernel_receive_buffer_limit())
         self._closed = False
         self.stats = NodeStats(config.image_topics)
         self._reported_cores: set[int] = set()
@@ -93,6 +112,7 @@ class EncoderNodeCore:
             self._busy = self.encoder.busy_window()  # our own window: a benchmark reading the encoder cannot reset it
             convert = functools.partial(image_from_message, max_pixels=config.max_image_pixels)
             self.dispatcher = Dispatcher(self.encoder, self._publish, cameras=config.image_topics, convert=convert,
+                                         deserialize=deserialize,
                                          max_rate_hz=config.max_rate_hz, tokens=self._publish_tokens is not None,
                                          stats=self.stats, on_bad_frame=self._on_bad_frame, on_error=self._on_error,
                                          on_failure=self._on_dispatcher_failure)
@@ -116,8 +136,17 @@ class EncoderNodeCore:
         return f"{HARDWARE.get(self.backend_name, 'unknown')}/{self.backend_name}"
 
     def offer(self, topic: str, message: Any) -> None:
-        """The subscription callback: store the frame, return at once."""
+        """The subscription callback: store the frame (serialized bytes or a message), return at once."""
         self.dispatcher.offer(topic, message)
+
+    def incompatible_qos(self, topic: str, policy: str) -> None:
+        """The subscription's incompatible-QoS event: a publisher on ``topic`` offers QoS this subscription cannot
+        match (e.g. best effort while the node asks for reliable), so DDS delivers nothing from it."""
+        self.stats.incompatible_qos(topic, policy)
+        self._log(self._warn, f"qos {topic}",
+                  f"{topic}: a publisher offers QoS incompatible with this node's subscription (qos: "
+                  f"{self.config.qos}; policy {policy}): no frames from it. Set the qos parameter to match the "
+                  f"publisher (a best-effort camera needs qos: sensor_data)")
 
     def set_max_rate(self, max_rate_hz: float) -> None:
         """A run-time change of ``max_rate_hz``; raises ConfigError (a ValueError) for a value start would refuse."""
@@ -164,9 +193,15 @@ class EncoderNodeCore:
     def set_labels_top_k(self, top_k: Any) -> None:
         self.labels.set_top_k(check_top_k(top_k))
 
-    def diagnostics(self) -> DiagnosticReport:
+    def diagnostics(self, publishers: Mapping[str, TopicPublishers] | None = None) -> DiagnosticReport:
+        """The report for /diagnostics. ``publishers``: who publishes on each camera topic (from the ROS graph), so
+        a camera with publishers but no frames is explained, in the report and in a (throttled) log line."""
         report = self.stats.report(core_busy=self._busy.read(), in_flight=self.dispatcher.in_flight,
-                                   capacity=self.encoder.capacity)
+                                   capacity=self.encoder.capacity, publishers=publishers,
+                                   lost_frames_hint=self._lost_frames_hint)
+        for topic, line in report.silent_with_publishers.items():
+            if self._silent_throttle.admit(topic) is not None:
+                self._warn(line)
         retired = self.encoder.retired_cores()
         for core, why in sorted(retired.items()):
             report.values.append((f"core {core} status", f"out of rotation: {why}"))

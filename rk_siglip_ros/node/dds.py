@@ -85,3 +85,20 @@ def uses_large_image_config(environ: Mapping[str, str]) -> bool:
         except OSError:
             continue
     return False
+
+
+def lost_frames_hint(environ: Mapping[str, str], rmem_max: int | None) -> str:
+    """What to do when a camera topic has publishers of the right type and QoS but no frames arrive: the usual cause
+    is raw images larger than the DDS receive buffer (lost whole over best effort)."""
+    rmw = environ.get("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
+    if "cyclonedds" not in rmw:
+        return (f"large raw images are lost when the DDS receive buffer is too small: raise {rmw}'s socket receive "
+                f"buffer, and net.core.rmem_max ({SYSCTL_HINT})")
+    if not uses_large_image_config(environ):
+        return ("large raw images overflow Cyclone DDS's default receive buffer: launch with "
+                "dds_config:=large_images, or export CYCLONEDDS_URI=file://<share>/rk_siglip_ros/config/"
+                f"{LARGE_IMAGES_FILE} (README: Large images and DDS)")
+    if rmem_max is not None and rmem_max < REQUESTED_RECEIVE_BUFFER:
+        return (f"the DDS config for large images is in use, but the kernel caps the receive buffer at "
+                f"net.core.rmem_max = {rmem_max} bytes: {SYSCTL_HINT}")
+    return "check the publisher's side (ros2 topic info -v <topic>, ros2 topic hz <topic>)"

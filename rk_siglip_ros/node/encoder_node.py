@@ -10,6 +10,7 @@ conversions, encoder, stats) lives in ROS-free modules, driven through
 from __future__ import annotations
 
 import array
+import functools
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ from rk_siglip_ros.node.config import (
     validate,
 )
 from rk_siglip_ros.node.core import EncoderNodeCore
+from rk_siglip_ros.node.stats import TopicPublishers
 
 EXIT_USAGE = 2  # bad parameters / setup, as rk_siglip_ros.cli.common.EXIT_USAGE (not imported: it pulls in rosbags)
 NOT_SOURCED = "encoder_node: ROS 2 is not sourced: source /opt/ros/<distro>/setup.bash"
@@ -48,12 +50,17 @@ if rclpy is not None:
         from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
         from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
         from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind, qos_profile_sensor_data
+        from rclpy.serialization import deserialize_message
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import CompressedImage, Image
         from vision_msgs.msg import Classification, ObjectHypothesis
     except ImportError as missing:
         MISSING_ROS_PACKAGE = missing.name or str(missing)
+    try:  # Iron and later; Humble has it as rclpy.qos_event
+        from rclpy.event_handler import SubscriptionEventCallbacks
+    except ImportError:
+        from rclpy.qos_event import SubscriptionEventCallbacks
 
 RELIABLE_DEPTH = 10
 SIGNAL_POLL_S = 0.1  # how soon spinning notices a stop request
@@ -64,13 +71,19 @@ TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: 
 class EncoderNode(Node):
     """Parameters -> EncoderNodeCore; subscriptions feed it, its callbacks publish."""
 
-    def __init__(self) -> None:
+    def __init__(self, serialized: bool = True) -> None:
+        """``serialized``: take camera messages as CDR bytes (``raw=True``) and deserialise only the frames that are
+        encoded; False takes typed messages (every frame deserialised; the benchmark's baseline)."""
         super().__init__(NODE_NAME)
         config = validate(self._declare_parameters(), share_dir=_share_dir())
         logger = self.get_logger()
+        self._serialized = serialized
+        deserialize = ({topic: functools.partial(deserialize_message, message_type=_message_class(topic))
+                        for topic in config.image_topics} if serialized else None)
         self._service = EncoderNodeCore(config, open_publisher=self._open_publisher, now_s=self._clock_seconds,
                                         warn=logger.warning, error=logger.error,
-                                        open_labels_publisher=self._open_labels_publisher, info=logger.info)
+                                        open_labels_publisher=self._open_labels_publisher, info=logger.info,
+                                        deserialize=deserialize)
         try:
             self._camera_subscriptions = [self._subscribe(topic, config) for topic in config.image_topics]
             self.add_on_set_parameters_callback(self._set_parameters_hook)
@@ -115,10 +128,22 @@ class EncoderNode(Node):
         return values
 
     def _subscribe(self, topic: str, config: NodeConfig) -> Any:
-        message_type = CompressedImage if message_type_for(topic) == COMPRESSED_TYPE else Image
         qos = (qos_profile_sensor_data if config.qos == "sensor_data"
                else QoSProfile(depth=RELIABLE_DEPTH, reliability=ReliabilityPolicy.RELIABLE))
-        return self.create_subscription(message_type, topic, lambda msg: self._service.offer(topic, msg), qos)
+        events = SubscriptionEventCallbacks(incompatible_qos=lambda event: self._service.incompatible_qos(
+            topic, qos_policy_name_from_kind(event.last_policy_kind)))
+        return self.create_subscription(_message_class(topic), topic, lambda msg: self._service.offer(topic, msg),
+                                        qos, event_callbacks=events, raw=self._serialized)
+
+    def _camera_publishers(self) -> dict[str, TopicPublishers]:
+        """Who publishes on each camera topic, from the ROS graph (publishers of another type included: DDS never
+        matches them, and that is worth saying)."""
+        publishers = {}
+        for topic, subscription in zip(self._service.config.image_topics, self._camera_subscriptions, strict=True):
+            infos = self.get_publishers_info_by_topic(subscription.topic_name)  # the resolved name
+            other = tuple(sorted({info.topic_type for info in infos} - {message_type_for(topic)}))
+            publishers[topic] = TopicPublishers(count=len(infos), other_types=other)
+        return publishers
 
     def _open_publisher(self, topic: str) -> Any:
         publisher = self.create_publisher(Image, topic, RELIABLE_DEPTH)
@@ -157,7 +182,7 @@ class EncoderNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _diagnose(self, stat: Any) -> Any:
-        report = self._service.diagnostics()
+        report = self._service.diagnostics(publishers=self._camera_publishers())
         levels = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR}
         stat.summary(levels[report.level], report.message)
         for key, value in report.values:
@@ -237,6 +262,10 @@ def _spin_until(node: Node, stop: threading.Event) -> None:
             executor.spin_once(timeout_sec=SIGNAL_POLL_S)
     finally:
         executor.remove_node(node)
+
+
+def _message_class(topic: str) -> type:
+    return CompressedImage if message_type_for(topic) == COMPRESSED_TYPE else Image
 
 
 def _share_dir() -> str | None:

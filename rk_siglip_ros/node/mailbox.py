@@ -4,8 +4,11 @@ Subscription callbacks only :meth:`Dispatcher.offer` a message: it lands in that
 replacing (and counting as dropped) any frame still waiting there. One dispatcher thread does everything else:
 
 * while the encoder has room (fewer frames in flight than ``encoder.capacity``) it takes the waiting frame of the
-  next camera in round-robin order, converts it to RGB (only frames that are actually encoded are converted) and
-  submits it; so three cameras at 30 Hz keep a three-stage pipeline full and never build a queue: a frame either
+  next camera in round-robin order, deserialises it (the node subscribes with ``raw=True``: mailboxes hold CDR
+  bytes, and a camera's ``deserialize`` callable turns them into a message), converts it to RGB and submits it.
+  Only frames that are actually encoded are deserialised and converted: a dropped frame costs the copy DDS made,
+  nothing more. Bytes that do not deserialise are a bad frame, like an image that does not convert. So three
+  cameras at 30 Hz keep a three-stage pipeline full and never build a queue: a frame either
   goes to the encoder within one service interval or is replaced by a newer one;
 * a per-camera ``max_rate_hz`` defers a camera's frame until 1/max_rate after its previous submission (the newest
   frame is taken at that moment; older ones are dropped as ``rate_limit``);
@@ -21,10 +24,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -46,13 +49,21 @@ class FrameEncoder(Protocol):
     def submit(self, image: np.ndarray, tokens: bool = False) -> Future: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class Frame:
-    """One camera message waiting for, or going through, the encoder."""
+    """One camera message waiting for, or going through, the encoder.
+
+    ``message`` is what the subscription delivered while the frame waits (serialized CDR bytes for a camera with a
+    ``deserialize`` callable); once taken for the encoder it is the deserialised message, so the frames handed to
+    ``publish`` carry its header."""
 
     camera: str
     message: Any
     arrived: float  # dispatcher clock, seconds
+
+
+# deserialize(cdr_bytes) -> message: for rclpy, deserialize_message bound to the topic's message type.
+Deserialize = Callable[[bytes], Any]
 
 
 # publish(frame, result) -> source stamp to publish latency in seconds (None if unknown)
@@ -67,13 +78,15 @@ class Dispatcher:
     """Feeds one encoder from per-camera one-slot mailboxes, round robin, within the encoder's capacity."""
 
     def __init__(self, encoder: FrameEncoder, publish: PublishCallback, *, cameras: Iterable[str] = (),
-                 convert: Callable[[Any], np.ndarray] = image_from_message, max_rate_hz: float = 0.0,
+                 convert: Callable[[Any], np.ndarray] = image_from_message,
+                 deserialize: Mapping[str, Deserialize] | None = None, max_rate_hz: float = 0.0,
                  tokens: bool = False, stats: NodeStats | None = None, clock: Callable[[], float] = time.monotonic,
                  on_bad_frame: ProblemCallback | None = None, on_error: ProblemCallback | None = None,
                  on_failure: FailureCallback | None = None) -> None:
         self._encoder = encoder
         self._publish = publish
         self._convert = convert
+        self._deserialize = dict(deserialize or {})  # camera -> callable; cameras without one offer messages
         self._tokens = tokens
         self._clock = clock
         self.stats = stats if stats is not None else NodeStats(cameras, clock=clock)
@@ -184,8 +197,20 @@ class Dispatcher:
                     return frame
             return None
 
+    def _decode(self, frame: Frame) -> Frame:
+        """The frame with its deserialised message (as it is for a camera that offers messages)."""
+        deserialize = self._deserialize.get(frame.camera)
+        if deserialize is None:
+            return frame
+        try:
+            return replace(frame, message=deserialize(frame.message))
+        except Exception as error:  # truncated or foreign bytes: this frame is bad, the camera's next one may not be
+            raise BadFrame(f"cannot deserialise the message ({len(frame.message)} bytes): "
+                           f"{type(error).__name__}: {error}") from None
+
     def _submit(self, frame: Frame) -> bool:
         try:
+            frame = self._decode(frame)
             image = self._convert(frame.message)
             future = self._encoder.submit(image, tokens=self._tokens)
         except BadFrame as bad:

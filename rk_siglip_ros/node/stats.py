@@ -17,6 +17,9 @@ import numpy as np
 
 OK, WARN, ERROR = 0, 1, 2  # the DiagnosticStatus levels, as plain ints
 DROP_REASONS = ("busy", "rate_limit", "shutdown")
+# A camera with publishers is reported as "publishers but no frames" (with a cause, and logged) only after this long
+# without a frame: a driver that has just started, or a slow camera, is not a problem.
+SILENT_WITH_PUBLISHERS_S = 3.0
 LATENCY_SAMPLES = 2048  # per report period; enough for p95 at 3 cameras x 30 Hz over 10 s
 
 
@@ -25,6 +28,18 @@ class DiagnosticReport:
     level: int
     message: str
     values: list[tuple[str, str]] = field(default_factory=list)
+    # topic -> why it sent no frames this period, for cameras that have publishers (worth a log line, not only a
+    # diagnostics entry: on a robot this is the "no embeddings and no idea why" case).
+    silent_with_publishers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TopicPublishers:
+    """Who publishes on a camera topic, as the ROS graph says (the node's adapter asks it at every report)."""
+
+    count: int
+    # Types those publishers use other than the one the node subscribes with (DDS never matches them).
+    other_types: tuple[str, ...] = ()
 
 
 @dataclass
@@ -54,7 +69,10 @@ class NodeStats:
         self._cameras: list[str] = list(dict.fromkeys(cameras))
         self._period = _Period()
         self._period_start = clock()
+        self._started = self._period_start
+        self._last_frame: dict[str, float] = {}  # camera -> clock time of its latest frame
         self._totals: Counter = Counter()
+        self._incompatible_qos: dict[str, str] = {}  # camera -> last incompatible QoS policy a publisher offered
         self.last_error: str = ""
         self.last_bad_frame: str = ""
 
@@ -63,6 +81,7 @@ class NodeStats:
     def received(self, camera: str) -> None:
         with self._lock:
             self._camera(camera)
+            self._last_frame[camera] = self._clock()
             self._period.received[camera] += 1
             self._totals["received"] += 1
 
@@ -85,6 +104,14 @@ class NodeStats:
             self._totals["errors"] += 1
             self.last_error = f"{camera}: {message}"
 
+    def incompatible_qos(self, camera: str, policy: str) -> None:
+        """A publisher on ``camera`` offers QoS the subscription cannot match (rclpy's incompatible-QoS event):
+        DDS will deliver nothing from it. Remembered until the camera's frames arrive from someone else."""
+        with self._lock:
+            self._camera(camera)
+            self._incompatible_qos[camera] = policy
+            self._totals["incompatible_qos"] += 1
+
     def published(self, camera: str, latency_s: float | None, encode_latency_s: float | None = None) -> None:
         """One embedding out; latency_s is source stamp -> publish (None when the stamp is unusable)."""
         with self._lock:
@@ -102,8 +129,13 @@ class NodeStats:
     # ----------------------------------------------------------------------------------------------- report
 
     def report(self, core_busy: Mapping[int, float] | None = None, in_flight: int | None = None,
-               capacity: int | None = None) -> DiagnosticReport:
-        """Summarise the period since the previous call and start a new one."""
+               capacity: int | None = None, publishers: Mapping[str, TopicPublishers] | None = None,
+               lost_frames_hint: str = "") -> DiagnosticReport:
+        """Summarise the period since the previous call and start a new one.
+
+        ``publishers`` (per camera topic, where known) lets a silent camera be explained: no publisher, a publisher
+        of another type, incompatible QoS, or, with none of those, frames lost on the way (``lost_frames_hint``
+        says what to do about that, e.g. the DDS config for large images)."""
         with self._lock:
             period, self._period = self._period, _Period()
             now = self._clock()
@@ -112,6 +144,8 @@ class NodeStats:
             cameras = list(self._cameras)
             totals = dict(self._totals)
             last_error, last_bad_frame = self.last_error, self.last_bad_frame
+            incompatible = dict(self._incompatible_qos)
+            silent_s = {camera: now - self._last_frame.get(camera, self._started) for camera in cameras}
 
         received, published = sum(period.received.values()), sum(period.published.values())
         errors, bad = sum(period.errors.values()), sum(period.bad_frames.values())
@@ -143,11 +177,21 @@ class NodeStats:
                 (f"{camera}: dropped", str(camera_drops)),
                 (f"{camera}: bad frames", str(period.bad_frames[camera])),
             ]
+            if publishers is not None and camera in publishers:
+                values.append((f"{camera}: publishers", str(publishers[camera].count)))
         values += [(f"total {name}", str(count)) for name, count in sorted(totals.items())]
         values += [("last error", last_error), ("last bad frame", last_bad_frame)]
 
-        level, message = _summary(received, published, errors, bad, cameras, period, last_error, last_bad_frame)
-        return DiagnosticReport(level, message, values)
+        known = publishers or {}
+        silent = {camera: silent_camera_cause(camera, known.get(camera), incompatible.get(camera), lost_frames_hint,
+                                              silent_s[camera])
+                  for camera in cameras if not period.received[camera]}
+        level, message = _summary(received, published, errors, bad, len(cameras), list(silent.values()),
+                                  last_error, last_bad_frame)
+        with_publishers = {camera: line for camera, line in silent.items()
+                           if camera in known and known[camera].count > 0
+                           and silent_s[camera] >= SILENT_WITH_PUBLISHERS_S}
+        return DiagnosticReport(level, message, values, with_publishers)
 
     def _camera(self, camera: str) -> None:
         if camera not in self._cameras:
@@ -161,21 +205,39 @@ def _percentiles(name: str, samples: deque) -> list[tuple[str, str]]:
     return [(f"{name} p50 (ms)", f"{p50:.1f}"), (f"{name} p95 (ms)", f"{p95:.1f}")]
 
 
-def _summary(received: int, published: int, errors: int, bad: int, cameras: list[str], period: _Period,
+def silent_camera_cause(camera: str, publishers: TopicPublishers | None, incompatible_policy: str | None,
+                        lost_frames_hint: str = "", silent_s: float | None = None) -> str:
+    """One line: a camera sent no frames in the period, and the likeliest reason, most certain first."""
+    if publishers is None:
+        return f"no frames on {camera}"
+    if publishers.count == 0:
+        return f"no frames on {camera}: no publisher"
+    who = f"{publishers.count} publisher{'s' if publishers.count != 1 else ''}"
+    head = f"no frames on {camera}" + (f" for {silent_s:.0f} s" if silent_s is not None else "") + f" from {who}"
+    if publishers.other_types:
+        return (f"{head}: they publish {', '.join(publishers.other_types)}, not the type this node subscribes with "
+                f"(topics ending in /compressed are sensor_msgs/CompressedImage)")
+    if incompatible_policy:
+        return (f"{head}: QoS incompatible with the node's subscription (policy {incompatible_policy}); set the "
+                f"node's qos parameter to match the publisher (a best-effort camera needs qos: sensor_data)")
+    if silent_s is not None and silent_s < SILENT_WITH_PUBLISHERS_S:
+        return head  # too early to blame anything
+    cause = f"{head}: frames likely lost in DDS"
+    return f"{cause}; {lost_frames_hint}" if lost_frames_hint else cause
+
+
+def _summary(received: int, published: int, errors: int, bad: int, cameras: int, silent: list[str],
              last_error: str, last_bad_frame: str) -> tuple[int, str]:
     if errors and not published:
         return ERROR, f"encoder failing ({errors} errors, nothing published): {last_error}"
-    silent = [camera for camera in cameras if not period.received[camera]]
-    problems = []
-    if silent:
-        problems.append(f"no frames on {', '.join(silent)}")
+    problems = list(silent)
     if errors:
         problems.append(f"{errors} encoder errors (last: {last_error})")
     if bad:
         problems.append(f"{bad} bad frames (last: {last_bad_frame})")
     if problems:
         return WARN, "; ".join(problems)
-    return OK, f"{published} embeddings from {received} frames on {len(cameras)} cameras"
+    return OK, f"{published} embeddings from {received} frames on {cameras} cameras"
 
 
 class LogThrottle:
