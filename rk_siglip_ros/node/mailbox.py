@@ -152,7 +152,10 @@ class Dispatcher:
                 full = len(self._in_flight) + self._converting >= self._encoder.capacity
                 held_by_limit = self._max_period > 0 and not full
                 drop_reason = None if replaced is None else ("rate_limit" if held_by_limit else "busy")
-                self._lock.notify_all()
+                if not full:
+                    # With the encoder full the dispatcher can do nothing with this frame until one finishes, and
+                    # that wakes it: not waking it here saves a thread switch per dropped frame.
+                    self._lock.notify_all()
         if drop_reason is not None:
             self.stats.dropped(camera, drop_reason)
 

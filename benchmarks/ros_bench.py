@@ -1,0 +1,463 @@
+"""ROS benchmark for `make bench`: camera images into the real encoder node under a real ROS 2, side by side.
+
+(a) delivery and node CPU while 3 cameras x 30 Hz are offered and almost all dropped (the `sim` backend is slowed
+    to 2 frames/s): messages received / offered and the node process's CPU (% of one core) idle and while offered,
+    for 640x480 and 1920x1080 rgb8, Cyclone's default configuration vs the shipped
+    config/cyclonedds_large_images.xml, and typed vs serialized (`raw=True`, the node's way) subscriptions. Goals
+    with the shipped config: >= 95 % of 640x480, >= 60 % of 1080p received; the CPU the offered frames cost (busy
+    minus idle) with raw <= half of typed.
+(b) latency at 640x480, one camera at 10 Hz (the encoder is idle when each frame arrives, so no frame waits for a
+    slot): camera message published -> embedding received, p50/p95, minus the encoder alone
+    (`SiglipEncoder.encode` of the same image with the same timing profile) = what the node adds. Goal <= 3 ms p50.
+
+Every process runs with ROS_LOCALHOST_ONLY=1 (DDS on the loopback), rmw_cyclonedds_cpp and this benchmark's own
+ROS_DOMAIN_ID. Each camera publisher and the node are separate processes (as on a robot); publishers keep
+Cyclone's defaults, the node gets the config under test through CYCLONEDDS_URI, as the launch file does.
+Numbers are printed, goals missed are printed, nothing is asserted. Runs in about three minutes.
+
+    python benchmarks/ros_bench.py [--seconds 5]      (with a ROS 2 sourced; `make bench` sources one if it can)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench_out" / "ros"
+DOMAIN_ID = "46"
+CAMERAS = 3
+RATE_HZ = 30.0
+SIZES = {"640x480": (480, 640), "1920x1080": (1080, 1920)}
+SHIPPED_CONFIG = ROOT / "config" / "cyclonedds_large_images.xml"
+DDS_CONFIGS = ("default", "shipped")
+SUBSCRIPTIONS = ("typed", "raw")
+# sim timing: 500 ms per shard = 2 frames/s through the 3-stage pipeline, so 88 of 90 offered frames/s are dropped;
+# 3 x 10 ms for the latency run (an idle encoder answers in ~30 ms, well inside the 100 ms between frames).
+SLOW_SHARD_MS = 500.0
+FAST_SHARD_MS = 10.0
+LATENCY_RATE_HZ = 10.0
+GOALS = {"640x480": 0.95, "1920x1080": 0.60}
+IDLE_S = 2.0
+LATENCY_BLOCKS = 4
+DELIVERY_BLOCKS = 2
+STARTUP_TIMEOUT_S = 60.0
+
+
+# ------------------------------------------------------------------------------------------- child processes
+
+
+def ros_environment(dds_config: str | None) -> dict[str, str]:
+    """The environment of every ROS process here: loopback only, Cyclone, our domain, the DDS config under test."""
+    env = dict(os.environ, ROS_LOCALHOST_ONLY="1", RMW_IMPLEMENTATION="rmw_cyclonedds_cpp", ROS_DOMAIN_ID=DOMAIN_ID)
+    env.pop("CYCLONEDDS_URI", None)
+    if dds_config is not None:
+        env["CYCLONEDDS_URI"] = f"file://{dds_config}"
+    return env
+
+
+def run_publisher(args: argparse.Namespace) -> int:
+    """Child: one camera. Publishes rgb8 frames on ``--topic`` at ``--rate`` Hz for each ``go SECONDS`` line read on
+    stdin (printing a JSON summary after each), until stdin closes.
+
+    The frame is serialised once; each publish only writes the stamp (now) into the CDR bytes, so the publisher costs
+    little beside the transport itself. Prints ``ready`` once the topic has a subscriber."""
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    rclpy.init()
+    node = rclpy.create_node("bench_camera")
+    msg = Image(height=args.height, width=args.width, encoding="rgb8", step=args.width * 3)
+    msg.header.frame_id = args.topic.strip("/").split("/")[0]
+    msg.data = np.random.default_rng(0).integers(0, 256, args.height * args.width * 3, dtype=np.uint8).tobytes()
+    template = bytearray(serialize_message(msg))
+    # Camera drivers publish best effort (the sensor_data profile); the node's default subscription matches it.
+    publisher = node.create_publisher(Image, args.topic, qos_profile_sensor_data)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while publisher.get_subscription_count() < 1:
+        if time.monotonic() > deadline:
+            print(f"no subscriber on {args.topic}", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        seconds = float(line.split()[1])
+        offered, start = 0, time.monotonic()
+        while (due := start + offered / args.rate) < start + seconds:
+            time.sleep(max(0.0, due - time.monotonic()))
+            now = time.time()
+            # CDR: 4-byte encapsulation header, then header.stamp (int32 sec, uint32 nanosec), little endian.
+            struct.pack_into("<iI", template, 4, int(now), int((now % 1.0) * 1e9))
+            publisher.publish(bytes(template))
+            offered += 1
+        print(json.dumps({"offered": offered, "seconds": time.monotonic() - start}), flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+def run_node(args: argparse.Namespace) -> int:
+    """Child: the encoder node (typed or serialized subscriptions), parameters from ``--ros-args``; SIGINT ends it."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    from rk_siglip_ros.node.encoder_node import EncoderNode
+
+    rclpy.init(args=["--ros-args", *args.ros_args])
+    node = EncoderNode(serialized=args.subscription == "raw")
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- orchestration
+
+
+class Observer:
+    """The benchmark's own ROS node: reads the encoder nodes' /diagnostics totals and times their embeddings."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.node = rclpy.create_node("bench_observer")
+        self._lock = threading.Lock()
+        self.diagnostics: list[tuple[float, str, dict[str, str]]] = []  # (monotonic time, node name, values)
+        self.latencies_s: dict[str, list[float]] = {}  # output topic -> published -> received, seconds
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self._executor.spin_once(timeout_sec=0.1)
+
+    def watch_embeddings(self, topic: str) -> None:
+        from sensor_msgs.msg import Image
+
+        self.latencies_s[topic] = []
+        self.node.create_subscription(Image, topic, lambda msg: self._on_embedding(topic, msg), 10)
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            if "siglip" in status.name:
+                with self._lock:
+                    self.diagnostics.append((time.monotonic(), status.name.split(":")[0],
+                                             {kv.key: kv.value for kv in status.values}))
+
+    def _on_embedding(self, topic: str, msg: Any) -> None:
+        received = time.time()
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        with self._lock:
+            self.latencies_s[topic].append(received - stamp)
+
+    def take_latencies(self, topic: str) -> list[float]:
+        with self._lock:
+            samples, self.latencies_s[topic] = self.latencies_s[topic], []
+        return samples
+
+    def wait_for_diagnostics(self, node: str, after: float, timeout_s: float = 10.0) -> dict[str, str] | None:
+        """The first diagnostics values ``node`` reported after monotonic time ``after`` (None on timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                for stamp, name, values in self.diagnostics:
+                    if stamp > after and name == node:
+                        return values
+            time.sleep(0.05)
+        return None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()  # before shutdown: a thread still waiting in rclpy aborts the interpreter at exit
+        self._executor.shutdown()
+        self.node.destroy_node()
+
+
+def cpu_seconds(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+class Rig:
+    """One encoder node (a subscription kind, a DDS config) under its own topic prefix, and one publisher process
+    per camera, as on a robot (camera drivers keep Cyclone's defaults)."""
+
+    def __init__(self, *, prefix: str, subscription: str, dds: str, shards: Path, profile: Path, size: str,
+                 cameras: int) -> None:
+        height, width = SIZES[size]
+        self.output_topic = f"{prefix}/embeddings"
+        self.name = f"encoder_{subscription}"  # two rigs run side by side: their diagnostics must differ
+        topics = [f"{prefix}/cam{i}/image_raw" for i in range(cameras)]
+        ros_args = ["-r", f"__node:={self.name}", "-p", f"shards:={shards}", "-p", "backend:=sim",
+                    "-p", "mode:=pipeline", "-p", f"timing_profile:={profile}",
+                    "-p", f"image_topics:=[{','.join(topics)}]", "-p", f"output_topic:={self.output_topic}"]
+        config = str(SHIPPED_CONFIG) if dds == "shipped" else None
+        self.node = subprocess.Popen([sys.executable, __file__, "node", "--subscription", subscription,
+                                      "--ros-args", *ros_args], env=ros_environment(config),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.publishers: list[Any] = []
+        try:
+            for topic in topics:
+                self.publishers.append(subprocess.Popen(
+                    [sys.executable, __file__, "publish", "--topic", topic, "--width", str(width), "--height",
+                     str(height), "--rate", str(RATE_HZ if cameras > 1 else LATENCY_RATE_HZ)],
+                    env=ros_environment(None), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+            for publisher in self.publishers:
+                line = publisher.stdout.readline().strip()
+                if line != "ready":
+                    raise RuntimeError(f"a camera publisher did not start (said {line!r})")
+        except BaseException:
+            self.close()
+            raise
+
+    def offer(self, seconds: float) -> dict[str, float]:
+        """Every camera publishes for ``seconds``; returns frames offered and the longest publishing time."""
+        for publisher in self.publishers:
+            publisher.stdin.write(f"go {seconds}\n")
+            publisher.stdin.flush()
+        summaries = [json.loads(publisher.stdout.readline()) for publisher in self.publishers]
+        return {"offered": sum(s["offered"] for s in summaries), "seconds": max(s["seconds"] for s in summaries)}
+
+    def cpu_percent(self, action: Any) -> tuple[Any, float]:
+        """``action()`` and the node process's CPU meanwhile, in % of one core."""
+        cpu, started = cpu_seconds(self.node.pid), time.monotonic()
+        result = action()
+        return result, 100.0 * (cpu_seconds(self.node.pid) - cpu) / (time.monotonic() - started)
+
+    def close(self) -> None:
+        for publisher in self.publishers:
+            if publisher.poll() is None:
+                publisher.stdin.close()
+        for publisher in self.publishers:
+            try:
+                publisher.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                publisher.kill()
+        if self.node.poll() is None:
+            self.node.send_signal(signal.SIGINT)
+            try:
+                self.node.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.node.kill()
+                self.node.wait()
+
+
+def delivery_runs(observer: Observer, *, size: str, dds: str, shards: Path, profile: Path,
+                  seconds: float) -> list[dict[str, Any]]:
+    """(a) for one size and DDS config: a typed and a raw node side by side, each with its own 3 cameras, offered
+    frames in alternating blocks (so machine load hits both alike). Per node: CPU idle (cameras connected, silent)
+    and while its cameras publish, frames offered and received."""
+    rigs = {kind: Rig(prefix=f"/bench_{kind}", subscription=kind, dds=dds, shards=shards, profile=profile,
+                      size=size, cameras=CAMERAS) for kind in SUBSCRIPTIONS}
+    runs = {kind: {"size": size, "dds": dds, "subscription": kind, "offered": 0, "seconds": 0.0, "busy_cpu": 0.0}
+            for kind in SUBSCRIPTIONS}
+    try:
+        for rig in rigs.values():
+            if observer.wait_for_diagnostics(rig.name, after=time.monotonic(), timeout_s=STARTUP_TIMEOUT_S) is None:
+                raise RuntimeError(f"the encoder node {rig.name} published no diagnostics")
+        for kind, rig in rigs.items():
+            _, runs[kind]["idle_cpu"] = rig.cpu_percent(lambda: time.sleep(IDLE_S))
+        for _ in range(DELIVERY_BLOCKS):
+            for kind, rig in rigs.items():
+                summary, cpu = rig.cpu_percent(lambda rig=rig: rig.offer(seconds / DELIVERY_BLOCKS))
+                runs[kind]["offered"] += summary["offered"]
+                runs[kind]["seconds"] += summary["seconds"]
+                runs[kind]["busy_cpu"] += cpu / DELIVERY_BLOCKS
+        time.sleep(0.5)  # frames still in the encoder finish; then a diagnostics period that covers them
+        for kind, rig in rigs.items():
+            values = observer.wait_for_diagnostics(rig.name, after=time.monotonic()) or {}
+            runs[kind]["received"] = int(values.get("total received", 0))
+            runs[kind]["offered_hz"] = runs[kind]["offered"] / runs[kind]["seconds"]
+    finally:
+        for rig in rigs.values():
+            rig.close()
+    return list(runs.values())
+
+
+def prepare(out: Path) -> tuple[Path, Path, Path]:
+    """A random:tiny shard set (built once) and the two sim timing profiles."""
+    from rk_siglip_ros.manifest import ManifestError, load_manifest
+
+    shards = out / "tiny"
+    try:
+        load_manifest(shards)
+    except ManifestError:
+        from rk_siglip_ros.builder.build import build_shards
+
+        print("building random:tiny shards ...", flush=True)
+        build_shards("random:tiny", shards, profile="pipeline3", formats=("onnx",), force=True, progress=False)
+    profiles = []
+    for name, shard_ms in (("slow", SLOW_SHARD_MS), ("fast", FAST_SHARD_MS)):
+        path = out / f"timing-{name}.json"
+        path.write_text(json.dumps({"name": f"bench-{name}", "per_call_ms": shard_ms, "dense_ms_per_gmac": 0.0}))
+        profiles.append(path)
+    return shards, profiles[0], profiles[1]
+
+
+def percentiles_ms(samples: list[float]) -> tuple[float, float]:
+    p50, p95 = np.percentile(np.asarray(samples), [50, 95]) * 1000.0
+    return float(p50), float(p95)
+
+
+def latency_runs(observer: Observer, shards: Path, profile: Path, seconds: float) -> dict[str, list[float]]:
+    """(b): blocks of the encoder alone and of each node kind, interleaved so machine load hits all alike.
+
+    One camera at 10 Hz into an encoder that answers in ~30 ms: no frame waits for the encoder, so the difference
+    between the node and the encoder alone is what the node adds (DDS in and out, deserialisation, conversion,
+    dispatch, publishing)."""
+    from rk_siglip_ros.encoder import SiglipEncoder
+
+    image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    rigs = {kind: Rig(prefix=f"/bench_{kind}", subscription=kind, dds="shipped", shards=shards, profile=profile,
+                      size="640x480", cameras=1) for kind in SUBSCRIPTIONS}
+    samples: dict[str, list[float]] = {"encoder alone": [], **{kind: [] for kind in SUBSCRIPTIONS}}
+    try:
+        for rig in rigs.values():
+            observer.watch_embeddings(rig.output_topic)
+        with SiglipEncoder.open(shards, backend="sim", mode="pipeline", timing_profile=str(profile)) as encoder:
+            encoder.encode(image)
+            block_s = seconds / LATENCY_BLOCKS
+            for _ in range(LATENCY_BLOCKS):
+                for _ in range(round(block_s * LATENCY_RATE_HZ)):
+                    started = time.perf_counter()
+                    encoder.encode(image)
+                    samples["encoder alone"].append(time.perf_counter() - started)
+                    time.sleep(max(0.0, 1.0 / LATENCY_RATE_HZ - samples["encoder alone"][-1]))
+                for kind, rig in rigs.items():
+                    rig.offer(block_s)
+                    time.sleep(0.3)  # the last embedding arrives
+                    samples[kind] += observer.take_latencies(rig.output_topic)
+    finally:
+        for rig in rigs.values():
+            rig.close()
+    return samples
+
+
+def print_delivery(results: list[dict[str, Any]]) -> None:
+    print(f"\n(a) {CAMERAS} cameras x {RATE_HZ:.0f} Hz rgb8 offered (best-effort publishers, node QoS sensor_data), "
+          f"encoder {1000 / SLOW_SHARD_MS:.0f} frames/s, so almost all are dropped; node CPU in % of one core: idle "
+          f"(cameras connected, silent), while offered, and the difference = the cost of the offered frames")
+    print(f"  {'size':<10} {'DDS config':<10} {'subscription':<12} {'offered/s':>9} {'received':>15} "
+          f"{'received %':>10} {'CPU idle':>8} {'CPU busy':>8} {'CPU frames':>10}")
+    for r in results:
+        share = 100.0 * r["received"] / max(r["offered"], 1)
+        print(f"  {r['size']:<10} {r['dds']:<10} {r['subscription']:<12} {r['offered_hz']:>9.1f} "
+              f"{r['received']:>7}/{r['offered']:<7} {share:>10.1f} {r['idle_cpu']:>8.1f} {r['busy_cpu']:>8.1f} "
+              f"{r['busy_cpu'] - r['idle_cpu']:>10.1f}")
+    print("  goals (shipped config, raw = the node's subscription):")
+    for size, goal in GOALS.items():
+        for r in results:
+            if r["size"] == size and r["dds"] == "shipped" and r["subscription"] == "raw":
+                share = r["received"] / max(r["offered"], 1)
+                verdict = "met" if share >= goal else "MISSED"
+                print(f"    {size}: received {100 * share:.1f} % (goal >= {100 * goal:.0f} %): {verdict}")
+    for size in SIZES:
+        runs = {(r["dds"], r["subscription"]): r for r in results if r["size"] == size}
+        if ("shipped", "typed") in runs and ("shipped", "raw") in runs:
+            raw, typed = runs[("shipped", "raw")], runs[("shipped", "typed")]
+            ratio = (raw["busy_cpu"] - raw["idle_cpu"]) / max(typed["busy_cpu"] - typed["idle_cpu"], 1e-9)
+            verdict = "met" if ratio <= 0.5 else "MISSED"
+            print(f"    {size}: CPU for the offered frames, raw / typed = {ratio:.2f} (goal <= 0.50): {verdict}; "
+                  f"per frame received: raw {cpu_ms_per_frame(raw):.2f} ms, typed {cpu_ms_per_frame(typed):.2f} ms")
+
+
+def cpu_ms_per_frame(run: dict[str, Any]) -> float:
+    """Node CPU above idle per frame received (the runs may not receive the same number of frames)."""
+    received_hz = run["offered_hz"] * run["received"] / max(run["offered"], 1)
+    return 10.0 * (run["busy_cpu"] - run["idle_cpu"]) / max(received_hz, 1e-9)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="role")
+    publish = sub.add_parser("publish", help="(internal) one camera publisher")
+    publish.add_argument("--topic", required=True)
+    publish.add_argument("--width", type=int, required=True)
+    publish.add_argument("--height", type=int, required=True)
+    publish.add_argument("--rate", type=float, required=True)
+    node = sub.add_parser("node", help="(internal) the encoder node")
+    node.add_argument("--subscription", choices=SUBSCRIPTIONS, required=True)
+    node.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[])
+    parser.add_argument("--seconds", type=float, default=5.0, help="publishing time per run (default 5)")
+    parser.add_argument("--out", type=Path, default=OUT, help="work folder (shards, timing profiles)")
+    args, _ = parser.parse_known_args(argv)  # run_all.py passes its own arguments to every benchmark
+    if args.role == "publish":
+        return run_publisher(args)
+    if args.role == "node":
+        return run_node(args)
+    return orchestrate(args)
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    try:
+        import rclpy
+    except ImportError:
+        print("SKIP ros_bench: no ROS 2 in this environment (source /opt/ros/<distro>/setup.bash; `make bench` "
+              "sources ../shared/ros2-humble when it is there)")
+        return 0
+    os.environ.update(ros_environment(None))  # the observer (this process) too: loopback, Cyclone, our domain
+    args.out.mkdir(parents=True, exist_ok=True)
+    shards, slow, fast = prepare(args.out)
+    rclpy.init()
+    observer = Observer()
+    started = time.perf_counter()
+    try:
+        results = []
+        for size in SIZES:
+            for dds in DDS_CONFIGS:
+                print(f"  run: {size}, {dds} DDS config, typed and raw side by side ...", flush=True)
+                results += delivery_runs(observer, size=size, dds=dds, shards=shards, profile=slow,
+                                         seconds=args.seconds)
+        print_delivery(results)
+
+        print("  run: latency ...", flush=True)
+        samples = latency_runs(observer, shards, fast, seconds=max(args.seconds * 2, 8.0))
+        alone = samples.pop("encoder alone")
+        a50, a95 = percentiles_ms(alone)
+        print(f"\n(b) latency at 640x480, 1 camera x {LATENCY_RATE_HZ:.0f} Hz, sim encoder {3 * FAST_SHARD_MS:.0f} ms "
+              f"(3 pipeline stages), shipped DDS config; {LATENCY_BLOCKS} interleaved blocks each")
+        print(f"  encoder alone (SiglipEncoder.encode, {len(alone)} frames): p50 {a50:.2f} ms, p95 {a95:.2f} ms")
+        for kind, latencies in samples.items():
+            if not latencies:
+                print(f"  node, {kind} subscription: no embeddings received")
+                continue
+            n50, n95 = percentiles_ms(latencies)
+            goal = f" (goal p50 <= 3 ms: {'met' if n50 - a50 <= 3.0 else 'MISSED'})" if kind == "raw" else ""
+            print(f"  node, {kind} subscription (camera message published -> embedding received, {len(latencies)} "
+                  f"frames): p50 {n50:.2f} ms, p95 {n95:.2f} ms; added by the node: p50 {n50 - a50:.2f} ms, "
+                  f"p95 {n95 - a95:.2f} ms{goal}")
+        print(f"\nros_bench: {time.perf_counter() - started:.0f} s")
+    finally:
+        observer.close()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
