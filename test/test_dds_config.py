@@ -18,6 +18,7 @@ from rk_siglip_ros.node.dds import (
     dds_config_file,
     kernel_receive_buffer_limit,
     lost_frames_hint,
+    udp_receive_buffer_errors,
     node_environment,
     uses_large_image_config,
 )
@@ -99,3 +100,16 @@ def test_lost_frames_hint_says_what_is_missing() -> None:
     assert "net.core.rmem_max = 212992" in low and "sysctl -w net.core.rmem_max=67108864" in low
     assert "rmem_max" not in lost_frames_hint(shipped, rmem_max=64 * 1024 * 1024)
     assert "rmw_fastrtps_cpp" in lost_frames_hint({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}, rmem_max=212992)
+
+
+def test_udp_receive_buffer_errors_from_procfs_format(tmp_path: Path) -> None:
+    snmp = tmp_path / "snmp"
+    snmp.write_text("Ip: Forwarding DefaultTTL\nIp: 1 64\n"
+                    "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n"
+                    "Udp: 123779 0 42980 120000 42980 0\n"
+                    "UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n"
+                    "UdpLite: 0 0 0 0 7 0\n")
+    assert udp_receive_buffer_errors(snmp) == 42980
+    assert udp_receive_buffer_errors(tmp_path / "absent") is None
+    if Path("/proc/net/snmp").is_file():  # this host's own counter reads as a count
+        assert udp_receive_buffer_errors() >= 0

@@ -97,6 +97,18 @@ def test_publishers_but_no_frames_warns_with_topic_and_the_dds_hint():
     assert values(report)[f"{CAMERAS[1]}: publishers"] == "2"
 
 
+def test_kernel_udp_drops_turn_likely_into_certain():
+    clock = Clock()
+    stats = NodeStats(CAMERAS, clock=clock)
+    clock.now += 10.0
+    stats.received(CAMERAS[0])
+    report = stats.report(publishers={CAMERAS[1]: TopicPublishers(1)}, lost_frames_hint=HINT, udp_drops=4200)
+    line = report.silent_with_publishers[CAMERAS[1]]
+    assert "frames lost in DDS (the kernel dropped 4200 UDP datagrams for full receive buffers" in line
+    assert HINT in line and "likely" not in line
+    assert values(report)["UDP drops, receive buffer full (host, per s)"] == "420.0"
+
+
 def test_incompatible_qos_is_named_as_the_cause():
     report = silent_report(Clock(), {CAMERAS[1]: TopicPublishers(1)}, incompatible="RELIABILITY")
     line = report.silent_with_publishers[CAMERAS[1]]

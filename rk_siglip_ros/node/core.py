@@ -24,7 +24,7 @@ from rk_siglip_ros.camera_frames import image_from_message
 from rk_siglip_ros.embedding_msg import embedding_fields
 from rk_siglip_ros.manifest import ManifestError
 from rk_siglip_ros.node.config import ConfigError, NodeConfig, check_labels, check_top_k
-from rk_siglip_ros.node.dds import kernel_receive_buffer_limit, lost_frames_hint
+from rk_siglip_ros.node.dds import kernel_receive_buffer_limit, lost_frames_hint, udp_receive_buffer_errors
 from rk_siglip_ros.node.labels import EmbedLabels, NodeLabels, check_text_tower, text_tower_embedder
 from rk_siglip_ros.node.mailbox import Deserialize, Dispatcher, Frame
 from rk_siglip_ros.node.stats import (
@@ -103,6 +103,7 @@ class EncoderNodeCore:
         self._throttle = LogThrottle(LOG_PERIOD_S)
         self._silent_throttle = LogThrottle(SILENT_LOG_PERIOD_S)
         self._lost_frames_hint = lost_frames_hint(environ, kernel_receive_buffer_limit())
+        self._udp_errors = udp_receive_buffer_errors()  # the kernel's count at the previous report
         self._closed = False
         self.stats = NodeStats(config.image_topics)
         self._reported_cores: set[int] = set()
@@ -198,7 +199,7 @@ class EncoderNodeCore:
         a camera with publishers but no frames is explained, in the report and in a (throttled) log line."""
         report = self.stats.report(core_busy=self._busy.read(), in_flight=self.dispatcher.in_flight,
                                    capacity=self.encoder.capacity, publishers=publishers,
-                                   lost_frames_hint=self._lost_frames_hint)
+                                   lost_frames_hint=self._lost_frames_hint, udp_drops=self._udp_drops())
         for topic, line in report.silent_with_publishers.items():
             if self._silent_throttle.admit(topic) is not None:
                 self._warn(line)
@@ -224,6 +225,12 @@ class EncoderNodeCore:
             report.message = f"{'; '.join(str(call) for call in stuck)}; {report.message}"
         report.values += [("labels", str(self.labels.count)), ("labels top k", str(self.labels.top_k))]
         return report
+
+    def _udp_drops(self) -> int | None:
+        """UDP datagrams the kernel dropped for full receive buffers since the previous report (whole host)."""
+        now, before = udp_receive_buffer_errors(), self._udp_errors
+        self._udp_errors = now
+        return None if now is None or before is None else max(now - before, 0)
 
     def close(self, drain: bool = True, timeout_s: float = DRAIN_TIMEOUT_S) -> ShutdownSummary | None:
         """Finish (drain, up to ``timeout_s``) or drop the frames in flight, then release the encoder (every NPU

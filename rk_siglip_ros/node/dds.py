@@ -19,6 +19,7 @@ NONE = "none"
 DDS_CONFIG_CHOICES = (LARGE_IMAGES, NONE)
 LARGE_IMAGES_FILE = "cyclonedds_large_images.xml"
 RMEM_MAX_PATH = Path("/proc/sys/net/core/rmem_max")
+UDP_SNMP_PATH = Path("/proc/net/snmp")
 # What the shipped config asks for; a kernel limit below this is worth a hint when large frames go missing.
 REQUESTED_RECEIVE_BUFFER = 64 * 1024 * 1024
 SYSCTL_HINT = "sudo sysctl -w net.core.rmem_max=67108864"
@@ -102,3 +103,14 @@ def lost_frames_hint(environ: Mapping[str, str], rmem_max: int | None) -> str:
         return (f"the DDS config for large images is in use, but the kernel caps the receive buffer at "
                 f"net.core.rmem_max = {rmem_max} bytes: {SYSCTL_HINT}")
     return "check the publisher's side (ros2 topic info -v <topic>, ros2 topic hz <topic>)"
+
+
+def udp_receive_buffer_errors(path: Path = UDP_SNMP_PATH) -> int | None:
+    """The kernel's count of UDP datagrams dropped because a socket's receive buffer was full (``RcvbufErrors`` in
+    /proc/net/snmp, for the whole host; None where unknown). When it grows while a camera's frames go missing,
+    the receive buffer is the cause."""
+    try:
+        rows = [line.split() for line in path.read_text().splitlines() if line.startswith("Udp:")]
+        return int(dict(zip(rows[0][1:], rows[1][1:], strict=True))["RcvbufErrors"])
+    except (OSError, ValueError, IndexError, KeyError):
+        return None

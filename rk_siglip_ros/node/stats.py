@@ -130,12 +130,13 @@ class NodeStats:
 
     def report(self, core_busy: Mapping[int, float] | None = None, in_flight: int | None = None,
                capacity: int | None = None, publishers: Mapping[str, TopicPublishers] | None = None,
-               lost_frames_hint: str = "") -> DiagnosticReport:
+               lost_frames_hint: str = "", udp_drops: int | None = None) -> DiagnosticReport:
         """Summarise the period since the previous call and start a new one.
 
         ``publishers`` (per camera topic, where known) lets a silent camera be explained: no publisher, a publisher
         of another type, incompatible QoS, or, with none of those, frames lost on the way (``lost_frames_hint``
-        says what to do about that, e.g. the DDS config for large images)."""
+        says what to do about that, e.g. the DDS config for large images). ``udp_drops``: UDP datagrams the kernel
+        dropped for full receive buffers in the period (whole host; None where unknown)."""
         with self._lock:
             period, self._period = self._period, _Period()
             now = self._clock()
@@ -167,6 +168,8 @@ class NodeStats:
             values.append(("in flight", str(in_flight)))
         if capacity is not None:
             values.append(("capacity", str(capacity)))
+        if udp_drops is not None:
+            values.append(("UDP drops, receive buffer full (host, per s)", f"{udp_drops / elapsed:.1f}"))
         for core, busy in sorted((core_busy or {}).items()):
             values.append((f"core {core} busy (%)", f"{100.0 * busy:.1f}"))
         for camera in cameras:
@@ -184,7 +187,7 @@ class NodeStats:
 
         known = publishers or {}
         silent = {camera: silent_camera_cause(camera, known.get(camera), incompatible.get(camera), lost_frames_hint,
-                                              silent_s[camera])
+                                              silent_s[camera], udp_drops)
                   for camera in cameras if not period.received[camera]}
         level, message = _summary(received, published, errors, bad, len(cameras), list(silent.values()),
                                   last_error, last_bad_frame)
@@ -206,7 +209,8 @@ def _percentiles(name: str, samples: deque) -> list[tuple[str, str]]:
 
 
 def silent_camera_cause(camera: str, publishers: TopicPublishers | None, incompatible_policy: str | None,
-                        lost_frames_hint: str = "", silent_s: float | None = None) -> str:
+                        lost_frames_hint: str = "", silent_s: float | None = None,
+                        udp_drops: int | None = None) -> str:
     """One line: a camera sent no frames in the period, and the likeliest reason, most certain first."""
     if publishers is None:
         return f"no frames on {camera}"
@@ -222,7 +226,8 @@ def silent_camera_cause(camera: str, publishers: TopicPublishers | None, incompa
                 f"node's qos parameter to match the publisher (a best-effort camera needs qos: sensor_data)")
     if silent_s is not None and silent_s < SILENT_WITH_PUBLISHERS_S:
         return head  # too early to blame anything
-    cause = f"{head}: frames likely lost in DDS"
+    cause = (f"{head}: frames lost in DDS (the kernel dropped {udp_drops} UDP datagrams for full receive buffers "
+             f"meanwhile)" if udp_drops else f"{head}: frames likely lost in DDS")
     return f"{cause}; {lost_frames_hint}" if lost_frames_hint else cause
 
 
