@@ -18,8 +18,8 @@ from rk_siglip_ros.node.dds import (
     dds_config_file,
     kernel_receive_buffer_limit,
     lost_frames_hint,
-    udp_receive_buffer_errors,
     node_environment,
+    udp_receive_buffer_errors,
     uses_large_image_config,
 )
 
