@@ -169,3 +169,31 @@ def test_shipped_config_starts_where_the_kernel_grants_less_than_it_asks(tmp_pat
     strict.write_text(SHIPPED.read_text().replace('min="default"', 'min="64MB"'))
     refused, _ = start_with(strict.as_uri(), tmp_path)
     assert refused.returncode != 0 and "started" not in refused.stdout
+
+
+def test_raw_1080p_frames_from_three_cameras_reach_the_node(installed_env: dict[str, str], tiny_shards: Path,
+                                                           client: ros_support.RosClient) -> None:
+    """Large images through the installed launch file's defaults (dds_config:=large_images, sensor_data QoS, raw
+    subscriptions): every camera's 6.2 MB frames arrive and are encoded, with their headers."""
+    topics = [f"/big{index}/image_raw" for index in range(3)]
+    embeddings = client.collect(Image, ros_support.OUTPUT)
+    cameras = [client.publisher(Image, topic, qos_profile_sensor_data) for topic in topics]
+    frames = []
+    for index in range(3):
+        msg = Image(height=1080, width=1920, encoding="rgb8", is_bigendian=0, step=1920 * 3)
+        msg.data = array.array("B", bytes([40 * index]) * (1080 * 1920 * 3))
+        msg.header.frame_id = f"big{index}"
+        frames.append(msg)
+    node = ros_support.launch_node(installed_env, shards=str(tiny_shards), backend="onnxruntime",
+                                   image_topics=f"[{', '.join(topics)}]")
+    with ros_support.running(node):
+        ros_support.wait_until_connected(client, cameras)
+
+        def every_camera_encoded() -> bool:
+            for camera, msg in zip(cameras, frames, strict=True):
+                camera.publish(msg)
+            return {m.header.frame_id for _, m in embeddings} == {"big0", "big1", "big2"}
+
+        assert ros_support.wait_until(every_camera_encoded, timeout=60, step=0.1), node.output
+        node.interrupt()
+        assert node.wait() == 0, node.output
