@@ -147,3 +147,19 @@ def test_layout_check_catches_a_missing_data_files_line(tmp_path: Path) -> None:
     """Guards the guard: without the launch data_files line, the layout check must report the launch file."""
     install = colcon_build(make_workspace(tmp_path, edit_setup='(f"share/{PACKAGE}/launch"'))
     assert install_layout_problems(install) == [f"missing share/{PACKAGE}/launch/encoder.launch.py"]
+
+
+def test_readme_code_layout_names_every_module():
+    """The README's Code layout section is the map of the package: every module is on it, under its folder."""
+    readme = (REPO / "README.md").read_text()
+    layout = readme.split("\n## Code layout\n", 1)[1].split("\n## ", 1)[0]
+    package = REPO / PACKAGE
+    missing = []
+    for module in sorted(package.rglob("*.py")):
+        if module.name == "__init__.py":
+            continue
+        folder = module.parent.relative_to(package).as_posix()
+        section = layout if folder == "." else layout.split(f"  {folder}/", 1)[-1]
+        if folder != "." and f"  {folder}/" not in layout or module.name not in section:
+            missing.append(module.relative_to(package).as_posix())
+    assert missing == []
