@@ -199,7 +199,10 @@ def test_sigint_to_the_console_script_leaves_no_output(tmp_path, shards):
                                 # The sim's NPU timing (tens of ms per shard call, one frame at a time) keeps the run
                                 # going for seconds however idle or loaded the machine is, so the signal lands mid-run.
                                 "--shards", str(shards), "--backend", "sim", "--mode", "sequential", "--no-progress"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # Ctrl-C as a user's terminal delivers it. A test run started in the background of a
+                               # non-interactive shell inherits SIGINT ignored, and Python then keeps ignoring it.
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.partial-*")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
