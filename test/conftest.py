@@ -58,3 +58,21 @@ def rknnlite_double(monkeypatch: pytest.MonkeyPatch) -> Any:
     module.LIVE.clear()
     for name in [name for name in sys.modules if name == "rknnlite" or name.startswith("rknnlite.")]:
         del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny full SigLIP (vision + text, SentencePiece tokenizer) saved by transformers (tiny_checkpoints.py)."""
+    from tiny_checkpoints import save_tiny_siglip
+
+    return save_tiny_siglip(tmp_path_factory.mktemp("siglip-ckpt"))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_shards(tiny_siglip_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """That checkpoint built with --text (ONNX only): the shard set the text-side tests share."""
+    from rk_siglip_ros.builder.build import build_shards
+
+    out = tmp_path_factory.mktemp("text-shards") / "set"
+    build_shards(str(tiny_siglip_checkpoint), out, formats=("onnx",), progress=False, text=True)
+    return out

@@ -7,6 +7,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+from outboxes import RecordingOutbox
 from rosbags.typesys import Stores, get_typestore
 from skimage.data import astronaut, chelsea, coffee
 
@@ -63,26 +64,15 @@ def wait_until(condition, deadline_s: float = 60.0) -> bool:
     return condition()
 
 
-class Outbox:
+class Outbox(RecordingOutbox):
     """Stands where the node's publishers are: rebuilds real Image messages from the fields it is given."""
 
     def __init__(self, types) -> None:
+        super().__init__()
         self.image_type = types["sensor_msgs/msg/Image"]
-        self.messages: list = []
-        self.lock = threading.Lock()
 
     def __call__(self, source_header, fields) -> None:
-        with self.lock:
-            self.messages.append(self.image_type(header=source_header, **fields))
-
-    def wait_for(self, count: int, deadline_s: float = 60.0) -> bool:
-        end = time.monotonic() + deadline_s  # a liveness deadline, not a timing assertion
-        while time.monotonic() < end:
-            with self.lock:
-                if len(self.messages) >= count:
-                    return True
-            time.sleep(0.005)
-        return False
+        self.record(self.image_type(header=source_header, **fields))
 
 
 class Publishers:

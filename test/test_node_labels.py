@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from outboxes import RecordingOutbox
 from rosbags.typesys import Stores, get_typestore
 from test_node_core import TOPICS, Publishers, camera_messages
 
@@ -30,23 +31,11 @@ def text_shards(shard_factory):
     return shard_factory("random:tiny", "pipeline3", text=True)
 
 
-class LabelsOutbox:
-    def __init__(self) -> None:
-        self.messages: list = []
-        self.lock = threading.Lock()
+class LabelsOutbox(RecordingOutbox):
+    """Stands where the node's labels publisher is: keeps (header, [(label, probability), ...]) per frame."""
 
     def __call__(self, header, results) -> None:
-        with self.lock:
-            self.messages.append((header, list(results)))
-
-    def wait_for(self, count: int, deadline_s: float = 60.0) -> bool:
-        end = time.monotonic() + deadline_s  # a liveness deadline, not a timing assertion
-        while time.monotonic() < end:
-            with self.lock:
-                if len(self.messages) >= count:
-                    return True
-            time.sleep(0.005)
-        return False
+        self.record((header, list(results)))
 
 
 class CountingEmbedder:

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from skimage import data as photos
-from test_text import BIAS, save_tiny_siglip
+from tiny_checkpoints import BIAS
 
 from rk_siglip_ros.bag.io import merged_typestore
 from rk_siglip_ros.bag.search import TILE, custom_data, sheet_layout
@@ -74,15 +74,13 @@ def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return save_tiny_siglip(tmp_path_factory.mktemp("ckpt"))
+def checkpoint(tiny_siglip_checkpoint) -> Path:
+    return tiny_siglip_checkpoint
 
 
 @pytest.fixture(scope="module")
-def shards(checkpoint, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shards") / "text"
-    build_shards(str(checkpoint), out, formats=("onnx",), progress=False, text=True)
-    return out
+def shards(tiny_text_shards) -> Path:
+    return tiny_text_shards
 
 
 @pytest.fixture(scope="module")

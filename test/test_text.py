@@ -5,7 +5,6 @@ to sigmoid(logits_per_image) within 1e-4; plus the refusals (no text tower, bad 
 from __future__ import annotations
 
 import json
-import math
 import random
 import string
 from pathlib import Path
@@ -15,59 +14,31 @@ import pytest
 import torch
 from PIL import Image
 from skimage import data as photos
+from tiny_checkpoints import BIAS, save_tiny_siglip
 
 from rk_siglip_ros.builder.build import build_shards
 from rk_siglip_ros.builder.models import ModelSourceError
-from rk_siglip_ros.builder.text_tower import hf_token_ids, random_tokenizer
+from rk_siglip_ros.builder.text_tower import hf_token_ids
 from rk_siglip_ros.cli.encode_text import main as encode_text
 from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import ManifestError, load_manifest
 from rk_siglip_ros.text import MAX_LABELS, TextEncoder, TextError, check_texts
 
-LOG_SCALE, BIAS = math.log(12.0), -2.5  # not the random presets' values: proves they come from the checkpoint
 TEXTS = ["a photo of an astronaut", "a cup of coffee", "a cat", "A ROCKET!", "a grey camera on a tripod",
          "robot #3, near pallet 42", " ".join(["a very long caption"] * 30)]
 PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "camera")
 
 
-def save_tiny_siglip(folder: Path, strip_specials: bool = False, legacy: bool | None = None) -> Path:
-    """A tiny SigLIP (vision + text) saved by transformers, with a SentencePiece tokenizer saved beside it."""
-    from transformers import SiglipConfig, SiglipModel
-
-    tokenizer = random_tokenizer(folder)
-    torch.manual_seed(7)
-    config = SiglipConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=64, projection_size=64, pad_token_id=1,
-                         eos_token_id=1, bos_token_id=None),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=64, patch_size=8))
-    model = SiglipModel(config).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(LOG_SCALE)
-        model.logit_bias.fill_(BIAS)
-    model.save_pretrained(folder)
-    config_path = folder / "tokenizer_config.json"
-    data = json.loads(config_path.read_text())
-    if strip_specials:  # as google/siglip-* tokenizer_config.json files have it: </s> and <unk> eat spaces
-        for token in data["added_tokens_decoder"].values():
-            token.update(lstrip=True, rstrip=True)
-    if legacy is not None:  # legacy=false makes transformers edit the SentencePiece model (no dummy prefix)
-        data["legacy"] = legacy
-    config_path.write_text(json.dumps(data))
-    return folder
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return save_tiny_siglip(tmp_path_factory.mktemp("siglip-ckpt"))
+def checkpoint(tiny_siglip_checkpoint) -> Path:
+    return tiny_siglip_checkpoint
 
 
 @pytest.fixture(scope="module")
-def shards(checkpoint, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("text-shards") / "set"
-    build_shards(str(checkpoint), out, formats=("onnx",), progress=False, text=True)
-    return out
+def shards(tiny_text_shards) -> Path:
+    return tiny_text_shards
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,29 @@
+"""What the node core publishes, recorded for tests in place of ROS publishers (thread-safe; the core's dispatcher
+thread publishes)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+
+class RecordingOutbox:
+    """Keeps everything published to it in ``messages``; ``wait_for(n)`` waits until n have arrived."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.lock = threading.Lock()
+
+    def record(self, item: Any) -> None:
+        with self.lock:
+            self.messages.append(item)
+
+    def wait_for(self, count: int, deadline_s: float = 60.0) -> bool:
+        end = time.monotonic() + deadline_s  # a liveness deadline, not a timing assertion
+        while time.monotonic() < end:
+            with self.lock:
+                if len(self.messages) >= count:
+                    return True
+            time.sleep(0.005)
+        return False
