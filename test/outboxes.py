@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -20,10 +21,15 @@ class RecordingOutbox:
             self.messages.append(item)
 
     def wait_for(self, count: int, deadline_s: float = 60.0) -> bool:
-        end = time.monotonic() + deadline_s  # a liveness deadline, not a timing assertion
-        while time.monotonic() < end:
-            with self.lock:
-                if len(self.messages) >= count:
-                    return True
-            time.sleep(0.005)
-        return False
+        return wait_until(lambda: len(self.messages) >= count, deadline_s)
+
+
+def wait_until(condition: Callable[[], bool], deadline_s: float = 60.0) -> bool:
+    """Poll ``condition`` until it holds; False if it still does not after ``deadline_s`` (a liveness deadline, not a
+    timing assertion)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from outboxes import wait_until
 from rosbags.typesys import Stores, get_typestore
 
 from rk_siglip_ros.node.mailbox import Dispatcher, Frame
@@ -392,14 +393,6 @@ def test_a_failing_publisher_does_not_stop_the_dispatcher():
 # --------------------------------------------------------------------------------------------- thread
 
 
-def wait_until(condition, deadline_s: float = 30.0) -> bool:
-    """Poll for a condition from another thread (a liveness deadline, not a timing assertion)."""
-    stop = threading.Event()
-    for _ in range(int(deadline_s / 0.005)):
-        if condition():
-            return True
-        stop.wait(0.005)
-    return condition()
 
 
 class ThreadedEncoder:

@@ -7,7 +7,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from outboxes import RecordingOutbox
+from outboxes import RecordingOutbox, wait_until
 from rosbags.typesys import Stores, get_typestore
 from skimage.data import astronaut, chelsea, coffee
 
@@ -55,13 +55,6 @@ def camera_messages(types, sec: int) -> dict:
     }
 
 
-def wait_until(condition, deadline_s: float = 60.0) -> bool:
-    end = time.monotonic() + deadline_s  # a liveness deadline, not a timing assertion
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 class Outbox(RecordingOutbox):

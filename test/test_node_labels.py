@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from outboxes import RecordingOutbox
+from outboxes import RecordingOutbox, wait_until
 from rosbags.typesys import Stores, get_typestore
 from test_node_core import TOPICS, Publishers, camera_messages
 
@@ -211,13 +211,6 @@ def test_a_run_time_change_embeds_in_the_background_and_keeps_the_labels_in_use(
         core.close()
 
 
-def wait_until(condition, deadline_s: float = 60.0) -> bool:
-    end = time.monotonic() + deadline_s  # a liveness deadline, not a timing assertion
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 def test_a_run_time_change_to_a_shard_set_without_text_tower_is_refused_at_once(shard_factory, types):
