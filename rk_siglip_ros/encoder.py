@@ -231,11 +231,11 @@ class SiglipEncoder:
         self._closed = True
         scheduler = getattr(self, "_scheduler", None)
         stuck = scheduler.close(cancel=cancel, timeout=timeout) if scheduler is not None else []
-        busy_cores = {call.core for call in stuck}
+        still_running = {(call.shard, call.core) for call in stuck}  # only the stuck contexts stay unreleased
         runners, self._runners = self._runners, {}
         failures = []
         for (shard, core), runner in runners.items():
-            if core in busy_cores:
+            if (shard, core) in still_running:
                 continue
             try:
                 runner.close()

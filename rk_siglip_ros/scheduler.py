@@ -31,6 +31,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backends.base import Core
 from .partitioning import min_max_partition
 
 MODES = ("sequential", "pipeline", "replicas", "allcores")
@@ -45,7 +46,6 @@ CALL_TIMEOUT_S = 60.0
 
 LOG = logging.getLogger(__name__)
 
-Core = int | tuple[int, ...]  # a core index, or a tuple: one context spanning those cores (allcores)
 RunShard = Callable[[int, Core, Any], Any]
 Finish = Callable[[Any], Any]
 
@@ -278,9 +278,12 @@ class Scheduler:
         first = self._workers[0]
         for _ in self._workers if self.mode == "replicas" else (None,):
             first.inbox.put(_STOP)
+        with self._lock:
+            hung = set(self._hung)  # declared stuck by the watchdog already: no point waiting for them
         for worker in self._workers:
             if worker.thread is not None:
-                worker.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                worker.thread.join(0.0 if worker.name in hung else wait)
         alive = [w for w in self._workers if w.thread is not None and w.thread.is_alive()]
         if not alive:
             return []
@@ -335,7 +338,8 @@ class Scheduler:
             try:
                 self._run(worker, frame)
             except BaseException as error:  # noqa: BLE001 - a worker never dies; the frame carries the error
-                frame.error = error
+                if not frame.abandoned:  # the watchdog's StuckCallError stands for a frame it already failed
+                    frame.error = error
             if frame.abandoned:  # the watchdog failed this frame while our call hung; it returned at last
                 with self._lock:
                     if worker.assignment[0][1] in self._retired and self.mode == "replicas":

@@ -224,6 +224,7 @@ def run_selfcheck(shard_dirs: Sequence[str | Path], out: Path, backend: str = "a
     from .manifest import load_manifest
 
     manifests = {str(Path(d)): load_manifest(d, verify=()) for d in shard_dirs}
+    out.mkdir(parents=True, exist_ok=True)  # an unusable --out is found now, not after minutes of measuring
     names = {resolve_backend_name(backend, m) for m in manifests.values()}
     if len(names) != 1:
         from .backends import BackendError
@@ -247,7 +248,6 @@ def run_selfcheck(shard_dirs: Sequence[str | Path], out: Path, backend: str = "a
                 results.append(bench_encoder(encoder, frames=frames, warmup=1, image_size=image_size,
                                              time_scale=scale, label=label))
     facts = board_facts(manifests, sdk_version, root)
-    out.mkdir(parents=True, exist_ok=True)
     fit: ProfileFit | None = None
     fit_problem = profile_file = None
     try:

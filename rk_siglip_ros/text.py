@@ -93,7 +93,12 @@ class SiglipSentencePieceTokenizer:
                 from None
         self.spec = spec
         self._sp = sentencepiece.SentencePieceProcessor()
-        if not self._sp.Load(str(model_path)):
+        try:  # sentencepiece raises on a missing or unparsable file (older releases returned False)
+            loaded = self._sp.Load(str(model_path))
+        except (RuntimeError, OSError) as error:
+            raise TextError(f"{model_path}: not a SentencePiece model ({' '.join(str(error).split())}); rebuild the "
+                            "shard set with --text") from None
+        if not loaded:
             raise TextError(f"{model_path}: not a SentencePiece model; rebuild the shard set with --text")
         self._unk_length = len(self._sp.encode(spec.unk_token, out_type=str))
         # Longest first, so "</s>" wins over a shorter special token that starts at the same place.

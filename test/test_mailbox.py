@@ -5,6 +5,7 @@ collaborator, not the thing under test); the real SiglipEncoder drives the dispa
 """
 
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -499,3 +500,32 @@ def test_rate_limit_can_change_while_running():
     dispatcher.set_max_rate(0.0)
     dispatcher.offer(CAMERAS[0], frame_message(0, 2))
     assert dispatcher.pump() == 1  # unlimited
+
+
+def test_a_full_encoder_with_a_rate_limit_does_not_spin_the_dispatcher():
+    """With the encoder full the dispatcher sleeps until a frame finishes, even when a rate-limited camera's turn
+    has come: it used to wake every millisecond (each wake-up taking the lock the subscription callbacks need)."""
+    clock_reads = []
+
+    def counting_clock() -> float:
+        clock_reads.append(None)
+        return time.monotonic()
+
+    encoder = ManualEncoder(1, Clock(), 0.0)
+    dispatcher = Dispatcher(encoder, Published(), cameras=CAMERAS, convert=identity, clock=counting_clock,
+                            max_rate_hz=1000.0)
+    dispatcher.start()
+    try:
+        dispatcher.offer(CAMERAS[0], frame_message(0, 1))
+        assert wait_until(lambda: len(encoder.jobs) == 1)  # the encoder is full now
+        dispatcher.offer(CAMERAS[0], frame_message(0, 2))  # its 1 ms rate period passes at once; no room though
+        time.sleep(0.01)
+        dispatcher.set_max_rate(1000.0)  # whatever wakes the thread now (here a rate change) must not start a spin
+        time.sleep(0.01)
+        before = len(clock_reads)
+        time.sleep(0.3)
+        assert len(clock_reads) - before < 20  # a 1 kHz spin would read the clock hundreds of times
+        encoder.complete()
+        assert wait_until(lambda: len(encoder.jobs) == 1 and len(encoder.submitted) == 2)
+    finally:
+        dispatcher.stop(drain=False, timeout=5.0)

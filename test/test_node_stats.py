@@ -147,6 +147,18 @@ def test_frames_arriving_again_end_the_warning():
     assert stats.totals()["incompatible_qos"] == 1
 
 
+def test_a_qos_problem_that_was_fixed_is_not_blamed_for_a_later_silence():
+    clock = Clock()
+    stats = NodeStats(CAMERAS, clock=clock)
+    stats.incompatible_qos(CAMERAS[1], "RELIABILITY")
+    stats.received(CAMERAS[1])  # the publisher's QoS was fixed: frames arrive
+    stats.report(publishers={CAMERAS[1]: TopicPublishers(1)}, lost_frames_hint=HINT)
+    clock.now += 10.0  # then the camera falls silent again
+    report = stats.report(publishers={CAMERAS[1]: TopicPublishers(1)}, lost_frames_hint=HINT)
+    line = report.silent_with_publishers[CAMERAS[1]]
+    assert "QoS incompatible" not in line and HINT in line
+
+
 def test_bad_frames_warn_with_topic_and_reason():
     stats = NodeStats(CAMERAS, clock=Clock())
     for camera in CAMERAS:

@@ -276,6 +276,11 @@ def test_encode_images_labels_refusals_write_nothing(shards, shard_factory, tmp_
     with pytest.raises(SystemExit):
         encode_images(["--shards", str(shards), "--out", str(out), str(image), "--labels", "a cat"])
     assert "--labels and --scores go together" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one file for both would silently keep only the scores
+        encode_images(["--shards", str(shards), "--out", str(out), str(image), "--labels", "a cat", "--scores",
+                       str(out)])
+    assert "--scores and --out name the same file" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -294,3 +299,14 @@ def test_manifest_text_section_is_validated(shards, tmp_path, edit, message):
     (copy / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ManifestError, match=message):
         load_manifest(copy)
+
+
+def test_a_damaged_tokenizer_model_is_one_text_error(shards, tmp_path):
+    """sentencepiece raises on an unparsable model file (it does not return False): a TextError, not a traceback."""
+    from rk_siglip_ros.text import SiglipSentencePieceTokenizer
+
+    spec = load_manifest(shards, verify=()).text.tokenizer
+    damaged = tmp_path / "spiece.model"
+    damaged.write_bytes(b"not a sentencepiece model")
+    with pytest.raises(TextError, match="not a SentencePiece model"):
+        SiglipSentencePieceTokenizer(damaged, spec)

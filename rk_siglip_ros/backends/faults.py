@@ -23,7 +23,7 @@ from collections.abc import Collection
 import numpy as np
 
 from ..manifest import Manifest, ShardSpec
-from .base import Backend, ShardRunner
+from .base import Backend, Core, ShardRunner
 
 FAULT_KINDS = ("raise", "nan", "shape", "stuck")
 
@@ -54,10 +54,11 @@ class FaultInjectingBackend(Backend):
         self._lock = threading.Lock()
         self._released = threading.Event()
 
-    def load(self, manifest: Manifest, shard: ShardSpec, core: int) -> ShardRunner:
+    def load(self, manifest: Manifest, shard: ShardSpec, core: Core) -> ShardRunner:
         index = manifest.shards.index(shard)
         target = self.shard % len(manifest.shards)
-        faulty = index == target and (self.cores is None or core in self.cores)
+        spans = set(core) if isinstance(core, tuple) else {core}  # allcores: one context over several cores
+        faulty = index == target and (self.cores is None or bool(spans & set(self.cores)))
         return _FaultyRunner(self.inner.load(manifest, shard, core), self, faulty)
 
     def estimated_cost(self, manifest: Manifest, shard: ShardSpec) -> float:

@@ -62,19 +62,27 @@ def build_shards(model: str, out: Path, *, force: bool = False, progress: bool =
         except ValueError as error:
             raise BuildInputError(str(error)) from None
     text_tower = load_text_tower(model, tower) if checked.text else None  # before anything is written
+    try:
+        manifest = _build_staged(tower, model, out, checked, progress, text_tower, force)
+    finally:  # also when the output folder cannot be made: the text tower's temp files go
+        if text_tower is not None:
+            text_tower.close()
+    manifest.root = out.resolve()
+    return manifest
+
+
+def _build_staged(tower: VisionTower, model: str, out: Path, options: BuildOptions, progress: bool,
+                  text_tower: TextTower | None, force: bool) -> Manifest:
+    """Build into a hidden folder beside ``out`` and move it into place only when complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the shard set is meant to be shared (e.g. installed by colcon)
     try:
-        manifest = _build_into(tower, model, staging, checked, progress, text_tower)
+        manifest = _build_into(tower, model, staging, options, progress, text_tower)
         _move_into_place(staging, out, force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    finally:
-        if text_tower is not None:
-            text_tower.close()
-    manifest.root = out.resolve()
     return manifest
 
 
@@ -163,7 +171,7 @@ def _plan(tower: VisionTower, folded: VisionTower, groups: list[list[Block]],
         layers = sorted({block.layer for block in group if block.layer is not None})
         spec = ShardSpec(name=f"s{index}", inputs=inputs, outputs=outputs, layers=layers,
                          macs=sum(block.macs for block in group), blocks=[block.label for block in group])
-        module = ShardModule(folded, group, options.tile, uses_poison(options.barrier or "none")).eval()
+        module = ShardModule(folded, group, options.tile, uses_poison(options.barrier)).eval()
         plans.append(PlannedShard(spec, group, module, ShardModule(tower, group).eval()))
     return plans
 

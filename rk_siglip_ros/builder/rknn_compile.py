@@ -126,7 +126,7 @@ def compile_and_verify(plans: list[PlannedShard], folder: Path, options: BuildOp
     for plan in tqdm(plans, desc=f"{'compile rknn':<14}", unit="shard", file=sys.stderr, disable=not progress):
         plan.spec.rknn = f"{plan.spec.name}.rknn"
         compiled = compile_shard(folder / plan.spec.onnx, folder / plan.spec.rknn, options.target, options.dtype,
-                                 datasets.get(plan.spec.name), disabled_rules(options.barrier or "none"), plan.spec)
+                                 datasets.get(plan.spec.name), disabled_rules(options.barrier), plan.spec)
         try:
             plan.stats["compile_s"] = compiled.compile_s
             plan.stats["rknn_bytes"] = (folder / plan.spec.rknn).stat().st_size

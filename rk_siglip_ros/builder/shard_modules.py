@@ -161,7 +161,6 @@ def make_block(tower: VisionTower, block: Block, tile: int | None, poison: bool)
 
 
 @dataclass
-@dataclass
 class PlannedShard:
     """One shard before it is built: its blocks, its tensor interface, and its module."""
 

@@ -14,6 +14,7 @@ profile JSON fitted on a board by ``selfcheck``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -67,8 +68,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="sim: run this much faster than real time (results are reported unscaled)")
     parser.add_argument("--json", type=Path, help="write all results as JSON here")
-    parser.add_argument("--plot", type=Path, help="write a throughput/latency chart (PNG) here")
-    return parser.parse_args(argv)
+    parser.add_argument("--plot", type=Path, help="write a throughput/latency chart (PNG) here (needs matplotlib)")
+    args = parser.parse_args(argv)
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib (pip install matplotlib); leave --plot out to measure without a chart")
+    return args
 
 
 def sim_profiles(option: str | None) -> list[str]:

@@ -41,6 +41,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.labels is None) != (args.scores is None):
         parser.error("--labels and --scores go together: pass both, or neither")
+    if args.scores is not None and args.scores.resolve() == args.out.resolve():
+        parser.error("--scores and --out name the same file; give each its own")
     return args
 
 

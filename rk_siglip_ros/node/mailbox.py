@@ -290,7 +290,10 @@ class Dispatcher:
             try:
                 with self._lock:
                     while not self._stopping and not self._completed and not self._can_submit():
-                        wake_at = self.next_eligible_time()
+                        # A full encoder wakes this thread when a frame finishes (_finished); only with room to spare
+                        # is a rate-limited camera's next turn worth a timed wake-up (else: a 1 kHz spin while full).
+                        full = len(self._in_flight) + self._converting >= self._encoder.capacity
+                        wake_at = None if full else self.next_eligible_time()
                         self._lock.wait(None if wake_at is None else max(wake_at - self._clock(), 0.001))
                     if self._stopping:
                         return

@@ -82,6 +82,7 @@ class NodeStats:
         with self._lock:
             self._camera(camera)
             self._last_frame[camera] = self._clock()
+            self._incompatible_qos.pop(camera, None)  # frames arrive now: a later silence has another cause
             self._period.received[camera] += 1
             self._totals["received"] += 1
 
