@@ -109,10 +109,13 @@ class SiglipSentencePieceTokenizer:
         return self.spec.max_length
 
     def __call__(self, texts: Sequence[str]) -> Tokens:
-        rows = np.full((len(texts), self.max_length), self.spec.pad_id, dtype=np.int64)
+        return self.padded([self.token_ids(text) for text in texts])
+
+    def padded(self, id_lists: Sequence[list[int]]) -> Tokens:
+        """Rows of ``max_length`` ids from :meth:`token_ids` lists: truncated, </s> appended, padded."""
+        rows = np.full((len(id_lists), self.max_length), self.spec.pad_id, dtype=np.int64)
         truncated = []
-        for row, text in enumerate(texts):
-            ids = self.token_ids(text)
+        for row, ids in enumerate(id_lists):
             if len(ids) + 1 > self.max_length:  # room for </s>, as HF's truncation counts the special token
                 ids = ids[: self.max_length - 1]
                 truncated.append(row)
@@ -259,11 +262,12 @@ class TextEncoder:
 
     def tokenize(self, texts: Sequence[str]) -> Tokens:
         """Token ids for ``texts``; TextError for a text with nothing left after canonicalisation (e.g. "!!!")."""
-        for index, text in enumerate(texts):
-            if not self.tokenizer.token_ids(text):
+        id_lists = [self.tokenizer.token_ids(text) for text in texts]
+        for index, (text, ids) in enumerate(zip(texts, id_lists, strict=True)):
+            if not ids:
                 raise TextError(f"text {index} {text!r} has no words once the tokenizer drops punctuation and "
                                 "spaces; give it some")
-        return self.tokenizer(texts)
+        return self.tokenizer.padded(id_lists)  # each text tokenised once
 
     def encode(self, texts: Sequence[str], progress: Any = None) -> np.ndarray:
         """(L, D) float32 unit text embeddings, row i for ``texts[i]`` (texts longer than max_length are cut)."""
