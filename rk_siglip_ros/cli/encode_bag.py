@@ -118,10 +118,12 @@ def _run(args: argparse.Namespace) -> int:
 def _encode(plan: ReplayPlan, args: argparse.Namespace) -> int:
     try:
         from ..encoder import SiglipEncoder  # after the cheap checks: it loads ONNX Runtime / RKNN-Lite
+        from ..manifest import load_manifest
 
+        manifest = load_manifest(args.shards, verify=())  # read once, for the labels and the encoder
         if args.labels is not None:
-            plan.labels, plan.labels_top_k = embed_labels(args.shards, args.labels, "encode_bag"), args.labels_top_k
-        encoder = SiglipEncoder.open(args.shards, backend=args.backend, mode=args.mode, cores=args.cores)
+            plan.labels, plan.labels_top_k = embed_labels(manifest, args.labels, "encode_bag"), args.labels_top_k
+        encoder = SiglipEncoder.open(manifest, backend=args.backend, mode=args.mode, cores=args.cores)
     except KeyboardInterrupt:
         print("encode_bag: interrupted; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -71,11 +71,10 @@ def _run(args: argparse.Namespace) -> int:
     from ..encoder import SiglipEncoder
     from ..manifest import load_manifest
 
+    manifest = load_manifest(args.shards, verify=())  # read once, for the labels and the encoder
     # Bad labels or a shard set without a text tower: refused before any image is encoded.
-    labels = None
-    if args.labels is not None:
-        labels = embed_labels(load_manifest(args.shards, verify=()), args.labels, "encode_images")
-    with SiglipEncoder.open(args.shards, backend=args.backend, mode=args.mode, cores=args.cores) as encoder:
+    labels = embed_labels(manifest, args.labels, "encode_images") if args.labels is not None else None
+    with SiglipEncoder.open(manifest, backend=args.backend, mode=args.mode, cores=args.cores) as encoder:
         start = time.perf_counter()
         embeddings = encoder.encode_batch(images)
         elapsed = time.perf_counter() - start
