@@ -74,25 +74,15 @@ def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_siglip_checkpoint) -> Path:
-    return tiny_siglip_checkpoint
-
-
-@pytest.fixture(scope="module")
-def shards(tiny_text_shards) -> Path:
-    return tiny_text_shards
-
-
-@pytest.fixture(scope="module")
 def photo_bag(tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
     path = tmp_path_factory.mktemp("bags") / "photos"
     return path, write_photo_bag(path)
 
 
 @pytest.fixture(scope="module")
-def encoded(photo_bag, shards, tmp_path_factory) -> Path:
+def encoded(photo_bag, tiny_text_shards, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("encoded") / "photos_emb"
-    done = run("encode_bag", str(photo_bag[0]), str(out), "--shards", str(shards), "--backend", "onnxruntime",
+    done = run("encode_bag", str(photo_bag[0]), str(out), "--shards", str(tiny_text_shards), "--backend", "onnxruntime",
                "--no-progress", "--labels", *LABELS, "--labels-top-k", "3")
     assert done.returncode == 0, done.stderr
     assert "labels           5 -> /siglip/labels (vision_msgs/Classification, top 3 per frame)" in done.stdout
@@ -118,8 +108,8 @@ def hf_probabilities(checkpoint: Path, texts: list[str]) -> np.ndarray:
     return torch.sigmoid(logits).numpy()
 
 
-def test_encode_bag_writes_classifications_rosbags_reads(encoded, checkpoint):
-    reference = hf_probabilities(checkpoint, LABELS)
+def test_encode_bag_writes_classifications_rosbags_reads(encoded, tiny_siglip_checkpoint):
+    reference = hf_probabilities(tiny_siglip_checkpoint, LABELS)
     with Reader(encoded) as reader:
         store = merged_typestore(reader.connections, "humble")  # the bag's own definitions
         topics = {c.topic: c for c in reader.connections}
@@ -154,12 +144,12 @@ def parse_hits(stdout: str) -> dict[str, list[tuple[int, str, str, str, float]]]
     return hits
 
 
-def test_search_bag_ranks_known_photos_as_transformers_does(encoded, checkpoint, photo_bag, tmp_path):
+def test_search_bag_ranks_known_photos_as_transformers_does(encoded, tiny_siglip_checkpoint, photo_bag, tmp_path):
     sheet = tmp_path / "sheet.png"
     done = run("search_bag", str(encoded), *QUERIES, "--top", "4", "--sheet", str(sheet))
     assert done.returncode == 0, done.stderr
     hits = parse_hits(done.stdout)
-    reference = hf_probabilities(checkpoint, QUERIES)
+    reference = hf_probabilities(tiny_siglip_checkpoint, QUERIES)
     written = photo_bag[1]
     for column, query in enumerate(QUERIES):
         order = np.argsort(-reference[:, column], kind="stable")[:4]
@@ -203,37 +193,38 @@ def write_embedding_bag(path: Path, width: int, count: int = 3, corrupt: bool = 
                 writer.write(camera, 10**18 + index, raw[:6])
 
 
-def test_search_bag_of_a_node_recording_needs_shards_then_works(shards, tmp_path):
+def test_search_bag_of_a_node_recording_needs_shards_then_works(tiny_text_shards, tmp_path):
     bag = tmp_path / "recorded"
     write_embedding_bag(bag, 64)
     done = run("search_bag", str(bag), "a cat")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "not recorded in the bag's metadata); pass --shards DIR" in done.stderr
-    done = run("search_bag", str(bag), "a cat", "--shards", str(shards), "--top", "10")
+    done = run("search_bag", str(bag), "a cat", "--shards", str(tiny_text_shards), "--top", "10")
     assert done.returncode == 0, done.stderr
     assert len(parse_hits(done.stdout)["a cat"]) == 3  # --top larger than the bag: every frame once
     assert "\n  " in done.stdout and " - " in done.stdout  # no image topic in such a bag: shown as "-"
 
 
-def test_search_bag_skips_and_counts_corrupt_messages(shards, tmp_path):
+def test_search_bag_skips_and_counts_corrupt_messages(tiny_text_shards, tmp_path):
     bag = tmp_path / "corrupt"
     write_embedding_bag(bag, 64, corrupt=True)
     sheet = tmp_path / "sheet.png"
-    done = run("search_bag", str(bag), "a cat", "--shards", str(shards), "--sheet", str(sheet))
+    done = run("search_bag", str(bag), "a cat", "--shards", str(tiny_text_shards), "--sheet", str(sheet))
     assert done.returncode == 0, done.stderr
     assert "skipped 1 unreadable message(s) on /siglip/embeddings" in done.stderr
     assert len(parse_hits(done.stdout)["a cat"]) == 3 and sheet.exists()
 
 
-def test_search_bag_accepts_another_build_of_the_same_model(encoded, checkpoint, tmp_path):
+def test_search_bag_accepts_another_build_of_the_same_model(encoded, tiny_siglip_checkpoint, tmp_path):
     rebuilt = tmp_path / "rebuilt"
-    build_shards(str(checkpoint), rebuilt, profile="whole", formats=("onnx",), progress=False, text=True)
+    build_shards(str(tiny_siglip_checkpoint), rebuilt, profile="whole", formats=("onnx",), progress=False, text=True)
     done = run("search_bag", str(encoded), "a cat", "--shards", str(rebuilt))
     assert done.returncode == 0, done.stderr
     assert "is another build of" in done.stderr and len(parse_hits(done.stdout)["a cat"]) == 5
 
 
-def test_search_bag_refusals_are_one_line_and_write_nothing(shards, shard_factory, photo_bag, encoded, tmp_path):
+def test_search_bag_refusals_are_one_line_and_write_nothing(tiny_text_shards, shard_factory, photo_bag, encoded,
+                                                             tmp_path):
     narrow, recorded = tmp_path / "narrow", tmp_path / "recorded"
     write_embedding_bag(narrow, 32)
     write_embedding_bag(recorded, 64)
@@ -242,7 +233,7 @@ def test_search_bag_refusals_are_one_line_and_write_nothing(shards, shard_factor
     other_text = shard_factory(model="random:tiny", text=True)
     cases = [
         ((str(photo_bag[0]), "a cat"), "the bag has no embeddings on /siglip/embeddings"),
-        ((str(narrow), "a cat", "--shards", str(shards)), "embeddings are 32 wide but shard set"),
+        ((str(narrow), "a cat", "--shards", str(tiny_text_shards)), "embeddings are 32 wide but shard set"),
         ((str(encoded), "a cat", "--shards", str(other_text)), "the bag's embeddings came from another shard set"),
         ((str(recorded), "a cat", "--shards", str(vision_only)), "has no text tower"),
         ((str(encoded), "a cat", "a cat"), "repeats"),
@@ -258,14 +249,15 @@ def test_search_bag_refusals_are_one_line_and_write_nothing(shards, shard_factor
         assert not sheet.exists()
 
 
-def test_encode_bag_label_refusals_write_nothing(photo_bag, shards, shard_factory, tmp_path):
+def test_encode_bag_label_refusals_write_nothing(photo_bag, tiny_text_shards, shard_factory, tmp_path):
     out = tmp_path / "out"
     cases = [
-        (("--shards", str(shards), "--labels", "a cat", "a cat"), "repeats labels[0]"),
-        (("--shards", str(shards), "--labels", "a cat", ""), "labels[1] is empty"),
+        (("--shards", str(tiny_text_shards), "--labels", "a cat", "a cat"), "repeats labels[0]"),
+        (("--shards", str(tiny_text_shards), "--labels", "a cat", ""), "labels[1] is empty"),
         (("--shards", str(shard_factory(model="random:tiny")), "--labels", "a cat"), "has no text tower"),
-        (("--shards", str(shards), "--labels", "a cat", "--labels-top-k", "0"), "--labels-top-k 0"),
-        (("--shards", str(shards), "--labels", "a cat", "--labels-topic", "/siglip/embeddings"), "is the embedding"),
+        (("--shards", str(tiny_text_shards), "--labels", "a cat", "--labels-top-k", "0"), "--labels-top-k 0"),
+        (("--shards", str(tiny_text_shards), "--labels", "a cat", "--labels-topic", "/siglip/embeddings"),
+         "is the embedding"),
     ]
     for arguments, message in cases:
         done = run("encode_bag", str(photo_bag[0]), str(out), "--no-progress", *arguments)
@@ -273,7 +265,7 @@ def test_encode_bag_label_refusals_write_nothing(photo_bag, shards, shard_factor
         assert done.stderr.strip().count("\n") == 0 and message in done.stderr, done.stderr
         assert not out.exists()
     many = [f"label {i}" for i in range(10_000)]
-    done = run("encode_bag", str(photo_bag[0]), str(out), "--shards", str(shards), "--labels", *many)
+    done = run("encode_bag", str(photo_bag[0]), str(out), "--shards", str(tiny_text_shards), "--labels", *many)
     assert done.returncode == 2 and "10000 labels: at most 1000" in done.stderr and not out.exists()
 
 
