@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,6 +38,12 @@ EXIT_TIMEOUT_S = 30.0
 # ROS_DOMAIN_ID 1..101: 0 is everyone's default; above 101 Cyclone's ports collide with Linux's ephemeral range.
 DOMAIN_IDS = range(1, 102)
 LOCK_DIR = Path(tempfile.gettempdir())
+# A publisher counts the node's subscription as soon as the publisher's side has discovered it; the node's side may
+# discover the publisher a moment later, and a frame sent in between is dropped without a trace (volatile durability:
+# a late match gets nothing sent before it, reliable or not). Tests that count frames one by one first send probe
+# frames until every camera's probe comes back (`wait_until_receiving`). This frame_id prefix marks a probe; the
+# node keeps the source frame_id, and `RosClient.collect` leaves the probes' answers out of what tests see.
+PROBE_FRAME_ID = "rk_siglip_test_probe:"
 
 
 def _no_ros_reason() -> str | None:
@@ -258,6 +264,8 @@ class RosClient:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._lock = threading.Lock()
+        self.answered_probes: set[str] = set()  # topics whose probe frame came back (see PROBE_FRAME_ID)
+        self._watching_probes = False
         self._running = threading.Event()
         self._running.set()
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -271,15 +279,27 @@ class RosClient:
                 self.executor.spin_once(timeout_sec=0.05)
 
     def collect(self, message_type: type, topic: str, qos: Any = 10) -> list[tuple[float, Any]]:
-        """Every message on ``topic`` as (receive time.monotonic(), message), appended as they arrive."""
+        """Every message on ``topic`` as (receive time.monotonic(), message), appended as they arrive; answers to
+        probe frames are noted in :attr:`answered_probes` instead."""
         received: list[tuple[float, Any]] = []
 
         def store(message: Any) -> None:
             with self._lock:
-                received.append((time.monotonic(), message))
+                if (topic := probed_topic(message)) is not None:
+                    self.answered_probes.add(topic)
+                else:
+                    received.append((time.monotonic(), message))
 
         self.node.create_subscription(message_type, topic, store, qos)
         return received
+
+    def watch_probes(self) -> None:
+        """Note probe answers on the embeddings topic even if the test collects nothing there."""
+        if not self._watching_probes:
+            from sensor_msgs.msg import Image
+
+            self.collect(Image, OUTPUT)
+            self._watching_probes = True
 
     def publisher(self, message_type: type, topic: str, qos: Any = 10) -> Any:
         return self.node.create_publisher(message_type, topic, qos)
@@ -305,6 +325,45 @@ def wait_until_connected(client: RosClient, publishers: Sequence[Any], timeout: 
     """Until the node subscribes to every camera and publishes embeddings (the node is up)."""
     assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in publishers)
                       and client.node.count_publishers(OUTPUT) > 0, timeout), "encoder_node did not come up"
+
+
+def as_probe(message: Any, topic: str) -> Any:
+    """``message`` (a camera frame of ``topic``) marked as that camera's probe frame."""
+    message.header.frame_id = PROBE_FRAME_ID + topic
+    return message
+
+
+def probed_topic(message: Any) -> str | None:
+    """The camera topic ``message`` answers a probe of (its header's frame_id), None for any other message."""
+    header = getattr(message, "header", None)
+    if header is None or not header.frame_id.startswith(PROBE_FRAME_ID):
+        return None
+    return header.frame_id[len(PROBE_FRAME_ID):]
+
+
+def probe_until_answered(probes: Mapping[str, tuple[Any, Any]], answered: set[str],
+                         wait: Callable[[Callable[[], bool]], bool]) -> bool:
+    """Publish each camera's probe frame, again and again, until its topic is in ``answered``.
+
+    ``probes``: camera topic -> (publisher, probe message); ``wait(condition)``: poll ``condition`` until it holds or
+    a deadline passes (the caller's way of spinning), returning whether it held."""
+    def all_answered() -> bool:
+        waiting = [topic for topic in probes if topic not in answered]
+        for topic in waiting:
+            publisher, message = probes[topic]
+            publisher.publish(message)
+        return not waiting
+
+    return wait(all_answered)
+
+
+def wait_until_receiving(client: RosClient, probes: Mapping[str, tuple[Any, Any]]) -> None:
+    """Until the node has encoded a probe frame from every camera in ``probes``: from then on every frame sent
+    reaches it (see PROBE_FRAME_ID)."""
+    client.watch_probes()
+    assert probe_until_answered(probes, client.answered_probes,
+                                lambda condition: wait_until(condition, START_TIMEOUT_S, step=0.2)), \
+        f"no camera frame reached encoder_node; answered: {sorted(client.answered_probes)} of {sorted(probes)}"
 
 
 @contextlib.contextmanager

@@ -49,6 +49,8 @@ def test_node_publishes_classification_with_the_source_header(installed_env, cli
     with ros_support.running(ros_support.launch_node(installed_env, params_file=str(params))) as node:
         ros_support.wait_until_connected(client, [camera])
         assert ros_support.wait_until(lambda: client.node.count_publishers("/siglip/labels") > 0)
+        probe, _ = camera_message("rgb8", scene(0, 99), 1_600_000_000_000_000_000, "probe")
+        ros_support.wait_until_receiving(client, {CAMERA: (camera, ros_support.as_probe(probe, CAMERA))})
         sent = []
         for index in range(3):
             message, _ = camera_message("rgb8", scene(0, index), 1_700_000_000_000_000_000 + index * 33_000_000,

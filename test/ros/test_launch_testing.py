@@ -91,12 +91,24 @@ class TestEmbeddings(unittest.TestCase):
         return condition()
 
     def test_one_embedding_per_frame_with_the_source_header(self):
-        received = []
-        self.node.create_subscription(Image, ros_support.OUTPUT, received.append, 10)
+        received, answered_probes = [], set()
+
+        def on_embedding(message: Image) -> None:
+            if (probed := ros_support.probed_topic(message)) is not None:
+                answered_probes.add(probed)
+            else:
+                received.append(message)
+
+        self.node.create_subscription(Image, ros_support.OUTPUT, on_embedding, 10)
         publishers = {topic: self.node.create_publisher(kind, topic, 10) for topic, kind in TOPICS.items()}
         self.assertTrue(self.spin_until(lambda: all(p.get_subscription_count() > 0 for p in publishers.values())),
                         "encoder_node did not subscribe to the camera topics")
         self.assertTrue(self.spin_until(lambda: self.node.count_publishers(ros_support.OUTPUT) > 0))
+        # The node's side may not have discovered these publishers yet: probe frames until every camera's comes back.
+        probes = {topic: (publishers[topic], ros_support.as_probe(camera_frame(topic, kind, 9), topic))
+                  for topic, kind in TOPICS.items()}
+        self.assertTrue(ros_support.probe_until_answered(probes, answered_probes, self.spin_until),
+                        f"no camera frame reached encoder_node; answered: {sorted(answered_probes)}")
         sent = []
         for index in range(FRAMES_PER_TOPIC):
             for topic, kind in TOPICS.items():
