@@ -357,3 +357,55 @@ def test_zstd_compressed_input(tmp_path, encoder, mode, storage):
     assert summary.storage == storage
     assert summary.frames == sum(w.good for w in written) and len(summary.skipped) == 1
     assert read_all(tmp_path / "out")[FRONT] == read_all(plain)[FRONT]
+
+
+# ------------------------------------------------------------------------------ unusable encoder outputs (NaN)
+
+
+def write_front_camera_bag(path: Path, frames: int) -> None:
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    header_class, time_class = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        front = writer.add_connection(FRONT, "sensor_msgs/msg/Image", typestore=store)
+        for index in range(frames):
+            header = header_class(stamp=time_class(sec=100 + index, nanosec=0), frame_id="front_optical")
+            message = _raw(store, header, _photo(index), "rgb8")
+            writer.write(front, 1_700_000_000_000_000_000 + index * 100_000_000,
+                         store.serialize_cdr(message, "sensor_msgs/msg/Image"))
+
+
+def nan_encoder(shards: Path, rate: float) -> SiglipEncoder:
+    """The real encoder whose last shard returns NaN on a seeded ``rate`` of its calls (backends.faults)."""
+    from rk_siglip_ros.backends import create_backend
+    from rk_siglip_ros.backends.faults import FaultInjectingBackend
+    from rk_siglip_ros.manifest import load_manifest
+
+    backend = FaultInjectingBackend(create_backend("onnxruntime", threads=1), "nan", rate=rate, seed=3)
+    return SiglipEncoder(load_manifest(shards), backend, mode="pipeline")
+
+
+def test_a_frame_with_a_nan_output_is_skipped_and_the_run_goes_on(tmp_path, shards):
+    write_front_camera_bag(tmp_path / "in", 24)
+    with nan_encoder(shards, rate=0.25) as faulty:
+        summary = encode_bag(tmp_path / "in", tmp_path / "out", faulty)
+        struck = faulty.backend.injected
+    assert 0 < struck < 24 and len(summary.skipped) == struck and summary.frames == 24 - struck
+    assert all(frame.reason.startswith("encoder output: ") and "NaN" in frame.reason for frame in summary.skipped)
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    skipped_log_times = {frame.log_time_ns for frame in summary.skipped}
+    written = read_all(tmp_path / "out")
+    assert len(written[EMBEDDING_TOPIC]) == summary.frames and len(written[FRONT]) == 24  # every source copied
+    assert not skipped_log_times & {log_ns for log_ns, _ in written[EMBEDDING_TOPIC]}
+    for _, raw in written[EMBEDDING_TOPIC]:
+        assert np.isfinite(embedding_from_message(store.deserialize_cdr(raw, "sensor_msgs/msg/Image"))[0]).all()
+
+
+def test_unusable_outputs_in_a_row_end_the_run_without_an_output(tmp_path, shards):
+    from rk_siglip_ros.bag.replay import MAX_UNUSABLE_OUTPUTS_IN_A_ROW
+    from rk_siglip_ros.encoder import EncoderOutputError
+
+    write_front_camera_bag(tmp_path / "in", MAX_UNUSABLE_OUTPUTS_IN_A_ROW + 5)
+    with nan_encoder(shards, rate=1.0) as faulty, pytest.raises(EncoderOutputError, match="frames in a row"):
+        encode_bag(tmp_path / "in", tmp_path / "out", faulty)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["in"]  # no staged .out.partial-* left behind

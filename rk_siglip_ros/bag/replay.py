@@ -37,6 +37,7 @@ from rosbags.rosbag2 import Writer, WriterError
 
 from ..camera_frames import IMAGE_MSG_TYPES, BadFrame, image_from_message
 from ..embedding_msg import embedding_fields
+from ..encoder import EncoderOutputError
 from ..image_header import DEFAULT_MAX_IMAGE_PIXELS
 from ..labels_msg import CLASSIFICATION_MSG_TYPE, LABELS_TOPIC, classification, register_classification
 from ..manifest import MANIFEST_NAME, file_sha256
@@ -64,11 +65,17 @@ META_LABELS = "rk_siglip_ros.labels"  # JSON list
 META_LABELS_TOPIC = "rk_siglip_ros.labels_topic"
 
 
+# One unusable encoder output (NaN/inf, wrong width) costs that frame, as in the node; this many in a row point at
+# the shard set or the NPU rather than at the frames, and end the run instead of grinding through the whole bag.
+MAX_UNUSABLE_OUTPUTS_IN_A_ROW = 10
+
+
 @dataclass
 class _Pending:
     future: Future[EncodeResult]
     header: Any
     log_time_ns: int
+    topic: str
 
 
 @dataclass
@@ -232,9 +239,23 @@ def _replay(bag: OpenBag, connections: list[Connection], plan: ReplayPlan, write
     window = max(1, int(encoder.capacity))
     pending: deque[_Pending] = deque()
 
+    unusable_in_a_row = 0
+
     def finish_one() -> None:
+        nonlocal unusable_in_a_row
         item = pending.popleft()
-        result = item.future.result()  # an encoder failure is not a frame problem: it ends the run
+        try:
+            result = item.future.result()  # any other encoder failure is not a frame problem: it ends the run
+        except EncoderOutputError as error:
+            unusable_in_a_row += 1
+            if unusable_in_a_row >= MAX_UNUSABLE_OUTPUTS_IN_A_ROW:
+                raise EncoderOutputError(f"{unusable_in_a_row} frames in a row gave no usable embedding, so the "
+                                         f"shard set or the NPU is at fault, not the frames; the last: {error}"
+                                         ) from error
+            summary.skipped.append(SkippedFrame(item.topic, item.log_time_ns, f"encoder output: {one_line(error)}"))
+            bar.update(1)
+            return
+        unusable_in_a_row = 0
         message = image_class(header=item.header, **embedding_fields(result.embedding))
         writer.write(embedding_out, item.log_time_ns, store.serialize_cdr(message, EMBEDDING_MSG_TYPE))
         if labels is not None and labels_out is not None:
@@ -283,4 +304,4 @@ def _submit(store: Typestore, connection: Connection, log_time_ns: int, raw: byt
     except (BadFrame, ValueError) as error:
         summary.skipped.append(SkippedFrame(connection.topic, log_time_ns, one_line(error)))
         return None
-    return _Pending(future, message.header, log_time_ns)
+    return _Pending(future, message.header, log_time_ns, connection.topic)

@@ -43,7 +43,8 @@ Replay a recorded rosbag2 (MCAP or sqlite3, any ROS 2 distro) through the SigLIP
 Every image message (sensor_msgs/Image or CompressedImage) on the chosen topics is encoded; OUT gets every
 original topic copied through unchanged plus one sensor_msgs/Image (32FC1, 1 x D, L2-normalised) per frame on
 the embedding topic, with the source frame's header (stamp, frame_id) and log time. Frames that cannot be
-decoded are skipped and counted. With --labels (a shard set built with --text), OUT also gets one
+decoded, or that the encoder gives no usable embedding for (NaN/inf), are skipped and counted; 10 of the latter
+in a row end the run. With --labels (a shard set built with --text), OUT also gets one
 vision_msgs/Classification per frame on the labels topic: the top-k labels with their SigLIP probabilities, same
 header. OUT appears only when the run completes."""
 
