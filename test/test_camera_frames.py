@@ -230,3 +230,12 @@ def test_corrupt_compressed(types, photo, damage):
     with pytest.raises(BadFrame, match="corrupt compressed image|empty compressed image"):
         image_from_message(msg)
 
+
+
+def test_rgb8_is_returned_without_a_copy_and_padded_rgb8_with_one(types, photo):
+    unpadded = raw_message(types, photo, "rgb8")
+    rgb = image_from_message(unpadded)
+    assert np.array_equal(rgb, photo) and np.shares_memory(rgb, unpadded.data)  # no conversion library, no copy
+    padded = raw_message(types, photo, "rgb8", pad=5)
+    rgb = image_from_message(padded)
+    assert np.array_equal(rgb, photo) and rgb.flags["C_CONTIGUOUS"] and not np.shares_memory(rgb, padded.data)

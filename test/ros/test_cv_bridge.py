@@ -59,3 +59,10 @@ def test_known_pixels_through_cv_bridge() -> None:
     ramp = np.linspace(0, 65535, HEIGHT * WIDTH).astype("<u2").reshape(HEIGHT, WIDTH)
     grey = convert_with("cv_bridge", message("mono16", ramp))[..., 0]
     np.testing.assert_array_equal(grey, np.round(ramp * 255.0 / 65535.0).astype(np.uint8))  # nearest level
+
+
+def test_rgb8_skips_cv_bridge_and_its_copy() -> None:
+    """rgb8 needs no conversion: the picked converter hands the message's own pixels on (cv_bridge would copy)."""
+    msg = random_message("rgb8", 0, 0, seed=1)
+    rgb = convert_with(None, msg)
+    assert rgb.shape == (HEIGHT, WIDTH, 3) and np.shares_memory(rgb, np.frombuffer(msg.data, np.uint8))
