@@ -14,6 +14,7 @@ import pytest
 from outboxes import wait_until
 from rosbags.typesys import Stores, get_typestore
 
+from rk_siglip_ros.node.camera_cdr import camera_deserializer
 from rk_siglip_ros.node.mailbox import Dispatcher, Frame
 
 CAMERAS = ("/cam0/image_raw", "/cam1/image_raw", "/cam2/image_raw/compressed")
@@ -288,15 +289,14 @@ def test_bad_frames_are_counted_reported_and_skipped(image_types):
 
 
 class CountingDeserializer:
-    """rosbags' CDR deserialiser for sensor_msgs/Image (what rclpy's deserialize_message does for the node),
-    counting the messages it was asked to deserialise."""
+    """The node's deserialiser for sensor_msgs/Image (camera_cdr), counting the messages it was asked to read."""
 
-    def __init__(self, typestore) -> None:
-        self.typestore, self.calls = typestore, 0
+    def __init__(self) -> None:
+        self.deserialize, self.calls = camera_deserializer("sensor_msgs/msg/Image"), 0
 
     def __call__(self, raw: bytes):
         self.calls += 1
-        return self.typestore.deserialize_cdr(raw, "sensor_msgs/msg/Image")
+        return self.deserialize(raw)
 
 
 def serialized_image(typestore, value: int) -> bytes:
@@ -305,7 +305,7 @@ def serialized_image(typestore, value: int) -> bytes:
 
 def test_serialized_frames_are_deserialised_only_when_dispatched():
     typestore = get_typestore(Stores.ROS2_HUMBLE)
-    deserialize = CountingDeserializer(typestore)
+    deserialize = CountingDeserializer()
     encoder = ManualEncoder(capacity=1)
     published = Published()
     dispatcher = Dispatcher(encoder, published, cameras=CAMERAS[:1], clock=Clock(),  # the real conversion
@@ -331,7 +331,7 @@ def test_bytes_that_do_not_deserialise_are_a_bad_frame_not_an_encoder_error():
     encoder = ManualEncoder(capacity=1)
     published = Published()
     dispatcher = Dispatcher(encoder, published, cameras=CAMERAS[:2], clock=Clock(),
-                            deserialize={camera: CountingDeserializer(typestore) for camera in CAMERAS[:2]},
+                            deserialize={camera: CountingDeserializer() for camera in CAMERAS[:2]},
                             on_bad_frame=lambda frame, reason: problems.append((frame.camera, reason)),
                             on_error=lambda frame, reason: errors.append(reason))
     good = serialized_image(typestore, 7)

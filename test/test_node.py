@@ -58,7 +58,7 @@ def test_only_node_py_imports_ros():
 
 def test_node_helpers_stay_off_the_model_stack():
     for name in ("camera_frames", "embedding_msg", "node/mailbox", "node/stats", "node/config", "node/core",
-                 "node/encoder_node"):
+                 "node/camera_cdr", "node/encoder_node"):
         roots = imported_roots(PACKAGE_DIR / f"{name}.py")
         assert not roots & {"torch", "transformers", "rknn", "onnx"}, (name, roots)
 

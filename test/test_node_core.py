@@ -15,7 +15,8 @@ from rk_siglip_ros.camera_frames import image_from_message
 from rk_siglip_ros.embedding_msg import embedding_from_message
 from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.node import stats as node_stats
-from rk_siglip_ros.node.config import validate
+from rk_siglip_ros.node.camera_cdr import camera_deserializer
+from rk_siglip_ros.node.config import message_type_for, validate
 from rk_siglip_ros.node.core import EncoderNodeCore, ShutdownSummary
 from rk_siglip_ros.node.mailbox import Dispatcher
 from rk_siglip_ros.node.stats import WARN, TopicPublishers
@@ -118,20 +119,15 @@ def test_one_embedding_per_frame_with_the_source_header(tiny_shards, types):
     assert totals["received"] == totals["published"] == 6
 
 
-def cdr_deserializers(typestore) -> dict:
-    """What the node hands the core with raw=True subscriptions (rclpy's deserialize_message bound to each topic's
-    type), made of rosbags' CDR deserialiser."""
-    def bound(msgtype: str):
-        return lambda raw: typestore.deserialize_cdr(raw, msgtype)
-
-    return {topic: bound("sensor_msgs/msg/CompressedImage" if topic.endswith("/compressed")
-                         else "sensor_msgs/msg/Image") for topic in TOPICS}
+def cdr_deserializers() -> dict:
+    """What the node hands the core with raw=True subscriptions: each topic's deserialiser from camera_cdr."""
+    return {topic: camera_deserializer(message_type_for(topic)) for topic in TOPICS}
 
 
 def test_serialized_camera_messages_give_the_same_embeddings_and_headers(tiny_shards, types):
     typestore = get_typestore(Stores.ROS2_HUMBLE)
     service, embeddings, _, warnings, errors, _ = make_service(tiny_shards, types,
-                                                               deserialize=cdr_deserializers(typestore))
+                                                               deserialize=cdr_deserializers())
     sent = camera_messages(types, 42)
     try:
         for topic, message in sent.items():

@@ -32,8 +32,8 @@ EXPECTED_INSTALL = [
 # Import root -> the package.xml dependency that provides it on a robot (rosdep keys checked in rosdistro's
 # rosdep/python.yaml), or None with the reason when no rosdep key exists and the README's pip line provides it.
 ROS_IMPORTS = {name: name for name in ("rclpy", "rcl_interfaces", "ament_index_python", "sensor_msgs",
-                                       "diagnostic_msgs", "diagnostic_updater", "vision_msgs", "cv_bridge", "launch",
-                                       "launch_ros")}
+                                       "std_msgs", "diagnostic_msgs", "diagnostic_updater", "vision_msgs", "cv_bridge",
+                                       "launch", "launch_ros")}
 PYTHON_IMPORTS: dict[str, str | None] = {
     "numpy": "python3-numpy", "cv2": "python3-opencv", "PIL": "python3-pil", "tqdm": "python3-tqdm",
     "onnxruntime": "python3-onnxruntime-pip",
@@ -42,8 +42,8 @@ PYTHON_IMPORTS: dict[str, str | None] = {
     "sentencepiece": None,  # no rosdep key (Debian/Ubuntu have python3-sentencepiece, rosdistro does not): pip
     "matplotlib": None,  # `bench --plot` only, a development tool
 }
-# Declared without a direct import, on purpose: every message the node publishes carries a std_msgs/Header.
-INDIRECT_EXEC_DEPENDS = {"std_msgs"}
+# Declared without a direct import, on purpose (none at present).
+INDIRECT_EXEC_DEPENDS: set[str] = set()
 RUNTIME_SOURCES = [p for p in (REPO / PACKAGE).rglob("*.py") if "builder" not in p.parts]  # builder: workstation only
 
 

@@ -10,7 +10,6 @@ conversions, encoder, stats) lives in ROS-free modules, driven through
 from __future__ import annotations
 
 import array
-import functools
 import signal
 import sys
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 
 from rk_siglip_ros.backends.base import BackendError
 from rk_siglip_ros.manifest import ManifestError
+from rk_siglip_ros.node.camera_cdr import camera_deserializer
 from rk_siglip_ros.node.config import (
     COMPRESSED_TYPE,
     NODE_NAME,
@@ -51,9 +51,9 @@ if rclpy is not None:
         from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
         from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind, qos_profile_sensor_data
-        from rclpy.serialization import deserialize_message
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import CompressedImage, Image
+        from std_msgs.msg import Header
         from vision_msgs.msg import Classification, ObjectHypothesis
     except ImportError as missing:
         MISSING_ROS_PACKAGE = missing.name or str(missing)
@@ -78,8 +78,8 @@ class EncoderNode(Node):
         config = validate(self._declare_parameters(), share_dir=_share_dir())
         logger = self.get_logger()
         self._serialized = serialized
-        deserialize = ({topic: functools.partial(deserialize_message, message_type=_message_class(topic))
-                        for topic in config.image_topics} if serialized else None)
+        deserialize = ({topic: camera_deserializer(message_type_for(topic)) for topic in config.image_topics}
+                       if serialized else None)
         self._service = EncoderNodeCore(config, open_publisher=self._open_publisher, now_s=self._clock_seconds,
                                         warn=logger.warning, error=logger.error,
                                         open_labels_publisher=self._open_labels_publisher, info=logger.info,
@@ -150,7 +150,7 @@ class EncoderNode(Node):
 
         def publish(header: Any, fields: dict[str, Any]) -> None:
             msg = Image()
-            msg.header = header
+            msg.header = _ros_header(header)
             msg.height, msg.width, msg.step = fields["height"], fields["width"], fields["step"]
             msg.encoding, msg.is_bigendian = fields["encoding"], fields["is_bigendian"]
             msg.data = array.array("B", fields["data"].tobytes())  # array('B') skips rclpy's per-byte checks
@@ -163,7 +163,7 @@ class EncoderNode(Node):
 
         def publish(header: Any, results: list[tuple[str, float]]) -> None:
             msg = Classification()
-            msg.header = header
+            msg.header = _ros_header(header)
             msg.results = [ObjectHypothesis(class_id=label, score=score) for label, score in results]
             publisher.publish(msg)
 
@@ -262,6 +262,13 @@ def _spin_until(node: Node, stop: threading.Event) -> None:
             executor.spin_once(timeout_sec=SIGNAL_POLL_S)
     finally:
         executor.remove_node(node)
+
+
+def _ros_header(header: Any) -> Any:
+    """The source frame's header as a std_msgs/Header (camera frames are deserialised by rosbags, see camera_cdr)."""
+    ros_header = Header(frame_id=str(header.frame_id))
+    ros_header.stamp.sec, ros_header.stamp.nanosec = int(header.stamp.sec), int(header.stamp.nanosec)
+    return ros_header
 
 
 def _message_class(topic: str) -> type:
