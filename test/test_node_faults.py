@@ -23,6 +23,7 @@ from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import load_manifest
 from rk_siglip_ros.node.config import validate
 from rk_siglip_ros.node.core import EncoderNodeCore
+from rk_siglip_ros.node.log_bridge import forward_library_logs
 from rk_siglip_ros.node.mailbox import Dispatcher
 from rk_siglip_ros.node.stats import ERROR, OK, WARN
 
@@ -139,7 +140,18 @@ def test_nan_or_wrong_width_is_never_published_and_diagnostics_say_so(toy, types
 # ------------------------------------------------------------------------------------------- failing core (11)
 
 
-def test_a_retired_core_is_in_diagnostics_as_warn_and_logged_once(toy, types):
+@pytest.fixture()
+def node_log():
+    """The library's log lines as the node forwards them into its own log (log_bridge), by level."""
+    lines: dict[str, list[str]] = {"debug": [], "info": [], "warn": [], "error": []}
+    undo = forward_library_logs(*(lines[level].append for level in ("debug", "info", "warn", "error")))
+    try:
+        yield lines
+    finally:
+        undo()
+
+
+def test_a_retired_core_is_in_diagnostics_as_warn_and_logged_once(toy, types, node_log):
     core, outbox, _, errors, _ = node(toy, types, {"kind": "raise", "cores": {2}}, mode="replicas")
     try:
         sec = 0
@@ -157,14 +169,15 @@ def test_a_retired_core_is_in_diagnostics_as_warn_and_logged_once(toy, types):
     for report in (first, second):
         assert report.level >= WARN and "NPU core 2 out of rotation" in report.message
         assert any(key == "core 2 status" and "out of rotation" in value for key, value in report.values)
-    assert sum("core 2 out of rotation" in line for line in errors) == 1
+    assert any(key == "core 2 status" and "restart the node" in value for key, value in first.values)
+    assert sum("core 2 out of rotation" in line for line in node_log["error"] + errors) == 1
 
 
 # ------------------------------------------------------------------------------------------- stuck call (2)
 
 
 @pytest.mark.parametrize("mode", ["pipeline", "replicas"])
-def test_node_shutdown_is_bounded_with_a_stuck_npu_call(toy, types, mode):
+def test_node_shutdown_is_bounded_with_a_stuck_npu_call(toy, types, mode, node_log):
     core, _, _, errors, backends = node(toy, types, {"kind": "stuck", "shard": 1}, mode=mode)
     try:
         core.offer(RAW, raw(types, 1))
@@ -175,7 +188,8 @@ def test_node_shutdown_is_bounded_with_a_stuck_npu_call(toy, types, mode):
     finally:
         backends[0].release()
     assert took < 0.3 + 1.0, f"shutdown took {took:.2f} s with a 0.3 s drain timeout"
-    assert any("stuck in shard 1" in line and "core" in line for line in errors), errors
+    stuck = [line for line in node_log["error"] + errors if "stuck in shard 1" in line]
+    assert len(stuck) == 1 and "core" in stuck[0] and "left behind" in stuck[0], (node_log, errors)
 
 
 # ------------------------------------------------------------------------------------------- dispatcher (13)
@@ -219,7 +233,7 @@ def test_a_failed_dispatch_pass_reaches_the_nodes_log_and_diagnostics():
     assert "dispatcher pass failed" in report.message
 
 
-def test_a_hung_call_is_an_error_in_diagnostics_and_logged_once(toy, types):
+def test_a_hung_call_is_an_error_in_diagnostics_and_logged_once(toy, types, node_log):
     core, outbox, _, errors, backends = node(toy, types, {"kind": "stuck", "shard": 1}, call_timeout_s=0.3)
     try:
         core.offer(RAW, raw(types, 1))
@@ -231,4 +245,5 @@ def test_a_hung_call_is_an_error_in_diagnostics_and_logged_once(toy, types):
     for report in (first, second):
         assert report.level == ERROR and "stuck in shard 1" in report.message
         assert any(key.endswith(" stuck") and value.startswith("shard 1 for") for key, value in report.values)
-    assert sum("its frame was dropped" in line for line in errors) == 1 and outbox.vectors == []
+    assert sum("stuck in shard 1" in line and "frame dropped" in line for line in node_log["error"]) == 1
+    assert outbox.vectors == []

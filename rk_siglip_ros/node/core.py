@@ -106,8 +106,6 @@ class EncoderNodeCore:
         self._udp_errors = udp_receive_buffer_errors()  # the kernel's count at the previous report
         self._closed = False
         self.stats = NodeStats(config.image_topics)
-        self._reported_cores: set[int] = set()
-        self._reported_stuck: set[tuple[int, int]] = set()
         self.encoder = encoder_factory(config)
         try:
             self._busy = self.encoder.busy_window()  # our own window: a benchmark reading the encoder cannot reset it
@@ -204,22 +202,18 @@ class EncoderNodeCore:
             if self._silent_throttle.admit(topic) is not None:
                 self._warn(line)
         retired = self.encoder.retired_cores()
+        # Retired cores and stuck calls are logged once, by the scheduler (log_bridge forwards it to the node's
+        # log); diagnostics repeat them every period.
         for core, why in sorted(retired.items()):
-            report.values.append((f"core {core} status", f"out of rotation: {why}"))
-            if core not in self._reported_cores:  # logged once; diagnostics repeat it every period
-                self._reported_cores.add(core)
-                self._error(f"{why}; serving on the remaining cores (restart the node to use it again)")
+            report.values.append((f"core {core} status", f"out of rotation: {why} (restart the node to use it again)"))
         if retired:
             report.level = max(report.level, WARN)
             cores = ", ".join(str(core) for core in sorted(retired))
             report.message = f"NPU core {cores} out of rotation after repeated failures; {report.message}"
         stuck = self.encoder.stuck_calls()
         for call in stuck:
-            report.values.append((f"core {call.core} stuck", f"shard {call.shard} for {call.seconds:.1f} s"))
-            if (call.core, call.shard) not in self._reported_stuck:
-                self._reported_stuck.add((call.core, call.shard))
-                self._error(f"NPU {call}: its frame was dropped; the call cannot be interrupted (restart the node "
-                            "if it never returns)")
+            report.values.append((f"core {call.core} stuck", f"shard {call.shard} for {call.seconds:.1f} s; the call "
+                                  "cannot be interrupted (restart the node if it never returns)"))
         if stuck:
             report.level = ERROR
             report.message = f"{'; '.join(str(call) for call in stuck)}; {report.message}"
@@ -247,10 +241,9 @@ class EncoderNodeCore:
         finally:
             # Whatever the dispatcher did not publish is already counted dropped: cancel it, so shutdown waits for at
             # most the shards running now instead of computing frames nobody will publish.
+            # A call still stuck after that is left behind and logged by the scheduler (log_bridge: the node's log).
             remaining = max(0.0, deadline - time.monotonic())
-            stuck = self.encoder.close(cancel=True, timeout=remaining + STUCK_GRACE_S)
-            for call in stuck or ():
-                self._error(f"shutdown: NPU {call}; left behind (its context is not released)")
+            self.encoder.close(cancel=True, timeout=remaining + STUCK_GRACE_S)
         after = self.stats.totals()
         return ShutdownSummary(published=after.get("published", 0),
                                finished_after_stop=after.get("published", 0) - before.get("published", 0),

@@ -29,6 +29,7 @@ from rk_siglip_ros.node.config import (
     validate,
 )
 from rk_siglip_ros.node.core import EncoderNodeCore
+from rk_siglip_ros.node.log_bridge import forward_library_logs
 from rk_siglip_ros.node.stats import TopicPublishers
 
 EXIT_USAGE = 2  # bad parameters / setup, as rk_siglip_ros.cli.common.EXIT_USAGE (not imported: it pulls in rosbags)
@@ -77,13 +78,19 @@ class EncoderNode(Node):
         super().__init__(NODE_NAME)
         config = validate(self._declare_parameters(), share_dir=_share_dir())
         logger = self.get_logger()
+        # The encoder's and scheduler's own lines (a core out of rotation, a stuck NPU call) into this node's log.
+        self._stop_forwarding_logs = forward_library_logs(logger.debug, logger.info, logger.warning, logger.error)
         self._serialized = serialized
         deserialize = ({topic: camera_deserializer(message_type_for(topic)) for topic in config.image_topics}
                        if serialized else None)
-        self._service = EncoderNodeCore(config, open_publisher=self._open_publisher, now_s=self._clock_seconds,
-                                        warn=logger.warning, error=logger.error,
-                                        open_labels_publisher=self._open_labels_publisher, info=logger.info,
-                                        deserialize=deserialize)
+        try:
+            self._service = EncoderNodeCore(config, open_publisher=self._open_publisher, now_s=self._clock_seconds,
+                                            warn=logger.warning, error=logger.error,
+                                            open_labels_publisher=self._open_labels_publisher, info=logger.info,
+                                            deserialize=deserialize)
+        except BaseException:
+            self._stop_forwarding_logs()
+            raise
         try:
             self._camera_subscriptions = [self._subscribe(topic, config) for topic in config.image_topics]
             self.add_on_set_parameters_callback(self._set_parameters_hook)
@@ -109,6 +116,10 @@ class EncoderNode(Node):
             summary = service.close(drain=rclpy.ok())
             if summary is not None:
                 self.get_logger().info(summary.line())
+        stop_forwarding_logs = getattr(self, "_stop_forwarding_logs", None)
+        if stop_forwarding_logs is not None:
+            stop_forwarding_logs()
+            self._stop_forwarding_logs = None
 
     # ------------------------------------------------------------------------------------------------ ROS glue
 

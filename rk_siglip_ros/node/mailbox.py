@@ -93,6 +93,7 @@ class Dispatcher:
         self._on_bad_frame = on_bad_frame or (lambda frame, reason: LOG.warning("%s: %s", frame.camera, reason))
         self._on_error = on_error or (lambda frame, reason: LOG.error("%s: %s", frame.camera, reason))
         self._on_failure = on_failure or (lambda reason: None)
+        self._owner_reports_failures = on_failure is not None
         self._lock = threading.Condition()
         self._max_period = 0.0
         self.set_max_rate(max_rate_hz)
@@ -304,7 +305,10 @@ class Dispatcher:
                     self._lock.wait(RETRY_AFTER_FAILURE_S)
 
     def _report_failure(self, error: Exception) -> None:
-        LOG.exception("dispatcher pass failed")
+        # The owner's on_failure reports it where the user looks (the node: its log, throttled); the traceback, for a
+        # bug report, stays at debug level then.
+        LOG.log(logging.DEBUG if self._owner_reports_failures else logging.ERROR, "dispatcher pass failed",
+                exc_info=error)
         reason = f"{type(error).__name__}: {error}"
         self.stats.error(DISPATCHER_KEY, f"dispatcher pass failed: {reason}")
         try:
