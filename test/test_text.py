@@ -310,3 +310,28 @@ def test_a_damaged_tokenizer_model_is_one_text_error(shards, tmp_path):
     damaged.write_bytes(b"not a sentencepiece model")
     with pytest.raises(TextError, match="not a SentencePiece model"):
         SiglipSentencePieceTokenizer(damaged, spec)
+
+
+def test_a_hub_id_builds_its_text_tower_from_the_downloaded_folder(checkpoint, tmp_path):
+    """`build_shards --model owner/name --text`: the text tower and tokenizer come from where the hub download
+    landed, not from a folder named like the hub id. The hub is not reachable here, so the download is a snapshot
+    already in an offline Hugging Face cache, laid out as huggingface_hub lays it out."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--rk-siglip-ros-tests--tiny-siglip"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(checkpoint, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([str(Path(sys.executable).with_name("build_shards")), "--model",
+                           "rk-siglip-ros-tests/tiny-siglip", "--out", str(tmp_path / "shards"), "--formats", "onnx",
+                           "--text", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with TextEncoder.open(tmp_path / "shards") as text:
+        assert text.encode(["a photo of a cat"]).shape == (1, load_manifest(tmp_path / "shards").model.embedding_dim)
+    assert load_manifest(tmp_path / "shards").text.logit_bias == pytest.approx(BIAS)

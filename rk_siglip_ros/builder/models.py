@@ -57,6 +57,7 @@ class VisionTower:
     module: nn.Module  # the transformers model; calling reference() uses it unmodified
     config: Any  # the vision config
     preprocess: PreprocessSpec
+    checkpoint: Path | None = None  # the local folder the weights came from (a hub id's download); None: random
 
     @property
     def transformer(self) -> nn.Module:
@@ -204,9 +205,9 @@ def _checkpoint_tower(path: Path, source: str) -> VisionTower:
             module = SiglipVisionModel.from_pretrained(path, dtype=torch.float32)
         finally:
             hf_logging.set_verbosity(verbosity)
-        return _finish("siglip", source, module, module.config, preprocess)
+        return _finish("siglip", source, module, module.config, preprocess, path)
     if model_type in SMOLVLM_MODEL_TYPES:
-        return _finish("smolvlm", source, *_smolvlm_from_checkpoint(path, config_data), preprocess)
+        return _finish("smolvlm", source, *_smolvlm_from_checkpoint(path, config_data), preprocess, path)
     raise ModelSourceError(f"--model {source!r}: model_type {model_type!r} is not supported; expected a SigLIP "
                            f"({', '.join(SIGLIP_MODEL_TYPES)}) or SmolVLM ({', '.join(SMOLVLM_MODEL_TYPES)}) "
                            "checkpoint")
@@ -258,7 +259,8 @@ def _download(hub_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors"]))
+        # *.model: spiece.model, the SigLIP tokenizer that --text needs.
+        return Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model"]))
     except Exception as error:  # noqa: BLE001 - any hub failure gets the same actionable message
         raise ModelSourceError(f"--model {hub_id!r}: could not download from the Hugging Face hub "
                                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Download it where the "
@@ -266,7 +268,8 @@ def _download(hub_id: str) -> Path:
                                "--model DIR") from None
 
 
-def _finish(architecture: str, source: str, module: nn.Module, config: Any, preprocess: PreprocessSpec) -> VisionTower:
+def _finish(architecture: str, source: str, module: nn.Module, config: Any, preprocess: PreprocessSpec,
+            checkpoint: Path | None = None) -> VisionTower:
     module.eval().float()
     if hasattr(module, "config"):
         # eager attention: the exported graph must be plain matmul/softmax that ONNX and the RKNN compiler fuse.
@@ -274,4 +277,4 @@ def _finish(architecture: str, source: str, module: nn.Module, config: Any, prep
     if config.image_size % config.patch_size:
         raise ModelSourceError(f"{source}: image size {config.image_size} is not divisible by patch size "
                                f"{config.patch_size}; the encoder needs a whole number of patches")
-    return VisionTower(architecture, source, module, config, preprocess)
+    return VisionTower(architecture, source, module, config, preprocess, checkpoint)

@@ -81,9 +81,9 @@ def load_text_tower(source: str, vision: VisionTower) -> TextTower:
         raise ModelSourceError(f"--text: {source} is a vision-only model ({vision.architecture} tower, no head; its "
                                "embeddings are not SigLIP image-text embeddings); drop --text, or build a SigLIP "
                                "checkpoint with its text tower")
-    if source.startswith(RANDOM_PREFIX):
+    if vision.checkpoint is None:
         return _random_text_tower(source, vision)
-    return _checkpoint_text_tower(Path(source).expanduser(), source, vision)
+    return _checkpoint_text_tower(vision.checkpoint, source, vision)  # a hub id: the folder it was downloaded to
 
 
 def _random_text_tower(source: str, vision: VisionTower) -> TextTower:
@@ -147,7 +147,7 @@ def _checkpoint_text_tower(path: Path, source: str, vision: VisionTower) -> Text
     if not (path / "spiece.model").is_file():
         raise ModelSourceError(f"--text: {path} has no spiece.model (the SigLIP tokenizer); download the "
                                "checkpoint's tokenizer files too (`huggingface-cli download <id> --local-dir DIR`)")
-    from transformers import AutoTokenizer, SiglipModel
+    from transformers import AutoTokenizer, SiglipTextModel
     from transformers.utils import logging as hf_logging
 
     try:
@@ -159,24 +159,40 @@ def _checkpoint_text_tower(path: Path, source: str, vision: VisionTower) -> Text
         raise ModelSourceError(f"--text: {source}'s tokenizer is {type(tokenizer).__name__}; the runtime reproduces "
                                "SiglipTokenizer (SentencePiece) only")
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # the vision weights are "unexpected" for the text model: expected here
     try:
-        model = SiglipModel.from_pretrained(path, dtype=torch.float32).eval()
+        # The text weights only: the vision tower is already loaded (load_vision_tower), once is enough.
+        model = _eager(SiglipTextModel.from_pretrained(path, dtype=torch.float32))
     finally:
         hf_logging.set_verbosity(verbosity)
-    _eager(model)
-    text_config = model.config.text_config
-    max_length = int(text_config.max_position_embeddings)
-    width = int(model.text_model.head.out_features)
+    log_scale, bias = _logit_parameters(path, source)
+    max_length = int(model.config.max_position_embeddings)
+    width = int(getattr(model, "text_model", model).head.out_features)  # transformers 4.x wraps it, 5.x does not
     if width != vision.hidden_size:
         raise ModelSourceError(f"--text: {source}'s text embeddings are {width} wide, its image embeddings "
                                f"{vision.hidden_size}; not a matching SigLIP pair")
+    return TextTower(model, lambda ids: model(input_ids=ids).pooler_output, tokenizer, files, math.exp(log_scale),
+                     bias, max_length, width)
 
-    def features(ids: torch.Tensor) -> torch.Tensor:
-        return model.get_text_features(input_ids=ids).pooler_output
 
-    return TextTower(model.text_model, features, tokenizer, files, float(model.logit_scale.exp().item()),
-                     float(model.logit_bias.item()), max_length, width)
+def _logit_parameters(path: Path, source: str) -> tuple[float, float]:
+    """SigLIP's log temperature and bias (``logit_scale``, ``logit_bias``: top-level tensors of a full checkpoint,
+    outside both towers), read from its safetensors without loading the rest."""
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    weight_map = json.loads(index.read_text())["weight_map"] if index.is_file() else {}
+    values = []
+    for name in ("logit_scale", "logit_bias"):
+        file = path / weight_map.get(name, "model.safetensors")
+        if not file.is_file():
+            raise ModelSourceError(f"--text: {source} has no {name} in {file.name} (a full SigLIP checkpoint has it, "
+                                   "in *.safetensors); download the whole checkpoint")
+        with safe_open(str(file), framework="pt") as weights:
+            if name not in weights.keys():
+                raise ModelSourceError(f"--text: {source} has no {name} in {file.name}; not a full SigLIP checkpoint")
+            values.append(float(weights.get_tensor(name).reshape(-1)[0]))
+    return values[0], values[1]
 
 
 def _eager(module: nn.Module) -> nn.Module:
