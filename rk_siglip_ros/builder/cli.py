@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from ..cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_tool
 from .barrier import BARRIERS
 from .options import DTYPES, FORMATS, BuildOptions
 from .shard_plan import PROFILES
@@ -62,6 +63,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_tool("build_shards", lambda: _build(args))  # the last resort every tool shares: a bug says so
+
+
+def _build(args: argparse.Namespace) -> int:
     # Heavy imports after argument parsing so --help is instant.
     from .build import BuildInputError, build_shards
     from .models import ModelSourceError
@@ -75,19 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest = build_shards(args.model, args.out, force=args.force, progress=not args.quiet, **options)
     except (BuildInputError, ModelSourceError) as error:
         print(f"build_shards: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except VerificationError as error:
         print(f"build_shards: verification failed: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except RknnError as error:
         print(f"build_shards: RKNN compilation failed: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except OSError as error:  # unwritable --out, disk full: say which file, no traceback
         print(f"build_shards: error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("build_shards: interrupted; nothing was written to --out", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(summary_table(manifest))
     print(f"\nwrote {len(manifest.shards)} shards to {args.out} ({manifest.profile}, host scale {manifest.host_scale})")
     if manifest.text is not None:
@@ -95,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"text tower: {text.onnx} ({text.embedding_dim}-d, tokenizer {text.tokenizer.kind}, max length "
               f"{text.tokenizer.max_length}, logit scale {text.logit_scale:.4g}, bias {text.logit_bias:.4g}, ONNX vs "
               f"transformers cos {text.verification.get('onnx_vs_fp32_cos') or float('nan'):.7f})")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
