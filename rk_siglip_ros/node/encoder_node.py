@@ -99,6 +99,7 @@ class EncoderNode(Node):
             self._updater.add("siglip encoder", self._diagnose)
         except BaseException:
             self._service.close(drain=False)  # release the NPU before the error propagates
+            self._stop_forwarding_logs()
             raise
         logger.info(f"encoding {', '.join(config.image_topics)} -> {config.output_topic} "
                     f"({self._service.embedding_dim}-d, shards {config.shards}, backend {self._service.backend_name}"
