@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +76,16 @@ def tiny_text_shards(tiny_siglip_checkpoint: Path, tmp_path_factory: pytest.Temp
     out = tmp_path_factory.mktemp("text-shards") / "set"
     build_shards(str(tiny_siglip_checkpoint), out, formats=("onnx",), progress=False, text=True)
     return out
+
+
+@pytest.fixture
+def node_log() -> Iterator[dict[str, list[str]]]:
+    """The library's log lines as the node forwards them into its own log (node/log_bridge.py), by level."""
+    from rk_siglip_ros.node.log_bridge import forward_library_logs
+
+    lines: dict[str, list[str]] = {"debug": [], "info": [], "warn": [], "error": []}
+    undo = forward_library_logs(*(lines[level].append for level in ("debug", "info", "warn", "error")))
+    try:
+        yield lines
+    finally:
+        undo()

@@ -2,45 +2,33 @@
 
 import logging
 
-import pytest
-
 from rk_siglip_ros.node.log_bridge import LIBRARY_LOGGER, forward_library_logs
 
 
-@pytest.fixture()
-def forwarded():
-    lines: dict[str, list[str]] = {"debug": [], "info": [], "warn": [], "error": []}
-    undo = forward_library_logs(*(lines[level].append for level in ("debug", "info", "warn", "error")))
-    try:
-        yield lines
-    finally:
-        undo()
-
-
-def test_each_record_reaches_the_sink_of_its_level_once_and_nowhere_else(forwarded, capsys):
+def test_each_record_reaches_the_sink_of_its_level_once_and_nowhere_else(node_log, capsys):
     logger = logging.getLogger(f"{LIBRARY_LOGGER}.scheduler")
     logger.debug("not shown: below INFO, as the node's default level")
     logger.info("opened")
     logger.warning("slow")
     logger.error("core 1 out of rotation")
     logger.critical("worse")
-    assert forwarded == {"debug": [], "info": ["opened"], "warn": ["slow"],
-                         "error": ["core 1 out of rotation", "worse"]}
+    assert node_log == {"debug": [], "info": ["opened"], "warn": ["slow"],
+                        "error": ["core 1 out of rotation", "worse"]}
     assert capsys.readouterr().err == ""  # no second copy from Python's last-resort stderr handler
 
 
-def test_a_traceback_comes_with_its_record(forwarded):
+def test_a_traceback_comes_with_its_record(node_log):
     try:
         raise ValueError("boom")
     except ValueError:
         logging.getLogger(f"{LIBRARY_LOGGER}.encoder").exception("releasing runners failed")
-    (line,) = forwarded["error"]
+    (line,) = node_log["error"]
     assert line.startswith("releasing runners failed") and "ValueError: boom" in line
 
 
-def test_other_loggers_are_left_alone(forwarded):
+def test_other_loggers_are_left_alone(node_log):
     logging.getLogger("somebody_else").error("not ours")
-    assert forwarded["error"] == []
+    assert node_log["error"] == []
 
 
 def test_undo_restores_pythons_own_handling():

@@ -23,7 +23,6 @@ from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import load_manifest
 from rk_siglip_ros.node.config import validate
 from rk_siglip_ros.node.core import EncoderNodeCore
-from rk_siglip_ros.node.log_bridge import forward_library_logs
 from rk_siglip_ros.node.mailbox import Dispatcher
 from rk_siglip_ros.node.stats import ERROR, OK, WARN
 
@@ -138,17 +137,6 @@ def test_nan_or_wrong_width_is_never_published_and_diagnostics_say_so(toy, types
 
 
 # ------------------------------------------------------------------------------------------- failing core (11)
-
-
-@pytest.fixture()
-def node_log():
-    """The library's log lines as the node forwards them into its own log (log_bridge), by level."""
-    lines: dict[str, list[str]] = {"debug": [], "info": [], "warn": [], "error": []}
-    undo = forward_library_logs(*(lines[level].append for level in ("debug", "info", "warn", "error")))
-    try:
-        yield lines
-    finally:
-        undo()
 
 
 def test_a_retired_core_is_in_diagnostics_as_warn_and_logged_once(toy, types, node_log):
