@@ -40,6 +40,7 @@ from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import load_manifest
 from rk_siglip_ros.node.config import validate
 from rk_siglip_ros.node.core import EncoderNodeCore
+from rk_siglip_ros.node.log_bridge import forward_library_logs
 
 MODES = ("sequential", "pipeline", "replicas")
 TOPICS = ("/cam0/image_raw", "/cam1/image_raw", "/cam2/image_raw/compressed")
@@ -127,6 +128,9 @@ def report_shutdown(shards: Path, types: Any, drain_s: float) -> None:
             return SiglipEncoder(load_manifest(config.shards, verify=()), backend, mode=mode)
 
         errors: list[str] = []
+        # The node's log as the node has it: its own lines, and the library's forwarded (the scheduler names the
+        # stuck core).
+        stop_forwarding = forward_library_logs(errors.append, errors.append, errors.append, errors.append)
         core = EncoderNodeCore(validate({"shards": str(shards), "image_topics": list(TOPICS), "mode": mode}),
                                open_publisher=lambda topic: lambda header, fields: None, now_s=time.time,
                                warn=errors.append, error=errors.append, encoder_factory=factory)
@@ -138,6 +142,7 @@ def report_shutdown(shards: Path, types: Any, drain_s: float) -> None:
         started = time.monotonic()
         core.close(timeout_s=drain_s)
         took = time.monotonic() - started
+        stop_forwarding()
         holder["backend"].release()
         verdict = "met" if took <= drain_s + 1.0 else "MISSED"
         named = next((line for line in errors if "stuck" in line), "no log line naming the stuck core")
