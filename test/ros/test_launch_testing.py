@@ -105,7 +105,8 @@ class TestEmbeddings(unittest.TestCase):
                         "encoder_node did not subscribe to the camera topics")
         self.assertTrue(self.spin_until(lambda: self.node.count_publishers(ros_support.OUTPUT) > 0))
         # The node's side may not have discovered these publishers yet: probe frames until every camera's comes back.
-        probes = {topic: (publishers[topic], ros_support.as_probe(camera_frame(topic, kind, 9), topic))
+        probes = {topic: (publishers[topic],
+                          ros_support.as_probe(camera_frame(topic, kind, FRAMES_PER_TOPIC), topic))
                   for topic, kind in TOPICS.items()}
         self.assertTrue(ros_support.probe_until_answered(probes, answered_probes, self.spin_until),
                         f"no camera frame reached encoder_node; answered: {sorted(answered_probes)}")
