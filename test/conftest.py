@@ -89,3 +89,20 @@ def node_log() -> Iterator[dict[str, list[str]]]:
         yield lines
     finally:
         undo()
+
+
+@pytest.fixture(scope="session")
+def types() -> Any:
+    """ROS 2 Humble message classes from rosbags: what the node's ROS-free parts are fed in tests (test_camera_frames
+    has its own, one per distro)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_HUMBLE).types
+
+
+@pytest.fixture(scope="session")
+def toy_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy ONNX shard chain of test_manifest.write_toy_shards, shared read-only (copy it to alter it)."""
+    from test_manifest import write_toy_shards
+
+    return write_toy_shards(tmp_path_factory.mktemp("toy") / "toy")

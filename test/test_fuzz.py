@@ -17,10 +17,7 @@ import threading
 import time
 
 import numpy as np
-import pytest
 from fuzz_cases import corrupt_manifest, hostile_message
-from rosbags.typesys import Stores, get_typestore
-from test_manifest import write_toy_shards
 
 from rk_siglip_ros.backends import BackendError
 from rk_siglip_ros.embedding_msg import embedding_from_message
@@ -33,16 +30,6 @@ SECONDS = float(os.environ.get("RK_SIGLIP_FUZZ_SECONDS", "30"))
 SEED = int(os.environ.get("RK_SIGLIP_FUZZ_SEED", "0"))
 BAD, GOOD = "/fuzz/image_raw", "/good/image_raw"
 LIVENESS_S = 30.0  # a deadline for "the good frame came out", not a timing assertion
-
-
-@pytest.fixture(scope="module")
-def types():
-    return get_typestore(Stores.ROS2_HUMBLE).types
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return write_toy_shards(tmp_path_factory.mktemp("fuzz") / "toy")
 
 
 class Published:
@@ -75,10 +62,10 @@ def good_message(types, sec: int):
                                           is_bigendian=0, step=48, data=rgb.reshape(-1))
 
 
-def test_hostile_frames_never_escape_never_publish_nan_and_the_next_good_frame_is_served(toy, types, caplog):
+def test_hostile_frames_never_escape_never_publish_nan_and_the_next_good_frame_is_served(toy_shards, types, caplog):
     published = Published(types)
     logs: list[str] = []
-    core = EncoderNodeCore(validate({"shards": str(toy), "backend": "onnxruntime", "mode": "replicas",
+    core = EncoderNodeCore(validate({"shards": str(toy_shards), "backend": "onnxruntime", "mode": "replicas",
                                      "image_topics": [BAD, GOOD]}),
                            open_publisher=lambda topic: published, now_s=time.time, warn=logs.append,
                            error=logs.append)
@@ -103,14 +90,14 @@ def test_hostile_frames_never_escape_never_publish_nan_and_the_next_good_frame_i
     assert "dispatcher pass failed" not in caplog.text and "Traceback" not in caplog.text
 
 
-def test_corrupted_manifests_are_refused_in_one_line_or_encode_finite(toy):
-    original = json.loads((toy / "manifest.json").read_text())
+def test_corrupted_manifests_are_refused_in_one_line_or_encode_finite(toy_shards):
+    original = json.loads((toy_shards / "manifest.json").read_text())
     rng = random.Random(SEED)
     image = np.random.default_rng(0).integers(0, 256, size=(9, 11, 3), dtype=np.uint8)
     cases, opened, end = 0, 0, time.monotonic() + SECONDS
-    target = toy.parent / "mutant"
+    target = toy_shards.parent / "mutant"
     target.mkdir(exist_ok=True)
-    for shard in toy.glob("*.onnx"):
+    for shard in toy_shards.glob("*.onnx"):
         (target / shard.name).write_bytes(shard.read_bytes())
     while time.monotonic() < end:
         cases += 1

@@ -25,11 +25,6 @@ TOPICS = ("/cam0/image_raw", "/cam1/image_raw", "/cam2/image_raw/compressed")
 
 
 @pytest.fixture(scope="module")
-def types():
-    return get_typestore(Stores.ROS2_HUMBLE).types
-
-
-@pytest.fixture(scope="module")
 def tiny_shards(shard_factory):
     return shard_factory("random:tiny", "pipeline3")
 

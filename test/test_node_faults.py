@@ -10,10 +10,8 @@ import time
 import cv2
 import numpy as np
 import pytest
-from rosbags.typesys import Stores, get_typestore
 from test_image_header import png, png_bomb, with_png_size
 from test_mailbox import CAMERAS, Published, ThreadedEncoder, frame_message, identity, wait_until
-from test_manifest import write_toy_shards
 
 from rk_siglip_ros.backends import create_backend
 from rk_siglip_ros.backends.faults import FaultInjectingBackend
@@ -27,16 +25,6 @@ from rk_siglip_ros.node.mailbox import Dispatcher
 from rk_siglip_ros.node.stats import ERROR, OK, WARN
 
 RAW, COMPRESSED = "/cam0/image_raw", "/cam1/image_raw/compressed"
-
-
-@pytest.fixture(scope="module")
-def types():
-    return get_typestore(Stores.ROS2_HUMBLE).types
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return write_toy_shards(tmp_path_factory.mktemp("node_faults") / "toy")
 
 
 def header(types, sec: int):
@@ -63,7 +51,7 @@ class Outbox:
         self.vectors.append(embedding_from_message(self.image(header=source_header, **fields)))
 
 
-def node(toy, types, fault: dict | None = None, mode: str = "pipeline", call_timeout_s: float = 60.0, **parameters):
+def node(shards, types, fault: dict | None = None, mode: str = "pipeline", call_timeout_s: float = 60.0, **parameters):
     """An EncoderNodeCore on the toy shards; ``fault``: FaultInjectingBackend arguments wrapping ONNX Runtime."""
     outbox, warnings, errors, backends = Outbox(types), [], [], []
 
@@ -74,7 +62,7 @@ def node(toy, types, fault: dict | None = None, mode: str = "pipeline", call_tim
             backends.append(backend)
         return SiglipEncoder(load_manifest(config.shards), backend, mode=config.mode, call_timeout_s=call_timeout_s)
 
-    config = validate({"shards": str(toy), "image_topics": [RAW, COMPRESSED], "mode": mode, **parameters})
+    config = validate({"shards": str(shards), "image_topics": [RAW, COMPRESSED], "mode": mode, **parameters})
     core = EncoderNodeCore(config, open_publisher=lambda topic: outbox, now_s=time.time, warn=warnings.append,
                            error=errors.append, encoder_factory=factory)
     return core, outbox, warnings, errors, backends
@@ -103,8 +91,8 @@ def test_raw_frames_above_the_limit_are_bad_frames(types):
     assert image_from_message(raw(types, 1), max_pixels=768).shape == (24, 32, 3)
 
 
-def test_node_counts_bombs_as_bad_frames_and_serves_the_next_frame(toy, types):
-    core, outbox, warnings, errors, _ = node(toy, types, max_image_pixels=1000)
+def test_node_counts_bombs_as_bad_frames_and_serves_the_next_frame(toy_shards, types):
+    core, outbox, warnings, errors, _ = node(toy_shards, types, max_image_pixels=1000)
     try:
         core.offer(COMPRESSED, compressed(types, png_bomb(2000, 2000)))
         core.offer(RAW, raw(types, 1, 48, 64))  # 3072 px > 1000: refused by the parameter
@@ -122,8 +110,8 @@ def test_node_counts_bombs_as_bad_frames_and_serves_the_next_frame(toy, types):
 
 
 @pytest.mark.parametrize("kind", ["nan", "shape"])
-def test_nan_or_wrong_width_is_never_published_and_diagnostics_say_so(toy, types, kind):
-    core, outbox, _, errors, _ = node(toy, types, {"kind": kind})
+def test_nan_or_wrong_width_is_never_published_and_diagnostics_say_so(toy_shards, types, kind):
+    core, outbox, _, errors, _ = node(toy_shards, types, {"kind": kind})
     try:
         for sec in range(1, 4):
             core.offer(RAW, raw(types, sec))
@@ -139,8 +127,8 @@ def test_nan_or_wrong_width_is_never_published_and_diagnostics_say_so(toy, types
 # ------------------------------------------------------------------------------------------- failing core (11)
 
 
-def test_a_retired_core_is_in_diagnostics_as_warn_and_logged_once(toy, types, node_log):
-    core, outbox, _, errors, _ = node(toy, types, {"kind": "raise", "cores": {2}}, mode="replicas")
+def test_a_retired_core_is_in_diagnostics_as_warn_and_logged_once(toy_shards, types, node_log):
+    core, outbox, _, errors, _ = node(toy_shards, types, {"kind": "raise", "cores": {2}}, mode="replicas")
     try:
         sec = 0
         while not core.encoder.retired_cores():
@@ -165,8 +153,8 @@ def test_a_retired_core_is_in_diagnostics_as_warn_and_logged_once(toy, types, no
 
 
 @pytest.mark.parametrize("mode", ["pipeline", "replicas"])
-def test_node_shutdown_is_bounded_with_a_stuck_npu_call(toy, types, mode, node_log):
-    core, _, _, errors, backends = node(toy, types, {"kind": "stuck", "shard": 1}, mode=mode)
+def test_node_shutdown_is_bounded_with_a_stuck_npu_call(toy_shards, types, mode, node_log):
+    core, _, _, errors, backends = node(toy_shards, types, {"kind": "stuck", "shard": 1}, mode=mode)
     try:
         core.offer(RAW, raw(types, 1))
         assert wait_until(lambda: backends[0].injected == 1), "the stuck call never started"
@@ -221,8 +209,8 @@ def test_a_failed_dispatch_pass_reaches_the_nodes_log_and_diagnostics():
     assert "dispatcher pass failed" in report.message
 
 
-def test_a_hung_call_is_an_error_in_diagnostics_and_logged_once(toy, types, node_log):
-    core, outbox, _, errors, backends = node(toy, types, {"kind": "stuck", "shard": 1}, call_timeout_s=0.3)
+def test_a_hung_call_is_an_error_in_diagnostics_and_logged_once(toy_shards, types, node_log):
+    core, outbox, _, errors, backends = node(toy_shards, types, {"kind": "stuck", "shard": 1}, call_timeout_s=0.3)
     try:
         core.offer(RAW, raw(types, 1))
         assert wait_until(lambda: core.stats.totals().get("errors", 0) == 1), "the hung frame was never failed"

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 from outboxes import RecordingOutbox, wait_until
-from rosbags.typesys import Stores, get_typestore
 from test_node_core import TOPICS, Publishers, camera_messages
 
 from rk_siglip_ros.camera_frames import image_from_message
@@ -19,11 +18,6 @@ from rk_siglip_ros.node.labels import text_tower_embedder
 from rk_siglip_ros.text import TextEncoder
 
 LABELS = ["a photo of an astronaut", "a cat", "a cup of coffee", "a red door", "a forklift", "a person", "a tree"]
-
-
-@pytest.fixture(scope="module")
-def types():
-    return get_typestore(Stores.ROS2_HUMBLE).types
 
 
 @pytest.fixture(scope="module")
