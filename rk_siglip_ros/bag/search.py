@@ -22,6 +22,7 @@ import numpy as np
 from ..camera_frames import IMAGE_MSG_TYPES, image_from_message
 from ..embedding_msg import embedding_from_message
 from ..manifest import MANIFEST_NAME, Manifest, file_sha256
+from ..postprocess import l2_normalise_rows
 from .errors import BagError, one_line
 from .io import OpenBag
 from .replay import (
@@ -153,9 +154,7 @@ def read_embeddings(bag: OpenBag, topic: str | None = None) -> BagEmbeddings:
     if len(widths) != 1:
         raise BagError(f"the embeddings on {topic} have different widths {sorted(widths)}: they came from more than "
                        "one shard set; search one run at a time")
-    matrix = np.stack(rows).astype(np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    matrix /= np.where(norms > 0, norms, 1.0)
+    matrix = l2_normalise_rows(np.stack(rows))
     frames = [Frame(*key, topic=image_topics.get(key, "")) for key in keys]
     return BagEmbeddings(frames, matrix, topic, custom, unreadable)
 

@@ -55,20 +55,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..text import TextEncoder, TextError, check_texts, truncation_note
+    from ..text import TextEncoder, TextError, check_texts
 
     if args.out.suffix != ".npy":
         raise TextError(f"--out {args.out}: expected a .npy file name")
-    texts = check_texts(args.texts, "texts", limit=None)
+    texts = check_texts(args.texts, "texts", limit=None)  # refused as "texts", before the text tower opens
     encoder = TextEncoder.open(args.shards)
     with encoder, text_progress(len(texts), "encode_text") as progress:
-        tokens = encoder.tokenize(texts)
-        embeddings = encoder.encode_tokens(tokens, progress=progress)
-    note = truncation_note(texts, tokens.truncated, encoder.tokenizer.max_length)
+        encoded = encoder.label_set(texts, limit=None, progress=progress)
+    note = encoded.truncation_note()
     if note:
         print(f"encode_text: {note}", file=sys.stderr)
-    save_npy(args.out, embeddings)
-    print(f"encode_text: {len(texts)} text(s) -> {args.out} {embeddings.shape} float32")
+    save_npy(args.out, encoded.embeddings)
+    print(f"encode_text: {len(texts)} text(s) -> {args.out} {encoded.embeddings.shape} float32")
     return EXIT_OK
 
 
