@@ -69,7 +69,7 @@ def image_from_message(msg: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
     try:
         if is_compressed(msg):
             return _rgb_from_compressed(msg, max_pixels)
-        return _rgb_from_raw(msg, max_pixels)
+        return convert_with(None, msg, max_pixels)
     except BadFrame:
         raise
     except Exception as error:  # noqa: BLE001 - any failure to convert one message is that frame's problem
@@ -99,14 +99,9 @@ def check_raw(msg: Any) -> tuple[str, int, int]:
     return encoding, pixel_bytes, channel_bytes
 
 
-def raw_pixels(msg: Any) -> np.ndarray:
-    """The message's pixels as a compact native-endian array (H, W) or (H, W, C), row padding (step) removed."""
-    _, pixel_bytes, channel_bytes = check_raw(msg)
-    return _pixels(msg, pixel_bytes, channel_bytes)
-
-
 def _pixels(msg: Any, pixel_bytes: int, channel_bytes: int) -> np.ndarray:
-    """raw_pixels for a message check_raw has passed."""
+    """The pixels of a message check_raw has passed, as a compact native-endian array (H, W) or (H, W, C), row
+    padding (step) removed."""
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     rows = as_uint8(msg.data)[: step * height].reshape(height, step)[:, : width * pixel_bytes]
     byte_order = ">" if msg.is_bigendian else "<"
@@ -115,10 +110,6 @@ def _pixels(msg: Any, pixel_bytes: int, channel_bytes: int) -> np.ndarray:
     pixels = np.ascontiguousarray(rows).view(dtype)
     pixels = pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
     return pixels.astype(dtype.newbyteorder("="), copy=False)
-
-
-def _rgb_from_raw(msg: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
-    return convert_with(None, msg, max_pixels)
 
 
 def convert_with(library: str | None, msg: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -219,14 +210,12 @@ def _rgb_from_compressed(msg: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -
     except ImageHeaderError as error:
         raise BadFrame(f"corrupt compressed image ({image_format}): unreadable header: {error}") from None
     try:
-        decoded = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR)
+        decoded = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR)  # 8 bits: without IMREAD_ANYDEPTH, 16-bit PNGs too
     except cv2.error as error:
         raise BadFrame(f"corrupt compressed image ({image_format}): OpenCV cannot decode it "
                        f"({' '.join(str(error).split())[:160]})") from None
     if decoded is None or decoded.size == 0:
         raise BadFrame(f"corrupt compressed image ({image_format}): {data.size} bytes do not decode")
-    if decoded.dtype != np.uint8:  # IMREAD_ANYCOLOR keeps 8 bits; guard anyway
-        decoded = np.multiply(decoded, 255.0 / float(np.iinfo(decoded.dtype).max)).astype(np.uint8)
     if decoded.ndim == 2:
         rgb = cv2.cvtColor(decoded, cv2.COLOR_GRAY2RGB)
     else:

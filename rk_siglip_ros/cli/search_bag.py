@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..bag.search import DEFAULT_TOP
 from .common import EXIT_OK, EXIT_STATUS_HELP, run_tool, text_progress
 
 DESCRIPTION = """\
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("queries", metavar="QUERY", nargs="+", help="text queries, e.g. \"a red door\"")
     parser.add_argument("--shards", type=Path, metavar="DIR",
                         help="shard set with a text tower (default: the one recorded in the bag's metadata)")
-    parser.add_argument("--top", type=int, default=5, metavar="K", help="frames per query (default: %(default)s)")
+    parser.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="K",
+                        help="frames per query (default: %(default)s)")
     parser.add_argument("--sheet", type=Path, metavar="FILE.png", help="also write a contact sheet of the top frames")
     parser.add_argument("--embedding-topic", metavar="T",
                         help="topic holding the embeddings (default: the bag's metadata, else /siglip/embeddings)")
