@@ -150,7 +150,7 @@ class Dispatcher:
                 self._slots[camera] = Frame(camera, message, now)
                 # Replaced while the encoder was full: "busy"; with room to spare only the rate limit held it back
                 # (or, without a limit, the dispatcher had not reached it yet: still "busy").
-                full = len(self._in_flight) + self._converting >= self._encoder.capacity
+                full = self._full()
                 held_by_limit = self._max_period > 0 and not full
                 drop_reason = None if replaced is None else ("rate_limit" if held_by_limit else "busy")
                 if not full:
@@ -186,7 +186,7 @@ class Dispatcher:
     def _take_next(self) -> Frame | None:
         """The waiting frame of the next eligible camera after the cursor, reserving an encoder slot for it."""
         with self._lock:
-            if len(self._in_flight) + self._converting >= self._encoder.capacity or not self._order:
+            if self._full() or not self._order:
                 return None
             now = self._clock()
             for offset in range(len(self._order)):
@@ -293,7 +293,7 @@ class Dispatcher:
                     while not self._stopping and not self._completed and not self._can_submit():
                         # A full encoder wakes this thread when a frame finishes (_finished); only with room to spare
                         # is a rate-limited camera's next turn worth a timed wake-up (else: a 1 kHz spin while full).
-                        full = len(self._in_flight) + self._converting >= self._encoder.capacity
+                        full = self._full()
                         wake_at = None if full else self.next_eligible_time()
                         self._lock.wait(None if wake_at is None else max(wake_at - self._clock(), 0.001))
                     if self._stopping:
@@ -316,8 +316,12 @@ class Dispatcher:
         except Exception:  # noqa: BLE001 - a failing log sink must not stop the dispatcher either
             LOG.exception("on_failure callback failed")
 
+    def _full(self) -> bool:
+        """Every encoder slot taken, by frames in flight or being converted (call with the lock held)."""
+        return len(self._in_flight) + self._converting >= self._encoder.capacity
+
     def _can_submit(self) -> bool:
-        if len(self._in_flight) + self._converting >= self._encoder.capacity:
+        if self._full():
             return False
         now = self._clock()
         return any(self._slots[c] is not None and self._eligible(c, now) for c in self._order)
