@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends.base import core_indices, format_core
 from .backends.sim import attention_is_tiled, shard_gmacs
 from .profile_fit import CallTime
 
@@ -156,17 +157,12 @@ def shard_call_times(encoder: Any, frames: int = 3, warmup: int = 1, time_scale:
         shard = manifest.shards[index]
         dense, attention = shard_gmacs(manifest, shard)
         median = statistics.median(values)
-        group = len(core) if isinstance(core, tuple) else 1
+        group = len(core_indices(core))
         name = label or str(manifest.root)
         sample = CallTime(1.0, dense, attention, median, tiled=tiled, cores=group,
                           label=f"{name} {shard.name} on {format_core(core)}")
         calls.append(ShardCall(name, shard.name, core, median, len(values), sample))
     return calls
-
-
-def format_core(core: int | tuple[int, ...]) -> str:
-    """"core 1" or "cores 0-1-2"."""
-    return f"cores {'-'.join(map(str, core))}" if isinstance(core, tuple) else f"core {core}"
 
 
 def set_names(results: Sequence[BenchResult]) -> dict[str, str]:

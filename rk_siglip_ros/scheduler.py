@@ -31,7 +31,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends.base import Core
+from .backends.base import Core, core_indices, format_core
 from .partitioning import min_max_partition
 
 MODES = ("sequential", "pipeline", "replicas", "allcores")
@@ -67,8 +67,7 @@ class StuckCall:
     seconds: float
 
     def __str__(self) -> str:
-        where = f"cores {'-'.join(map(str, self.core))}" if isinstance(self.core, tuple) else f"core {self.core}"
-        return f"{where} stuck in shard {self.shard} for {self.seconds:.1f} s"
+        return f"{format_core(self.core)} stuck in shard {self.shard} for {self.seconds:.1f} s"
 
 
 class BusyWindow:
@@ -225,7 +224,7 @@ class Scheduler:
             now = time.perf_counter()
             busy = dict(self._busy)
             for _, core, start, _ in self._running.values():
-                for one in core if isinstance(core, tuple) else (core,):  # allcores: one call on every core
+                for one in core_indices(core):  # allcores: one call on every core
                     busy[one] += now - start
         return now, busy
 
@@ -424,7 +423,7 @@ class Scheduler:
             self._hung.pop(worker, None)
             # A context spanning several cores counts as busy on each of them (an upper bound: the runtime splits
             # only some ops across them).
-            for one in core if isinstance(core, tuple) else (core,):
+            for one in core_indices(core):
                 self._busy[one] += end - start
             stats = self._shard_stats.setdefault(shard, [0, 0.0])
             stats[0] += 1

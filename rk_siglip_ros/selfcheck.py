@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .backends.base import format_core
 from .backends.rknnlite import parse_version
 from .backends.sim import DEFAULT_PROFILE
 from .manifest import Manifest
-from .measure import BenchResult, ShardCall, bench_encoder, format_core, shard_call_times
+from .measure import BenchResult, ShardCall, bench_encoder, shard_call_times
 from .profile_fit import ProfileFit, fit_profile
 from .scheduler import MODES
 

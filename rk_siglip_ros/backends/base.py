@@ -17,6 +17,16 @@ from ..manifest import Manifest, ShardSpec
 Core = int | tuple[int, ...]
 
 
+def core_indices(core: Core) -> tuple[int, ...]:
+    """The NPU cores a context runs on: ``(core,)`` for one core, the group for an all-cores context."""
+    return core if isinstance(core, tuple) else (core,)
+
+
+def format_core(core: Core) -> str:
+    """"core 1" or "cores 0-1-2"."""
+    return f"cores {'-'.join(map(str, core))}" if isinstance(core, tuple) else f"core {core}"
+
+
 class BackendError(RuntimeError):
     """A backend cannot be used here (missing runtime, wrong board, incompatible model); the message says what to do."""
 

@@ -23,7 +23,7 @@ from collections.abc import Collection
 import numpy as np
 
 from ..manifest import Manifest, ShardSpec
-from .base import Backend, Core, ShardRunner
+from .base import Backend, Core, ShardRunner, core_indices
 
 FAULT_KINDS = ("raise", "nan", "shape", "stuck")
 
@@ -57,7 +57,7 @@ class FaultInjectingBackend(Backend):
     def load(self, manifest: Manifest, shard: ShardSpec, core: Core) -> ShardRunner:
         index = manifest.shards.index(shard)
         target = self.shard % len(manifest.shards)
-        spans = set(core) if isinstance(core, tuple) else {core}  # allcores: one context over several cores
+        spans = set(core_indices(core))  # allcores: one context over several cores
         faulty = index == target and (self.cores is None or bool(spans & set(self.cores)))
         return _FaultyRunner(self.inner.load(manifest, shard, core), self, faulty)
 

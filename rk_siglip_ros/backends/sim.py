@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..manifest import Manifest, ShardSpec
-from .base import Backend, BackendError, Core, ShardRunner
+from .base import Backend, BackendError, Core, ShardRunner, core_indices
 
 # The conservative profile is the default: it was fitted to a measurement of this very encoder with a stated toolkit,
 # runtime, driver and NPU clock (see its derivation); rk3588-fp16 rests on a vendor figure whose conditions are not
@@ -148,7 +148,7 @@ class SimBackend(Backend):
         return self.predicted_ms(manifest, shard)
 
     def load(self, manifest: Manifest, shard: ShardSpec, core: Core) -> ShardRunner:
-        group = len(core) if isinstance(core, tuple) else 1
+        group = len(core_indices(core))
         return _SimRunner(shard, core, self.predicted_ms(manifest, shard, cores=group) * self.time_scale / 1000.0)
 
 
