@@ -111,10 +111,7 @@ class ProfileFit:
 
 def predict_ms(profile: TimingProfile, sample: CallTime) -> float:
     """What ``profile`` predicts for ``sample`` (a sum of ``calls`` calls, or one op class when calls = 0)."""
-    rate = profile.attention_ms_per_gmac["tiled" if sample.tiled else "fused"]
-    return (sample.calls * profile.per_call_ms
-            + profile.dense_ms_per_gmac * sample.dense_gmac / profile.speedup("dense", sample.cores)
-            + rate * sample.attention_gmac / profile.speedup("attention", sample.cores))
+    return profile.shard_ms(sample.dense_gmac, sample.attention_gmac, sample.tiled, sample.cores, calls=sample.calls)
 
 
 def _nonnegative_lstsq(matrix: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -177,8 +174,7 @@ def _split_terms(samples: Sequence[CallTime], profile: TimingProfile,
     if not rows:
         return {}, [], []
     dense = np.array([profile.dense_ms_per_gmac * s.dense_gmac for s in rows])
-    attention = np.array([profile.attention_ms_per_gmac["tiled" if s.tiled else "fused"] * s.attention_gmac
-                          for s in rows])
+    attention = np.array([profile.attention_rate(s.tiled) * s.attention_gmac for s in rows])
     rest = np.array([s.ms - s.calls * profile.per_call_ms for s in rows])
     both = np.stack([dense, attention], axis=1)
     if attention.any() and np.linalg.matrix_rank(both) == 2:

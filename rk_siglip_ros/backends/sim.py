@@ -77,10 +77,15 @@ class TimingProfile:
             return 1.0
         return 1.0 + (full - 1.0) * (min(cores, self.all_cores) - 1) / (self.all_cores - 1)
 
-    def shard_ms(self, dense_gmac: float, attention_gmac: float, tiled: bool, cores: int = 1) -> float:
-        rate = self.attention_ms_per_gmac["tiled" if tiled else "fused"]
-        return (self.per_call_ms + self.dense_ms_per_gmac * dense_gmac / self.speedup("dense", cores)
-                + rate * attention_gmac / self.speedup("attention", cores))
+    def attention_rate(self, tiled: bool) -> float:
+        """ms per GMAC of attention, tiled or fused."""
+        return self.attention_ms_per_gmac["tiled" if tiled else "fused"]
+
+    def shard_ms(self, dense_gmac: float, attention_gmac: float, tiled: bool, cores: int = 1,
+                 calls: float = 1.0) -> float:
+        """Time of ``calls`` calls doing these GMACs on a context of ``cores`` cores (calls = 0: the ops alone)."""
+        return (calls * self.per_call_ms + self.dense_ms_per_gmac * dense_gmac / self.speedup("dense", cores)
+                + self.attention_rate(tiled) * attention_gmac / self.speedup("attention", cores))
 
 
 def available_profiles() -> list[str]:
