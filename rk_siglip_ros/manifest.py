@@ -162,8 +162,9 @@ class Manifest:
     text: TextSpec | None = None
     # Where the manifest was loaded from; not serialised. Shard paths resolve against it.
     root: Path | None = None
-    # File kinds whose files verify_files has checked (exist, inside root, sha256 match) since loading; not
-    # serialised. Lets SiglipEncoder.open take an already verified manifest without hashing the files again.
+    # File kinds whose files verify_files (or, as "text", verify_text_files) has checked (exist, inside root, sha256
+    # match) since loading; not serialised. Lets SiglipEncoder.open and TextEncoder.open take an already verified
+    # manifest without hashing the files again.
     verified_kinds: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @property
@@ -546,6 +547,7 @@ def verify_text_files(manifest: Manifest, source: str = "manifest") -> None:
         raise ManifestError(f"{source}: this shard set has no text tower; {REBUILD_HINT} --text")
     for relative in manifest.text.files:
         _check_file(root, relative, manifest.text.sha256.get(relative), "text file", source, f"{REBUILD_HINT} --text")
+    manifest.verified_kinds = manifest.verified_kinds | {"text"}
 
 
 def _root_to_check(manifest: Manifest, kind: str, source: str) -> Path:

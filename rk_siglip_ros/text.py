@@ -242,11 +242,13 @@ class TextEncoder:
 
     @classmethod
     def open(cls, shards: str | Path | Manifest, threads: int | None = None) -> TextEncoder:
-        """Load (or take an already loaded) shard set, check its text files' sha256, open the text tower."""
+        """Load (or take an already loaded) shard set, check its text files' sha256 (unless this Manifest's were
+        checked already, as ``verified_kinds`` records), open the text tower."""
         manifest = shards if isinstance(shards, Manifest) else load_manifest(shards, verify=())
         if manifest.text is None:
             raise TextError(no_text_tower(manifest))
-        verify_text_files(manifest, str(manifest.root))
+        if "text" not in manifest.verified_kinds:
+            verify_text_files(manifest, str(manifest.root))
         from .backends.onnxruntime import create_session
 
         path = manifest.root / manifest.text.onnx  # type: ignore[operator]

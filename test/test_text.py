@@ -178,6 +178,21 @@ def test_altered_text_file_is_refused(shards, tmp_path):
     SiglipEncoder.open(copy, backend="onnxruntime").close()  # the image side does not depend on the text files
 
 
+def test_text_files_are_hashed_once_per_loaded_manifest(shards, monkeypatch):
+    import rk_siglip_ros.manifest as manifest_module
+
+    hashed: list[str] = []
+    real_sha256 = manifest_module.file_sha256
+    monkeypatch.setattr(manifest_module, "file_sha256", lambda path: hashed.append(path.name) or real_sha256(path))
+    manifest = load_manifest(shards, verify=())
+    for _ in range(3):  # e.g. a benchmark, or the node's label changes: one manifest, several text encoders
+        TextEncoder.open(manifest).close()
+    files = len(manifest.text.files)
+    assert files > 1 and len(hashed) == files and manifest.verified_kinds == {"text"}
+    TextEncoder.open(shards).close()  # a folder is loaded afresh, and hashed again
+    assert len(hashed) == 2 * files
+
+
 def test_manifest_text_width_must_match_the_images(shards, tmp_path):
     import shutil
 
