@@ -36,6 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo  # noqa: E402 -- tools/demo.py, beside this file
 
+from rk_siglip_ros.embedding_msg import embedding_from_message  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "rk_siglip_ros"
 OUTPUT_TOPIC = "/siglip/embeddings"
@@ -156,8 +158,8 @@ def play(player: Player, bag: Path, realtime: bool) -> int:
 
 def embedding_rows(messages: Sequence[Any]) -> list[tuple[int, str, np.ndarray]]:
     """(stamp ns, frame_id, vector) per embedding message, as demo.similarity_table takes them."""
-    return [(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec, m.header.frame_id,
-             np.frombuffer(bytes(m.data), "<f4").reshape(m.height, m.width)[0]) for m in messages]
+    return [(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec, m.header.frame_id, embedding_from_message(m)[0])
+            for m in messages]
 
 
 def build_parser() -> argparse.ArgumentParser:
