@@ -8,6 +8,8 @@ image processor applies. Offline only: imports torch and transformers.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,20 @@ class VisionTower:
         return pooled, tokens
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers logs errors only, meanwhile: loading one tower of a full SigLIP checkpoint lists the other
+    tower's weights as unexpected."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def load_vision_tower(source: str) -> VisionTower:
     """Load ``random:<preset>``, a local checkpoint directory, or a Hugging Face hub id."""
     if source.startswith(RANDOM_PREFIX):
@@ -196,15 +212,9 @@ def _checkpoint_tower(path: Path, source: str) -> VisionTower:
         from transformers import SiglipVisionModel
 
         # A full SigLIP checkpoint (vision + text) loads too: SiglipVisionConfig takes its vision_config and the
-        # text tower's weights are ignored.
-        from transformers.utils import logging as hf_logging
-
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # a full checkpoint's text weights are listed as "unexpected": expected here
-        try:
+        # text tower's weights are ignored (listed as "unexpected" by transformers: expected here).
+        with quiet_transformers():
             module = SiglipVisionModel.from_pretrained(path, dtype=torch.float32)
-        finally:
-            hf_logging.set_verbosity(verbosity)
         return _finish("siglip", source, module, module.config, preprocess, path)
     if model_type in SMOLVLM_MODEL_TYPES:
         return _finish("smolvlm", source, *_smolvlm_from_checkpoint(path, config_data), preprocess, path)

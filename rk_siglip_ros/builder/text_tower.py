@@ -13,7 +13,6 @@ import math
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,15 @@ from torch import nn
 
 from ..manifest import SpecialToken, TextSpec, TokenizerSpec
 from .export_onnx import quiet_export
-from .models import PRESETS, RANDOM_PREFIX, RANDOM_SEED, SIGLIP_MODEL_TYPES, ModelSourceError, VisionTower
+from .models import (
+    PRESETS,
+    RANDOM_PREFIX,
+    RANDOM_SEED,
+    SIGLIP_MODEL_TYPES,
+    ModelSourceError,
+    VisionTower,
+    quiet_transformers,
+)
 from .verify import VerificationError, cosine
 
 TEXT_DIR = "text"
@@ -59,8 +66,7 @@ _BASE_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
 class TextTower:
     """A loaded text tower, eval mode, float32, with the checkpoint's tokenizer and its files."""
 
-    module: nn.Module  # SiglipTextModel
-    features: Callable[[torch.Tensor], torch.Tensor]  # input_ids -> text embeddings, transformers' own forward
+    module: nn.Module  # SiglipTextModel: input_ids -> pooler_output, the text embedding (get_text_features)
     tokenizer: Any  # the checkpoint's Hugging Face tokenizer (SiglipTokenizer)
     tokenizer_files: list[Path]
     logit_scale: float  # the multiplier: exp of the checkpoint's log scale
@@ -99,8 +105,8 @@ def _random_text_tower(source: str, vision: VisionTower) -> TextTower:
         torch.manual_seed(RANDOM_SEED + 2)
         module = _eager(SiglipTextModel(config))
         files = sorted((workdir / "tokenizer").iterdir())
-        return TextTower(module, lambda ids: module(input_ids=ids).pooler_output, tokenizer, files,
-                         math.exp(RANDOM_LOG_SCALE), RANDOM_BIAS, SIGLIP_MAX_LENGTH, vision.hidden_size, workdir)
+        return TextTower(module, tokenizer, files, math.exp(RANDOM_LOG_SCALE), RANDOM_BIAS, SIGLIP_MAX_LENGTH,
+                         vision.hidden_size, workdir)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
@@ -148,7 +154,6 @@ def _checkpoint_text_tower(path: Path, source: str, vision: VisionTower) -> Text
         raise ModelSourceError(f"--text: {path} has no spiece.model (the SigLIP tokenizer); download the "
                                "checkpoint's tokenizer files too (`huggingface-cli download <id> --local-dir DIR`)")
     from transformers import AutoTokenizer, SiglipTextModel
-    from transformers.utils import logging as hf_logging
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -158,21 +163,16 @@ def _checkpoint_text_tower(path: Path, source: str, vision: VisionTower) -> Text
     if type(tokenizer).__name__ != "SiglipTokenizer":
         raise ModelSourceError(f"--text: {source}'s tokenizer is {type(tokenizer).__name__}; the runtime reproduces "
                                "SiglipTokenizer (SentencePiece) only")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the vision weights are "unexpected" for the text model: expected here
-    try:
+    with quiet_transformers():
         # The text weights only: the vision tower is already loaded (load_vision_tower), once is enough.
         model = _eager(SiglipTextModel.from_pretrained(path, dtype=torch.float32))
-    finally:
-        hf_logging.set_verbosity(verbosity)
     log_scale, bias = _logit_parameters(path, source)
     max_length = int(model.config.max_position_embeddings)
     width = int(getattr(model, "text_model", model).head.out_features)  # transformers 4.x wraps it, 5.x does not
     if width != vision.hidden_size:
         raise ModelSourceError(f"--text: {source}'s text embeddings are {width} wide, its image embeddings "
                                f"{vision.hidden_size}; not a matching SigLIP pair")
-    return TextTower(model, lambda ids: model(input_ids=ids).pooler_output, tokenizer, files, math.exp(log_scale),
-                     bias, max_length, width)
+    return TextTower(model, tokenizer, files, math.exp(log_scale), bias, max_length, width)
 
 
 def _logit_parameters(path: Path, source: str) -> tuple[float, float]:
@@ -285,7 +285,7 @@ def verify_text_onnx(tower: TextTower, onnx_path: Path, ids: np.ndarray, spec: T
 
     session = create_session(onnx_path, 1)
     exported = session.run([spec.output], {spec.input: ids})[0]
-    reference = tower.features(torch.from_numpy(ids)).numpy()
+    reference = tower.module(input_ids=torch.from_numpy(ids)).pooler_output.numpy()  # transformers' own forward
     worst = min(cosine(a, b) for a, b in zip(exported, reference, strict=True))
     if not worst >= TEXT_MIN_COS:
         raise VerificationError(f"text tower: ONNX vs transformers get_text_features cos {worst:.7f} < {TEXT_MIN_COS}")
