@@ -244,9 +244,7 @@ class TextEncoder:
     def open(cls, shards: str | Path | Manifest, threads: int | None = None) -> TextEncoder:
         """Load (or take an already loaded) shard set, check its text files' sha256 (unless this Manifest's were
         checked already, as ``verified_kinds`` records), open the text tower."""
-        manifest = shards if isinstance(shards, Manifest) else load_manifest(shards, verify=())
-        if manifest.text is None:
-            raise TextError(no_text_tower(manifest))
+        manifest = text_manifest(shards)
         if "text" not in manifest.verified_kinds:
             verify_text_files(manifest, str(manifest.root))
         from .backends.onnxruntime import create_session
@@ -316,6 +314,14 @@ def truncation_note(texts: Sequence[str], truncated: Sequence[int], max_length: 
             f"Hugging Face tokenizer does with truncation=True): {names}{more}")
 
 
+def text_manifest(shards: str | Path | Manifest) -> Manifest:
+    """The shard set's manifest (read, files unchecked, unless given loaded); TextError when it has no text tower."""
+    manifest = shards if isinstance(shards, Manifest) else load_manifest(shards, verify=())
+    if manifest.text is None:
+        raise TextError(no_text_tower(manifest))
+    return manifest
+
+
 def no_text_tower(manifest: Manifest) -> str:
     where = manifest.root if manifest.root is not None else "the shard set"
     return (f"shard set {where} has no text tower; rebuild it with `build_shards --model {manifest.model.source} "
@@ -323,4 +329,4 @@ def no_text_tower(manifest: Manifest) -> str:
 
 
 __all__ = ["MAX_LABELS", "LabelSet", "ManifestError", "SiglipSentencePieceTokenizer", "TextEncoder", "TextError",
-           "Tokens", "check_texts", "no_text_tower", "probabilities", "truncation_note"]
+           "Tokens", "check_texts", "no_text_tower", "probabilities", "text_manifest", "truncation_note"]
