@@ -90,10 +90,10 @@ class NodeConfig:
     publish_patch_tokens: bool
     patch_tokens_topic: str
     diagnostic_period: float
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    labels: tuple[str, ...] = ()
-    labels_top_k: int = 5
-    labels_topic: str = "/siglip/labels"
+    max_image_pixels: int
+    labels: tuple[str, ...]
+    labels_top_k: int
+    labels_topic: str
 
 
 def default_shards_dir(share_dir: str | Path) -> Path:
