@@ -210,22 +210,21 @@ def _percentiles(name: str, samples: deque) -> list[tuple[str, str]]:
 
 
 def silent_camera_cause(camera: str, publishers: TopicPublishers | None, incompatible_policy: str | None,
-                        lost_frames_hint: str = "", silent_s: float | None = None,
-                        udp_drops: int | None = None) -> str:
+                        lost_frames_hint: str, silent_s: float, udp_drops: int | None) -> str:
     """One line: a camera sent no frames in the period, and the likeliest reason, most certain first."""
     if publishers is None:
         return f"no frames on {camera}"
     if publishers.count == 0:
         return f"no frames on {camera}: no publisher"
     who = f"{publishers.count} publisher{'s' if publishers.count != 1 else ''}"
-    head = f"no frames on {camera}" + (f" for {silent_s:.0f} s" if silent_s is not None else "") + f" from {who}"
+    head = f"no frames on {camera} for {silent_s:.0f} s from {who}"
     if publishers.other_types:
         return (f"{head}: they publish {', '.join(publishers.other_types)}, not the type this node subscribes with "
                 f"(topics ending in /compressed are sensor_msgs/CompressedImage)")
     if incompatible_policy:
         return (f"{head}: QoS incompatible with the node's subscription (policy {incompatible_policy}); set the "
                 f"node's qos parameter to match the publisher (a best-effort camera needs qos: sensor_data)")
-    if silent_s is not None and silent_s < SILENT_WITH_PUBLISHERS_S:
+    if silent_s < SILENT_WITH_PUBLISHERS_S:
         return head  # too early to blame anything
     cause = (f"{head}: frames lost in DDS (the kernel dropped {udp_drops} UDP datagrams for full receive buffers "
              f"meanwhile)" if udp_drops else f"{head}: frames likely lost in DDS")
