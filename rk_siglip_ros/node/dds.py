@@ -22,7 +22,7 @@ RMEM_MAX_PATH = Path("/proc/sys/net/core/rmem_max")
 UDP_SNMP_PATH = Path("/proc/net/snmp")
 # What the shipped config asks for; a kernel limit below this is worth a hint when large frames go missing.
 REQUESTED_RECEIVE_BUFFER = 64 * 1024 * 1024
-SYSCTL_HINT = "sudo sysctl -w net.core.rmem_max=67108864"
+SYSCTL_HINT = f"sudo sysctl -w net.core.rmem_max={REQUESTED_RECEIVE_BUFFER}"
 
 
 class DdsConfigError(ValueError):
