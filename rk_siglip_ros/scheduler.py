@@ -180,7 +180,7 @@ class Scheduler:
         # worker name -> (shard, core, start, frame) of the call it is running now
         self._running: dict[str, tuple[int, int, float, _Frame]] = {}
         self._call_timeout_s = call_timeout_s
-        self._hung: dict[str, StuckCall] = {}  # worker name -> a call the watchdog declared stuck, still running
+        self._hung: set[str] = set()  # workers whose running call (in _running) the watchdog declared stuck
         self._retire_after = max(1, int(retire_after))
         self._failures: dict[int, int] = {}  # replicas core -> consecutive failed frames
         self._retired: dict[int, str] = {}  # core -> why it left the rotation
@@ -247,8 +247,8 @@ class Scheduler:
         when it stopped waiting. Durations are as of now for calls still running."""
         now = time.perf_counter()
         with self._lock:
-            running = {name: call for name, call in self._hung.items() if name in self._running}
-            current = [StuckCall(call.core, call.shard, now - self._running[name][2]) for name, call in running.items()]
+            current = [StuckCall(core, shard, now - start) for name, (shard, core, start, _) in self._running.items()
+                       if name in self._hung]
             return current + [call for call in self._stuck if (call.core, call.shard) not in
                               {(c.core, c.shard) for c in current}]
 
@@ -390,7 +390,7 @@ class Scheduler:
                     if name in self._hung or now - start <= self._call_timeout_s:
                         continue
                     call = StuckCall(core, shard, now - start)
-                    self._hung[name] = call
+                    self._hung.add(name)
                     frame.abandoned = True
                     frame.error = StuckCallError(f"{call}, longer than the call timeout of "
                                                  f"{self._call_timeout_s:g} s; frame dropped")
@@ -420,7 +420,7 @@ class Scheduler:
     def _account(self, worker: str, frame: int, shard: int, core: Core, start: float, end: float) -> None:
         with self._lock:
             self._running.pop(worker, None)
-            self._hung.pop(worker, None)
+            self._hung.discard(worker)
             # A context spanning several cores counts as busy on each of them (an upper bound: the runtime splits
             # only some ops across them).
             for one in core_indices(core):
