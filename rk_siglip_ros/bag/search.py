@@ -9,9 +9,7 @@ decodes only the frames it shows.
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..atomic_file import write_atomically
 from ..camera_frames import IMAGE_MSG_TYPES, image_from_message
 from ..embedding_msg import embedding_from_message
 from ..manifest import MANIFEST_NAME, Manifest, file_sha256
@@ -283,15 +282,7 @@ def write_contact_sheet(path: Path, queries: Sequence[str], hits: list[list[Hit]
             sheet.paste(tile, (left, top))
             draw.text((left, bottom + 3), f"#{hit.rank}  p = {hit.probability:.4g}", fill=(0, 0, 0))
             draw.text((left, bottom + 17), f"{hit.frame.stamp} {hit.frame.topic}"[:34], fill=(90, 90, 90))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
-        sheet.save(temporary, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda stream: sheet.save(stream, format="PNG"))
     return layout
 
 

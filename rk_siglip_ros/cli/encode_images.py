@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic_file import write_staged
 from ..camera_frames import BadFrame
 from ..image_header import ImageHeaderError, ImageTooLargeError, check_declared_size
 from .common import EXIT_OK, EXIT_STATUS_HELP, add_encoder_options, add_max_image_pixels_option, embed_labels, run_tool
@@ -93,14 +94,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def save_all(arrays: dict[Path, np.ndarray]) -> None:
     """Write every array whole, or none: each goes to a temp file first, all are renamed only when all are written."""
-    from .encode_text import save_npy
-
     staged: list[tuple[Path, Path]] = []
     try:
         for path, array in arrays.items():
-            temporary = path.with_name(f".{path.name}.staged.npy")
-            save_npy(temporary, array)
-            staged.append((temporary, path))
+            staged.append((write_staged(path, lambda stream, array=array: np.save(stream, array)), path))
         for temporary, path in staged:
             temporary.replace(path)
     finally:

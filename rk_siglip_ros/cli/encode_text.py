@@ -9,14 +9,13 @@ image embeddings of the same shard set (cosine = dot product).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic_file import write_atomically
 from .common import EXIT_OK, EXIT_STATUS_HELP, run_tool, text_progress
 
 EPILOG = """\
@@ -38,15 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     """Write ``array`` to ``path`` whole or not at all (a temp file beside it, renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, array)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda stream: np.save(stream, array))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
