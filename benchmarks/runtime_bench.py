@@ -46,23 +46,18 @@ SIZES = ((480, 640), (1080, 1920))
 def shard_set(model: str, name: str, out: Path) -> Manifest:
     """The ONNX shard set for ``profile`` (its manifest, root set), built unless a valid one for ``model`` is already
     there. A reused set is hashed once here; the encoders opened from the returned manifest do not hash it again."""
-    from rk_siglip_ros.manifest import ManifestError, load_manifest
+    from rk_siglip_ros.builder.reuse import reuse_or_build
 
     options = PROFILES[name]
     folder = out / name.replace(" ", "-")
-    try:
-        manifest = load_manifest(folder, verify=("onnx",))
+
+    def same_build(manifest: Manifest) -> bool:
         same_tile = "tile" not in options or (manifest.build.get("tile") or 0) == options["tile"]
-        if manifest.model.source == model and manifest.profile == options["profile"] and same_tile:
-            print(f"  reusing {folder}", flush=True)
-            return manifest
-    except ManifestError:
-        pass
-    from rk_siglip_ros.builder.build import build_shards
+        return manifest.profile == options["profile"] and same_tile
 
     started = time.perf_counter()
-    manifest = build_shards(model, folder, formats=("onnx",), force=True, progress=False, **options)
-    print(f"  built {folder} in {time.perf_counter() - started:.0f} s", flush=True)
+    manifest, built = reuse_or_build(model, folder, same_build, **options)
+    print(f"  built {folder} in {time.perf_counter() - started:.0f} s" if built else f"  reusing {folder}", flush=True)
     return manifest
 
 

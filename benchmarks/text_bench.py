@@ -34,21 +34,12 @@ WORDS = ("red green blue small large old new wooden metal open closed broken wet
 
 def shard_set(model: str, out: Path) -> object:
     """The text-capable ONNX shard set for ``model`` in ``out``, built unless a valid one is there."""
-    from rk_siglip_ros.manifest import ManifestError, load_manifest
-
-    try:
-        manifest = load_manifest(out, verify=("onnx",))
-        if manifest.model.source == model and manifest.text is not None:
-            print(f"  reusing {out}", flush=True)
-            return manifest
-    except ManifestError:
-        pass
-    from rk_siglip_ros.builder.build import build_shards
+    from rk_siglip_ros.builder.reuse import reuse_or_build
 
     started = time.perf_counter()
-    manifest = build_shards(model, out, profile="pipeline3", formats=("onnx",), text=True, force=True,
-                            progress=False)
-    print(f"  built {out} in {time.perf_counter() - started:.0f} s", flush=True)
+    manifest, built = reuse_or_build(model, out, lambda manifest: manifest.text is not None, profile="pipeline3",
+                                     text=True)
+    print(f"  built {out} in {time.perf_counter() - started:.0f} s" if built else f"  reusing {out}", flush=True)
     return manifest
 
 

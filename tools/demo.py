@@ -30,9 +30,10 @@ from rosbags.rosbag2 import Reader, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from rk_siglip_ros.bag import EMBEDDING_TOPIC, STORAGES, ReplaySummary, encode_bag, format_summary
+from rk_siglip_ros.builder.reuse import reuse_or_build
 from rk_siglip_ros.embedding_msg import embedding_from_message
 from rk_siglip_ros.labels_msg import LABELS_TOPIC, register_classification, results_of
-from rk_siglip_ros.manifest import Manifest, ManifestError, load_manifest
+from rk_siglip_ros.manifest import Manifest
 
 DEFAULT_MODEL = "random:siglip-base-patch16-512"
 DEFAULT_OUT = Path("demo_out")
@@ -81,19 +82,8 @@ class SampleFrame:
 def ensure_shards(model: str, shards_dir: Path, formats: tuple[str, ...], rebuild: bool) -> tuple[Manifest, bool]:
     """Reuse ``shards_dir`` when it holds a valid build of ``model`` (hashes checked), else build it.
     Returns (its manifest, built_now); the manifest records the hashes checked, so the encoder does not redo them."""
-    if not rebuild:
-        try:
-            manifest = load_manifest(shards_dir, verify=formats)
-            if (manifest.model.source == model and all(manifest.has_files(kind) for kind in formats)
-                    and manifest.text is not None):
-                return manifest, False
-        except ManifestError:
-            pass
-    # the offline builder (torch): imported only when a build is needed
-    from rk_siglip_ros.builder.build import build_shards
-
-    return build_shards(model, shards_dir, profile="pipeline3", formats=formats, text=True, force=True,
-                        progress=True), True
+    return reuse_or_build(model, shards_dir, lambda manifest: manifest.text is not None, formats=formats,
+                          rebuild=rebuild, progress=True, profile="pipeline3", text=True)
 
 
 # ------------------------------------------------------------------------------------------- the sample bag
