@@ -17,33 +17,30 @@ DDS stays on the loopback (ROS_LOCALHOST_ONLY=1) in a ROS_DOMAIN_ID of its own.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo  # noqa: E402 -- tools/demo.py, beside this file
+import ros_workspace  # noqa: E402 -- tools/ros_workspace.py: the domain claim and colcon build the tests use too
 
 from rk_siglip_ros.embedding_msg import embedding_from_message  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGE = "rk_siglip_ros"
+PACKAGE = ros_workspace.PACKAGE
 OUTPUT_TOPIC = "/siglip/embeddings"
 FRAME_TIMEOUT_S = 120.0  # liveness: a full-size random model on a busy CPU takes seconds per frame
 START_TIMEOUT_S = 60.0
-DOMAIN_IDS = range(1, 102)
 
 
 def no_ros_reason() -> str | None:
@@ -55,42 +52,6 @@ def no_ros_reason() -> str | None:
     except ImportError:
         return "no ROS 2 sourced: source /opt/ros/<distro>/setup.bash (or run `make ros-demo`)"
     return None
-
-
-def claim_domain_id() -> tuple[int, TextIO]:
-    """A ROS_DOMAIN_ID no other run here holds (the same flock files as the test suite's)."""
-    first = os.getpid() % len(DOMAIN_IDS)
-    for offset in range(len(DOMAIN_IDS)):
-        domain = DOMAIN_IDS[(first + offset) % len(DOMAIN_IDS)]
-        handle = open(Path(tempfile.gettempdir()) / f"rk_siglip_ros-domain-{domain}.lock", "w")  # noqa: SIM115
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        return domain, handle
-    raise RuntimeError("every ROS_DOMAIN_ID 1..101 is held by another run")
-
-
-def colcon_install(workspace: Path) -> dict[str, str]:
-    """Build this repository's files (as a clone has them) in ``workspace``; the environment with its install
-    sourced on top of the current ROS."""
-    source = workspace / "src" / PACKAGE
-    shutil.rmtree(source, ignore_errors=True)
-    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                             capture_output=True, text=True, check=True).stdout.splitlines()
-    for relative in listing:
-        if relative.startswith("shards/") or not (REPO / relative).is_file():
-            continue
-        (source / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / relative, source / relative)
-    build = subprocess.run(["colcon", "build", "--event-handlers", "console_direct-"], cwd=workspace,
-                           capture_output=True, text=True)
-    if build.returncode != 0:
-        raise RuntimeError(f"colcon build failed in {workspace}:\n{build.stdout[-2000:]}{build.stderr[-2000:]}")
-    dump = subprocess.run(["bash", "-c", f". {workspace}/install/local_setup.bash && env -0"], capture_output=True,
-                          check=True).stdout.decode()
-    return dict(item.split("=", 1) for item in dump.split("\0") if "=" in item)
 
 
 class Player:
@@ -180,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reason is not None:
         print(f"ros-demo: skipped, {reason}. `make demo` runs the same bag through encode_bag without ROS.")
         return 0
-    domain, _lock = claim_domain_id()
+    domain, _lock = ros_workspace.claim_domain_id()
     os.environ.update(ROS_DOMAIN_ID=str(domain), ROS_LOCALHOST_ONLY="1", RMW_IMPLEMENTATION="rmw_cyclonedds_cpp")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workspace = out / "ros_ws"
     print(f"[3/4] colcon build -> {workspace}/install (ROS 2 {os.environ.get('ROS_DISTRO', '?')}, "
           f"ROS_DOMAIN_ID={domain})", flush=True)
-    env = colcon_install(workspace)
+    env = ros_workspace.colcon_install(workspace)
 
     topics = {demo.FRONT_TOPIC: "sensor_msgs/msg/Image", demo.REAR_TOPIC: "sensor_msgs/msg/CompressedImage"}
     command = ["ros2", "launch", PACKAGE, "encoder.launch.py", f"shards:={shards.resolve()}",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import functools
 import os
 import shutil
@@ -27,17 +26,17 @@ from typing import Any, TextIO
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools"))
+import ros_workspace  # noqa: E402 -- tools/ros_workspace.py: domain claims and the colcon build, shared with tools
+
 # The shared folder beside the clone (ROS tree, test data); `make SHARED=...` points elsewhere.
 SHARED = Path(os.environ.get("RK_SIGLIP_SHARED", REPO.parent / "shared"))
-PACKAGE = "rk_siglip_ros"
+PACKAGE = ros_workspace.PACKAGE
 LAUNCH_FILE = "encoder.launch.py"
 OUTPUT = "/siglip/embeddings"
 # Liveness bounds only (how long to wait before calling something lost), never timing assertions.
 START_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 30.0
-# ROS_DOMAIN_ID 1..101: 0 is everyone's default; above 101 Cyclone's ports collide with Linux's ephemeral range.
-DOMAIN_IDS = range(1, 102)
-LOCK_DIR = Path(tempfile.gettempdir())
 # A publisher counts the node's subscription as soon as the publisher's side has discovered it; the node's side may
 # discover the publisher a moment later, and a frame sent in between is dropped without a trace (volatile durability:
 # a late match gets nothing sent before it, reliable or not). Tests that count frames one by one first send probe
@@ -75,24 +74,11 @@ _domain_lock: TextIO | None = None
 
 
 def claim_domain_id() -> int:
-    """A ROS_DOMAIN_ID no other test session on this machine holds: start from this PID, take the first free one.
-
-    The claim is an flock held for the life of the process, so parallel runs (other worktrees, CI jobs) never share
-    a domain and a crashed run frees its id.
-    """
+    """A ROS_DOMAIN_ID no other run on this machine holds (ros_workspace.claim_domain_id), held for the life of
+    this process."""
     global _domain_lock
-    first = os.getpid() % len(DOMAIN_IDS)
-    for offset in range(len(DOMAIN_IDS)):
-        domain = DOMAIN_IDS[(first + offset) % len(DOMAIN_IDS)]
-        handle = open(LOCK_DIR / f"rk_siglip_ros-domain-{domain}.lock", "w")  # noqa: SIM115 -- held on purpose
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        _domain_lock = handle
-        return domain
-    raise RuntimeError(f"every ROS_DOMAIN_ID in {DOMAIN_IDS} is held by another test session")
+    domain, _domain_lock = ros_workspace.claim_domain_id()
+    return domain
 
 
 def isolate_dds() -> int:
@@ -108,32 +94,6 @@ def isolate_dds() -> int:
 
 
 # ------------------------------------------------------------------------------------------- the install
-
-
-def source_files() -> list[str]:
-    """The files a clone has (tracked plus new, not ignored), so the build sees the working tree."""
-    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                             capture_output=True, text=True, check=True).stdout
-    return [line for line in listing.splitlines() if line and (REPO / line).is_file()]
-
-
-def colcon_install(workspace: Path) -> dict[str, str]:
-    """`colcon build` this package in ``workspace`` as a robot would; returns the environment with its
-    install/local_setup.bash sourced on top of the current ROS."""
-    source = workspace / "src" / PACKAGE
-    for relative in source_files():
-        if relative.startswith("shards/"):
-            continue  # a developer's built shard sets: the tests bring their own
-        target = source / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / relative, target)
-    colcon = shutil.which("colcon") or str(Path(sys.executable).with_name("colcon"))
-    result = subprocess.run([colcon, "build", "--event-handlers", "console_direct-"], cwd=workspace,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"colcon build failed:\n{result.stdout}\n{result.stderr}"
-    dump = subprocess.run(["bash", "-c", f". {workspace}/install/local_setup.bash && env -0"],
-                          capture_output=True, check=True).stdout.decode()
-    return dict(item.split("=", 1) for item in dump.split("\0") if "=" in item)
 
 
 _installed: dict[str, str] | None = None
@@ -166,7 +126,7 @@ def installed_env() -> dict[str, str]:
     global _installed
     if _installed is None:
         workspace = Path(_session_dir()) / "ws"
-        _installed = colcon_install(workspace)
+        _installed = ros_workspace.colcon_install(workspace)
     return dict(_installed)
 
 
