@@ -29,9 +29,8 @@ import numpy as np
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from rk_siglip_ros.bag import EMBEDDING_TOPIC, STORAGES, ReplaySummary, encode_bag, format_summary
+from rk_siglip_ros.bag import EMBEDDING_TOPIC, STORAGES, ReplaySummary, encode_bag, format_summary, open_bag, search
 from rk_siglip_ros.builder.reuse import reuse_or_build
-from rk_siglip_ros.embedding_msg import embedding_from_message
 from rk_siglip_ros.labels_msg import LABELS_TOPIC, register_classification, results_of
 from rk_siglip_ros.manifest import Manifest
 
@@ -141,17 +140,11 @@ def write_sample_bag(path: Path, storage: str = "mcap", distro: Stores = Stores.
 
 
 def read_embeddings(bag: Path, topic: str = EMBEDDING_TOPIC) -> list[tuple[int, str, np.ndarray]]:
-    """(header stamp ns, frame_id, vector) of every embedding in ``bag``, in log order."""
-    store = get_typestore(Stores.ROS2_JAZZY)
-    rows = []
-    with Reader(bag) as reader:
-        chosen = [c for c in reader.connections if c.topic == topic]
-        for connection, _, raw in reader.messages(chosen):
-            message = store.deserialize_cdr(raw, connection.msgtype)
-            stamp = message.header.stamp
-            rows.append((stamp.sec * 10**9 + stamp.nanosec, message.header.frame_id,
-                         embedding_from_message(message)[0]))
-    return rows
+    """(header stamp ns, frame_id, unit vector) of every embedding in ``bag``, in log order (search_bag's reader)."""
+    with open_bag(bag) as opened:
+        embeddings = search.read_embeddings(opened, topic)
+    return [(frame.sec * 10**9 + frame.nanosec, frame.frame_id, vector)
+            for frame, vector in zip(embeddings.frames, embeddings.matrix, strict=True)]
 
 
 def similarity_table(frames: Sequence[SampleFrame], embeddings: Sequence[tuple[int, str, np.ndarray]]) -> str:
