@@ -26,7 +26,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .image_header import DEFAULT_MAX_IMAGE_PIXELS, ImageHeaderError, ImageTooLargeError, check_declared_size
+from .image_header import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageHeaderError,
+    ImageTooLargeError,
+    check_declared_size,
+    pixel_limit_excess,
+)
 
 IMAGE_MSG_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
@@ -119,10 +125,9 @@ def convert_with(library: str | None, msg: Any, max_pixels: int = DEFAULT_MAX_IM
     "rosbags-image" to pick one (the tests check that both give the same pixels).
     """
     encoding, pixel_bytes, channel_bytes = check_raw(msg)  # validates first, whichever library converts
-    width, height = int(msg.width), int(msg.height)
-    if max_pixels > 0 and width * height > max_pixels:
-        raise BadFrame(f"{width}x{height} = {width * height / 1e6:.1f} MP is above the limit of "
-                       f"{max_pixels / 1e6:g} MP (max_image_pixels)")
+    excess = pixel_limit_excess(int(msg.width), int(msg.height), max_pixels)
+    if excess is not None:
+        raise BadFrame(excess)
     if encoding in GENERIC_ALIASES:
         # cv_bridge refuses 8UC1/8UC3 -> rgb8 ("not a color format"); read generics the same way everywhere.
         encoding, convert = GENERIC_ALIASES[encoding], _convert_with_rosbags

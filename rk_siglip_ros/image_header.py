@@ -45,10 +45,19 @@ def check_declared_size(data: bytes | memoryview, max_pixels: int) -> tuple[int,
     width, height = declared_size(data)
     if width <= 0 or height <= 0:
         raise ImageHeaderError(f"the header declares an empty image ({width}x{height})")
-    if max_pixels > 0 and width * height > max_pixels:
-        raise ImageTooLargeError(f"the header declares {width}x{height} = {width * height / 1e6:.1f} MP, above the "
-                               f"limit of {max_pixels / 1e6:g} MP (max_image_pixels); not decoded")
+    excess = pixel_limit_excess(width, height, max_pixels)
+    if excess is not None:
+        raise ImageTooLargeError(f"the header declares {excess}; not decoded")
     return width, height
+
+
+def pixel_limit_excess(width: int, height: int, max_pixels: int) -> str | None:
+    """Why a ``width`` x ``height`` image is refused under ``max_pixels`` (0 = no limit), or None if it is not: the
+    one wording for compressed headers and raw frames alike."""
+    if max_pixels <= 0 or width * height <= max_pixels:
+        return None
+    return (f"{width}x{height} = {width * height / 1e6:.1f} MP, above the limit of {max_pixels / 1e6:g} MP "
+            "(max_image_pixels)")
 
 
 def _png_size(data: bytes | memoryview) -> tuple[int, int]:

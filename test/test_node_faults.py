@@ -86,7 +86,7 @@ def test_a_header_opencv_cannot_decode_is_a_bad_frame_not_a_cv2_error(types):
 
 
 def test_raw_frames_above_the_limit_are_bad_frames(types):
-    with pytest.raises(BadFrame, match=r"32x24 = 0.0 MP is above the limit"):
+    with pytest.raises(BadFrame, match=r"32x24 = 0.0 MP, above the limit of 0.0005 MP"):
         image_from_message(raw(types, 1), max_pixels=500)
     assert image_from_message(raw(types, 1), max_pixels=768).shape == (24, 32, 3)
 
