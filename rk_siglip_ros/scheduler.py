@@ -359,14 +359,19 @@ class Scheduler:
                 self._failures[core] = 0
                 return False
             self._failures[core] = self._failures.get(core, 0) + 1
-            in_rotation = len(self.cores) - len(self._retired)
-            if self._failures[core] < self._retire_after or in_rotation <= 1 or self._closed:
+            if self._failures[core] < self._retire_after or not self._may_retire(core):
                 return False
             why = (f"core {core} out of rotation after {self._failures[core]} consecutive failed frames (last: "
                    f"{type(error).__name__}: {error})")
             self._retire(core, why)
         LOG.error("%s; serving on the other cores", why)
         return True
+
+    def _may_retire(self, core: int) -> bool:
+        """Whether ``core`` may leave the rotation now: replicas mode, and another core still serves (caller holds the
+        lock)."""
+        in_rotation = len(self.cores) - len(self._retired)
+        return self.mode == "replicas" and core not in self._retired and in_rotation > 1 and not self._closed
 
     def _retire(self, core: int, why: str) -> None:
         """Take a replicas core out of rotation (caller holds the lock)."""
@@ -394,8 +399,7 @@ class Scheduler:
                     frame.abandoned = True
                     frame.error = StuckCallError(f"{call}, longer than the call timeout of "
                                                  f"{self._call_timeout_s:g} s; frame dropped")
-                    in_rotation = len(self.cores) - len(self._retired)
-                    retire = self.mode == "replicas" and core not in self._retired and in_rotation > 1
+                    retire = self._may_retire(core)
                     if retire:
                         self._retire(core, f"core {core} out of rotation: {call}")
                     expired.append((name, call, frame, retire))
