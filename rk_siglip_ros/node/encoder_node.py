@@ -202,20 +202,20 @@ class EncoderNode(Node):
         return stat
 
     def _set_parameters_hook(self, parameters: list[Any]) -> Any:
+        # The run-time changeable parameters; each change runs the check node start runs (ValueError: refused).
+        # labels: checked here, embedded in the background (minutes for 1000 labels on a CPU).
+        changes = {"max_rate_hz": self._service.set_max_rate,
+                   "labels": lambda value: self._service.set_labels(value, background=True),
+                   "labels_top_k": self._service.set_labels_top_k}
         for parameter in parameters:
-            if parameter.name == "max_rate_hz":
-                try:
-                    self._service.set_max_rate(parameter.value)  # config.check_max_rate, as at start
-                except ValueError as error:
-                    return SetParametersResult(successful=False, reason=str(error))
-            elif parameter.name in ("labels", "labels_top_k"):
-                try:  # labels: checked here, embedded in the background (minutes for 1000 labels on a CPU)
-                    if parameter.name == "labels":
-                        self._service.set_labels(parameter.value, background=True)
-                    else:
-                        self._service.set_labels_top_k(parameter.value)
-                except ValueError as error:
-                    return SetParametersResult(successful=False, reason=str(error))
+            change = changes.get(parameter.name)
+            if change is None:
+                continue
+            try:
+                change(parameter.value)
+            except ValueError as error:
+                return SetParametersResult(successful=False, reason=str(error))
+            if parameter.name != "max_rate_hz":
                 self.get_logger().info(self._labels_line())
         return SetParametersResult(successful=True)
 

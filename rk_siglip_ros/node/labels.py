@@ -82,12 +82,9 @@ class NodeLabels:
         return label_set
 
     def change_labels(self, labels: Sequence[str], on_done: ChangeDone) -> None:
-        """Replace the labels once the text tower has embedded them in a background thread (empty = off, at once).
-        ``on_done`` is called from that thread; a newer change makes an older one's result be dropped."""
-        if not labels:
-            self.set_labels(())
-            on_done(None, None, 0.0)
-            return
+        """Replace the labels (checked, not empty: :meth:`set_labels` turns them off) once the text tower has embedded
+        them in a background thread. ``on_done`` is called from that thread; a newer change makes an older one's result
+        be dropped."""
         with self._lock:
             self._generation += 1
             generation = self._generation
