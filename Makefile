@@ -68,7 +68,7 @@ lint: setup
 	$(BIN)/ruff check rk_siglip_ros test launch setup.py benchmarks tools
 
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	RK_SIGLIP_ROS_TREE=$(ROS_TREE) $(BIN)/python benchmarks/run_all.py
 
 demo: setup
 	$(BIN)/python tools/demo.py
