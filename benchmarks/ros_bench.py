@@ -36,7 +36,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench_out" / "ros"
-DOMAIN_ID = "46"
 CAMERAS = 3
 RATE_HZ = 30.0
 SIZES = {"640x480": (480, 640), "1920x1080": (1080, 1920)}
@@ -60,8 +59,9 @@ STARTUP_TIMEOUT_S = 60.0
 
 
 def ros_environment(dds_config: str | None) -> dict[str, str]:
-    """The environment of every ROS process here: loopback only, Cyclone, our domain, the DDS config under test."""
-    env = dict(os.environ, ROS_LOCALHOST_ONLY="1", RMW_IMPLEMENTATION="rmw_cyclonedds_cpp", ROS_DOMAIN_ID=DOMAIN_ID)
+    """The environment of every ROS process here: loopback only, Cyclone, the DDS config under test, and the
+    ROS_DOMAIN_ID orchestrate() claimed (in os.environ, so its children inherit it)."""
+    env = dict(os.environ, ROS_LOCALHOST_ONLY="1", RMW_IMPLEMENTATION="rmw_cyclonedds_cpp")
     env.pop("CYCLONEDDS_URI", None)
     if dds_config is not None:
         env["CYCLONEDDS_URI"] = f"file://{dds_config}"
@@ -452,6 +452,12 @@ def orchestrate(args: argparse.Namespace) -> int:
         print("SKIP ros_bench: no ROS 2 in this environment (source /opt/ros/<distro>/setup.bash; `make bench` "
               "sources ../shared/ros2-humble when it is there)")
         return 0
+    sys.path.insert(0, str(ROOT / "tools"))
+    import ros_workspace  # tools/ros_workspace.py, as the real-ROS tests and make ros-demo use it
+
+    # A domain no other run here holds (the tests, a demo, another clone's benchmark), held until this process ends.
+    domain, _domain_lock = ros_workspace.claim_domain_id()
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
     os.environ.update(ros_environment(None))  # the observer (this process) too: loopback, Cyclone, our domain
     args.out.mkdir(parents=True, exist_ok=True)
     shards, slow, fast = prepare(args.out)
