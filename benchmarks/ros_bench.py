@@ -5,10 +5,13 @@
     for 640x480 and 1920x1080 rgb8, Cyclone's default configuration vs the shipped
     config/cyclonedds_large_images.xml, and typed vs serialized (`raw=True`, the node's way) subscriptions. Goals
     with the shipped config: >= 95 % of 640x480, >= 60 % of 1080p received; the CPU the offered frames cost (busy
-    minus idle) with raw <= half of typed.
+    minus idle) with raw <= half of typed. Then, with the shipped config, a raw node beside a raw node that keeps
+    glibc's malloc defaults instead of node/frame_memory's thresholds (what that setting saves). Two nodes at a
+    time: with ROS_LOCALHOST_ONLY, Cyclone admits only so many participants per domain on one host.
 (b) latency at 640x480, one camera at 10 Hz (the encoder is idle when each frame arrives, so no frame waits for a
     slot): camera message published -> embedding received, p50/p95, minus the encoder alone
-    (`SiglipEncoder.encode` of the same image with the same timing profile) = what the node adds. Goal <= 3 ms p50.
+    (`SiglipEncoder.encode` of the same image with the same timing profile) = what the node adds, for the same
+    three node kinds. Goal <= 3 ms p50.
 
 Every process runs with ROS_LOCALHOST_ONLY=1 (DDS on the loopback), rmw_cyclonedds_cpp and this benchmark's own
 ROS_DOMAIN_ID. Each camera publisher and the node are separate processes (as on a robot); publishers keep
@@ -41,7 +44,11 @@ RATE_HZ = 30.0
 SIZES = {"640x480": (480, 640), "1920x1080": (1080, 1920)}
 SHIPPED_CONFIG = ROOT / "config" / "cyclonedds_large_images.xml"
 DDS_CONFIGS = ("default", "shipped")
-SUBSCRIPTIONS = ("typed", "raw")
+# Node kinds: typed / serialized (raw, the node's way) subscriptions, both as encoder_node.main runs them (with
+# frame_memory.keep_frame_buffers), and raw with glibc's malloc defaults.
+SUBSCRIPTIONS = ("typed", "raw", "raw_glibc")
+PAIRS = {"subscription": ("typed", "raw"), "malloc": ("raw", "raw_glibc")}  # (a): nodes side by side
+LABELS = {"typed": "typed", "raw": "raw", "raw_glibc": "raw, glibc malloc"}
 # sim timing: 2 s per shard = 0.5 frames/s through the 3-stage pipeline, so 99 % of the offered frames are dropped
 # and the conversion of the few encoded ones hardly counts in the node's CPU; 3 x 10 ms for the latency run (an idle
 # encoder answers in ~30 ms, well inside the 100 ms between frames).
@@ -116,9 +123,12 @@ def run_node(args: argparse.Namespace) -> int:
     from rclpy.executors import ExternalShutdownException
 
     from rk_siglip_ros.node.encoder_node import EncoderNode
+    from rk_siglip_ros.node.frame_memory import keep_frame_buffers
 
+    if args.subscription != "raw_glibc":
+        keep_frame_buffers()  # as encoder_node.main does
     rclpy.init(args=["--ros-args", *args.ros_args])
-    node = EncoderNode(serialized=args.subscription == "raw")
+    node = EncoderNode(serialized=args.subscription != "typed")
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -287,17 +297,18 @@ class Rig:
                 self.node.wait()
 
 
-def delivery_runs(observer: Observer, *, size: str, dds: str, shards: Path, profile: Path,
+def delivery_runs(observer: Observer, *, pair: str, size: str, dds: str, shards: Path, profile: Path,
                   seconds: float) -> list[dict[str, Any]]:
-    """(a) for one size and DDS config: a typed and a raw node side by side, each with its own 3 cameras, offered
+    """(a) for one size and DDS config: the two nodes of ``pair`` side by side, each with its own 3 cameras, offered
     frames in alternating blocks (so machine load hits both alike). Per node: CPU idle (cameras connected, silent)
     and while its cameras publish, frames offered and received."""
+    kinds = PAIRS[pair]
     rigs = {kind: Rig(prefix=f"/bench_{kind}", subscription=kind, dds=dds, shards=shards, profile=profile,
-                      size=size, cameras=CAMERAS) for kind in SUBSCRIPTIONS}
+                      size=size, cameras=CAMERAS) for kind in kinds}
     from rk_siglip_ros.node.dds import udp_receive_buffer_errors
 
-    runs = {kind: {"size": size, "dds": dds, "subscription": kind, "offered": 0, "seconds": 0.0, "busy_cpu": 0.0,
-                   "dds_cpu": 0.0, "udp_drops": 0} for kind in SUBSCRIPTIONS}
+    runs = {kind: {"pair": pair, "size": size, "dds": dds, "subscription": kind, "offered": 0, "seconds": 0.0,
+                   "busy_cpu": 0.0, "dds_cpu": 0.0, "udp_drops": 0} for kind in kinds}
     try:
         for rig in rigs.values():
             if observer.wait_for_diagnostics(rig.name, after=time.monotonic(), timeout_s=STARTUP_TIMEOUT_S) is None:
@@ -391,22 +402,24 @@ def print_delivery(results: list[dict[str, Any]]) -> None:
           f"(cameras connected, silent), while offered, and the difference = the cost of the offered frames")
     print("  (CPU frames = busy - idle; of it, DDS = Cyclone's own threads, the same work typed or raw; UDP drops = "
           "datagrams the kernel dropped for a full receive buffer meanwhile)")
-    print(f"  {'size':<10} {'DDS config':<10} {'subscription':<12} {'offered/s':>9} {'received':>15} "
+    print(f"  {'size':<10} {'DDS config':<10} {'node':<17} {'offered/s':>9} {'received':>15} "
           f"{'received %':>10} {'CPU idle':>8} {'CPU busy':>8} {'CPU frames':>10} {'of it DDS':>9} {'UDP drops':>9}")
     for r in results:
         share = 100.0 * r["received"] / max(r["offered"], 1)
-        print(f"  {r['size']:<10} {r['dds']:<10} {r['subscription']:<12} {r['offered_hz']:>9.1f} "
+        if r["pair"] == "malloc" and r["subscription"] == PAIRS["malloc"][0]:
+            print("  (then, with the shipped config: the raw node beside one with glibc's malloc defaults)")
+        print(f"  {r['size']:<10} {r['dds']:<10} {LABELS[r['subscription']]:<17} {r['offered_hz']:>9.1f} "
               f"{r['received']:>7}/{r['offered']:<7} {share:>10.1f} {r['idle_cpu']:>8.1f} {r['busy_cpu']:>8.1f} "
               f"{r['busy_cpu'] - r['idle_cpu']:>10.1f} {r['dds_cpu']:>9.1f} {r['udp_drops']:>9}")
     print("  goals (shipped config, raw = the node's subscription):")
     for size, goal in GOALS.items():
         for r in results:
-            if r["size"] == size and r["dds"] == "shipped" and r["subscription"] == "raw":
+            if (r["pair"], r["size"], r["dds"], r["subscription"]) == ("subscription", size, "shipped", "raw"):
                 share = r["received"] / max(r["offered"], 1)
                 verdict = "met" if share >= goal else "MISSED"
                 print(f"    {size}: received {100 * share:.1f} % (goal >= {100 * goal:.0f} %): {verdict}")
     for size in SIZES:
-        runs = {(r["dds"], r["subscription"]): r for r in results if r["size"] == size}
+        runs = {(r["dds"], r["subscription"]): r for r in results if r["size"] == size and r["pair"] == "subscription"}
         if ("shipped", "typed") in runs and ("shipped", "raw") in runs:
             raw, typed = runs[("shipped", "raw")], runs[("shipped", "typed")]
             ratio = (raw["busy_cpu"] - raw["idle_cpu"]) / max(typed["busy_cpu"] - typed["idle_cpu"], 1e-9)
@@ -416,6 +429,12 @@ def print_delivery(results: list[dict[str, Any]]) -> None:
             print(f"    {size}: CPU for the offered frames, raw / typed = {ratio:.2f} (goal <= 0.50): {verdict}; "
                   f"without DDS's own threads {python_ratio:.2f}; per frame received: raw "
                   f"{cpu_ms_per_frame(raw):.2f} ms, typed {cpu_ms_per_frame(typed):.2f} ms")
+        malloc = {r["subscription"]: r for r in results if r["size"] == size and r["pair"] == "malloc"}
+        if malloc:
+            raw, glibc = malloc["raw"], malloc["raw_glibc"]
+            print(f"    {size}: frame buffers reused (node/frame_memory) vs glibc's malloc defaults, raw: node CPU per "
+                  f"frame received {cpu_ms_per_frame(raw):.2f} vs {cpu_ms_per_frame(glibc):.2f} ms "
+                  f"({cpu_ms_per_frame(raw) / max(cpu_ms_per_frame(glibc), 1e-9):.2f}x)")
 
 
 def cpu_ms_per_frame(run: dict[str, Any]) -> float:
@@ -467,9 +486,10 @@ def orchestrate(args: argparse.Namespace) -> int:
     try:
         results = []
         for size in SIZES:
-            for dds in DDS_CONFIGS:
-                print(f"  run: {size}, {dds} DDS config, typed and raw side by side ...", flush=True)
-                results += delivery_runs(observer, size=size, dds=dds, shards=shards, profile=slow,
+            for pair, dds in [("subscription", dds) for dds in DDS_CONFIGS] + [("malloc", "shipped")]:
+                print(f"  run: {size}, {dds} DDS config, {' and '.join(LABELS[k] for k in PAIRS[pair])} side by "
+                      "side ...", flush=True)
+                results += delivery_runs(observer, pair=pair, size=size, dds=dds, shards=shards, profile=slow,
                                          seconds=args.seconds)
         print_delivery(results)
 
@@ -482,11 +502,11 @@ def orchestrate(args: argparse.Namespace) -> int:
         print(f"  encoder alone (SiglipEncoder.encode, {len(alone)} frames): p50 {a50:.2f} ms, p95 {a95:.2f} ms")
         for kind, latencies in samples.items():
             if not latencies:
-                print(f"  node, {kind} subscription: no embeddings received")
+                print(f"  node, {LABELS[kind]}: no embeddings received")
                 continue
             n50, n95 = percentiles_ms(latencies)
             goal = f" (goal p50 <= 3 ms: {'met' if n50 - a50 <= 3.0 else 'MISSED'})" if kind == "raw" else ""
-            print(f"  node, {kind} subscription (camera message published -> embedding received, {len(latencies)} "
+            print(f"  node, {LABELS[kind]} (camera message published -> embedding received, {len(latencies)} "
                   f"frames): p50 {n50:.2f} ms, p95 {n95:.2f} ms; added by the node: p50 {n50 - a50:.2f} ms, "
                   f"p95 {n95 - a95:.2f} ms{goal}")
         print(f"\nros_bench: {time.perf_counter() - started:.0f} s")

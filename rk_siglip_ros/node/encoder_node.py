@@ -29,6 +29,7 @@ from rk_siglip_ros.node.config import (
     validate,
 )
 from rk_siglip_ros.node.core import EncoderNodeCore
+from rk_siglip_ros.node.frame_memory import keep_frame_buffers
 from rk_siglip_ros.node.log_bridge import forward_library_logs
 from rk_siglip_ros.node.stats import TopicPublishers
 
@@ -306,8 +307,10 @@ def main(args: list[str] | None = None) -> int:
               f"sudo apt install ros-$ROS_DISTRO-{MISSING_ROS_PACKAGE.split('.')[0].replace('_', '-')}",
               file=sys.stderr)
         return EXIT_USAGE
+    memory = keep_frame_buffers()  # before DDS starts: its receive thread allocates every frame's sample
     # No rclpy signal handlers: the context must outlive Ctrl-C so the frames in flight can still be published.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    rclpy.logging.get_logger(NODE_NAME).debug(memory)
     stop = _stop_on_signals()
     node = None
     status = 0
