@@ -15,7 +15,6 @@ another C library, or when the user set glibc's own MALLOC_MMAP_THRESHOLD_ / MAL
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Callable
 
@@ -43,10 +42,7 @@ def keep_frame_buffers() -> str:
 
 
 def _glibc_mallopt() -> Callable[[int, int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    except OSError:
-        return None
+    libc = ctypes.CDLL(None)  # the symbols this process has loaded, the C library's among them
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):  # glibc's own symbol: not musl
         return None
     mallopt = libc.mallopt
