@@ -1,12 +1,12 @@
 """Let the node's process reuse the memory of camera frames instead of faulting fresh pages in for every frame.
 
 Each camera message passes through buffers of its own size: Cyclone's reassembled sample, rcl's serialized copy
-and the Python bytes the mailbox keeps (a 640x480 rgb8 frame: 0.9 MB each). glibc's malloc gives allocations above
-its mmap threshold (128 KB at start) their own fresh pages, and hands the freed top of a heap back to the kernel
-above its trim threshold, so every frame page-faults its buffers in again: 68 000 page faults in 5 s for 3 x 30 Hz
-of 640x480 in one subscriber process here, a fifth of its CPU. With both thresholds raised, freed frame buffers
-stay in the heap and the next frame reuses them (30 page faults in the same 5 s). The price: the process keeps its
-peak frame memory (a few frames' worth) instead of returning it between frames.
+and the Python bytes the mailbox keeps (a 1920x1080 rgb8 frame: 6.2 MB each). glibc's malloc gives allocations
+above its mmap threshold their own fresh pages, and hands the freed top of a heap back to the kernel above its trim
+threshold. Both adapt to the largest block freed so far, which is enough for 640x480 frames but not for 1080p ones:
+95 000-155 000 page faults in 5 s of 3 x 30 Hz 1080p in the node here, a fifth of its CPU. With both thresholds set
+high, freed frame buffers stay in the heap and the next frame reuses them (40-550 page faults in the same 5 s). The
+price: the process keeps its peak frame memory (a few frames' worth) instead of returning it between frames.
 
 Process-wide, so only the node's executable (encoder_node.main) calls it, never a library import. glibc only: on
 another C library, or when the user set glibc's own MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, nothing changes.
