@@ -59,6 +59,9 @@ GOALS = {"640x480": 0.95, "1920x1080": 0.60}
 IDLE_S = 2.0
 LATENCY_BLOCKS = 4
 DELIVERY_BLOCKS = 2
+# Between blocks: the node of the block before finishes the frames DDS still holds for it (typed ones are taken and
+# deserialised after its cameras stop), so none of its work lands in the next node's block and CPU figure.
+SETTLE_S = 1.0
 STARTUP_TIMEOUT_S = 60.0
 
 
@@ -317,6 +320,7 @@ def delivery_runs(observer: Observer, *, pair: str, size: str, dds: str, shards:
             _, runs[kind]["idle_cpu"], _ = rig.cpu_percent(lambda: time.sleep(IDLE_S))
         for _ in range(DELIVERY_BLOCKS):
             for kind, rig in rigs.items():
+                time.sleep(SETTLE_S)
                 drops = udp_receive_buffer_errors() or 0
                 summary, cpu, dds_cpu = rig.cpu_percent(lambda rig=rig: rig.offer(seconds / DELIVERY_BLOCKS))
                 runs[kind]["udp_drops"] += (udp_receive_buffer_errors() or 0) - drops
