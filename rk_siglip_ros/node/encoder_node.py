@@ -307,10 +307,11 @@ def main(args: list[str] | None = None) -> int:
               f"sudo apt install ros-$ROS_DISTRO-{MISSING_ROS_PACKAGE.split('.')[0].replace('_', '-')}",
               file=sys.stderr)
         return EXIT_USAGE
-    memory = keep_frame_buffers()  # before DDS starts: its receive thread allocates every frame's sample
+    memory_as_intended, memory = keep_frame_buffers()  # before DDS starts: its receive thread allocates each sample
     # No rclpy signal handlers: the context must outlive Ctrl-C so the frames in flight can still be published.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    rclpy.logging.get_logger(NODE_NAME).debug(memory)
+    logger = rclpy.logging.get_logger(NODE_NAME)
+    (logger.debug if memory_as_intended else logger.info)(memory)
     stop = _stop_on_signals()
     node = None
     status = 0
@@ -320,7 +321,7 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # SIGTERM twice, or an external shutdown: fall through to the clean-up
     except (ConfigError, ManifestError, BackendError) as error:  # a one-line reason, not a traceback
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
+        logger.fatal(str(error))
         status = EXIT_USAGE
     finally:
         if node is not None:
