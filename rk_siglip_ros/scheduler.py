@@ -368,8 +368,8 @@ class Scheduler:
         return True
 
     def _may_retire(self, core: int) -> bool:
-        """Whether ``core`` may leave the rotation now: replicas mode, and another core still serves (caller holds the
-        lock)."""
+        """Whether ``core`` may leave the rotation now: replicas mode, the scheduler open, and another core still
+        serving (caller holds the lock)."""
         in_rotation = len(self.cores) - len(self._retired)
         return self.mode == "replicas" and core not in self._retired and in_rotation > 1 and not self._closed
 

@@ -85,6 +85,8 @@ class NodeLabels:
         """Replace the labels (checked, not empty: :meth:`set_labels` turns them off) once the text tower has embedded
         them in a background thread. ``on_done`` is called from that thread; a newer change makes an older one's result
         be dropped."""
+        if not labels:
+            raise ValueError("change_labels needs labels; set_labels(()) turns them off")
         with self._lock:
             self._generation += 1
             generation = self._generation
