@@ -473,7 +473,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         import rclpy
     except ImportError:
         print("SKIP ros_bench: no ROS 2 in this environment (source /opt/ros/<distro>/setup.bash; `make bench` "
-              "sources ../shared/ros2-humble when it is there)")
+              "sources its ROS_TREE, ../shared/ros2-humble, when it is there)")
         return 0
     sys.path.insert(0, str(ROOT / "tools"))
     import ros_workspace  # tools/ros_workspace.py, as the real-ROS tests and make ros-demo use it

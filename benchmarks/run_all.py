@@ -3,8 +3,8 @@ benchmark). Full-size SigLIP-B/16@512 work lives here, never in the test suite. 
 benchmark failed to run; goals missed are printed, not asserted.
 
 ros_bench.py needs a ROS 2: the one already sourced (ROS_DISTRO set), else the tree the Makefile's ROS_TREE names
-(passed as RK_SIGLIP_ROS_TREE; ../shared/ros2-humble when run by hand), sourced for that benchmark only; without
-either it prints one SKIP line."""
+(passed as RK_SIGLIP_ROS_TREE; run by hand: $RK_SIGLIP_SHARED/ros2-humble, else ../shared/ros2-humble), sourced for
+that benchmark only; without either it prints one SKIP line."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("build_bench.py", "runtime_bench.py", "fault_bench.py", "text_bench.py", "ros_bench.py")
 NEEDS_ROS = {"ros_bench.py"}
-ROS_TREE = Path(os.environ.get("RK_SIGLIP_ROS_TREE") or HERE.parent.parent / "shared" / "ros2-humble")
+SHARED = Path(os.environ.get("RK_SIGLIP_SHARED") or HERE.parent.parent / "shared")
+ROS_TREE = Path(os.environ.get("RK_SIGLIP_ROS_TREE") or SHARED / "ros2-humble")
 
 
 def command(script: Path, args: list[str]) -> list[str] | None:
