@@ -28,9 +28,9 @@ from collections.abc import Callable
 # glibc's mallopt parameter numbers (malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-# The largest mmap threshold glibc accepts (its DEFAULT_MMAP_THRESHOLD_MAX): 32 MB on 64-bit, so frames up to 4K
-# rgb8 (25 MB) are reused; 16 MB on 32-bit.
-MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
+# The largest mmap threshold 64-bit glibc accepts (its DEFAULT_MMAP_THRESHOLD_MAX), so frames up to 4K rgb8 (25 MB)
+# are reused. 32-bit glibc caps it at 512 KB, too small for any frame: it refuses this, and the node logs that.
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 # Free memory a heap may keep at its top before trimming: several frames of any size up to the mmap threshold.
 TRIM_THRESHOLD_BYTES = 128 * 1024 * 1024
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
