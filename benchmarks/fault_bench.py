@@ -130,7 +130,7 @@ def report_shutdown(shards: Path, types: Any, drain_s: float) -> None:
         errors: list[str] = []
         # The node's log as the node has it: its own lines, and the library's forwarded (the scheduler names the
         # stuck core).
-        stop_forwarding = forward_library_logs(errors.append, errors.append, errors.append, errors.append)
+        stop_forwarding = forward_library_logs(errors.append, errors.append, errors.append)
         core = EncoderNodeCore(validate({"shards": str(shards), "image_topics": list(TOPICS), "mode": mode}),
                                open_publisher=lambda topic: lambda header, fields: None, now_s=time.time,
                                warn=errors.append, error=errors.append, encoder_factory=factory)

@@ -84,7 +84,7 @@ def node_log() -> Iterator[dict[str, list[str]]]:
     from rk_siglip_ros.node.log_bridge import forward_library_logs
 
     lines: dict[str, list[str]] = {"debug": [], "info": [], "warn": [], "error": []}
-    undo = forward_library_logs(*(lines[level].append for level in ("debug", "info", "warn", "error")))
+    undo = forward_library_logs(*(lines[level].append for level in ("info", "warn", "error")))  # never "debug"
     try:
         yield lines
     finally:

@@ -35,7 +35,7 @@ def test_undo_restores_pythons_own_handling():
     library = logging.getLogger(LIBRARY_LOGGER)
     before = (library.propagate, library.level, list(library.handlers))
     lines: list[str] = []
-    undo = forward_library_logs(lines.append, lines.append, lines.append, lines.append)
+    undo = forward_library_logs(lines.append, lines.append, lines.append)
     undo()
     logging.getLogger(f"{LIBRARY_LOGGER}.scheduler").error("after undo")
     assert lines == [] and (library.propagate, library.level, list(library.handlers)) == before

@@ -80,7 +80,7 @@ class EncoderNode(Node):
         config = validate(self._declare_parameters(), share_dir=_share_dir())
         logger = self.get_logger()
         # The encoder's and scheduler's own lines (a core out of rotation, a stuck NPU call) into this node's log.
-        self._stop_forwarding_logs = forward_library_logs(logger.debug, logger.info, logger.warning, logger.error)
+        self._stop_forwarding_logs = forward_library_logs(logger.info, logger.warning, logger.error)
         self._serialized = serialized
         deserialize = ({topic: camera_deserializer(message_type_for(topic)) for topic in config.image_topics}
                        if serialized else None)

@@ -17,11 +17,12 @@ LogLine = Callable[[str], None]
 
 
 class ForwardingHandler(logging.Handler):
-    """Every record (message, and traceback when there is one) to the sink for its level."""
+    """Every record (message, and traceback when there is one) to the sink for its level: error (ERROR and above),
+    warn, or info (everything below WARNING that gets here: forward_library_logs lets nothing below INFO through)."""
 
-    def __init__(self, debug: LogLine, info: LogLine, warn: LogLine, error: LogLine) -> None:
+    def __init__(self, info: LogLine, warn: LogLine, error: LogLine) -> None:
         super().__init__()
-        self._sinks = ((logging.ERROR, error), (logging.WARNING, warn), (logging.INFO, info), (logging.NOTSET, debug))
+        self._sinks = ((logging.ERROR, error), (logging.WARNING, warn), (logging.NOTSET, info))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -32,11 +33,11 @@ class ForwardingHandler(logging.Handler):
             self.handleError(record)
 
 
-def forward_library_logs(debug: LogLine, info: LogLine, warn: LogLine, error: LogLine) -> Callable[[], None]:
+def forward_library_logs(info: LogLine, warn: LogLine, error: LogLine) -> Callable[[], None]:
     """Send the ``rk_siglip_ros`` loggers' records (INFO and above) to these sinks instead of Python's default
     stderr output; returns the function that undoes it."""
     library = logging.getLogger(LIBRARY_LOGGER)
-    handler = ForwardingHandler(debug, info, warn, error)
+    handler = ForwardingHandler(info, warn, error)
     previous = library.propagate, library.level
     library.addHandler(handler)
     library.propagate = False  # not also to the root logger or Python's last-resort stderr handler

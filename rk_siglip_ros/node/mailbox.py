@@ -305,8 +305,8 @@ class Dispatcher:
                     self._lock.wait(RETRY_AFTER_FAILURE_S)
 
     def _report_failure(self, error: Exception) -> None:
-        # The owner's on_failure reports it where the user looks (the node: its log, throttled); the traceback, for a
-        # bug report, stays at debug level then.
+        # The owner's on_failure reports it where the user looks (the node: its log, throttled); the traceback then
+        # goes to Python's debug level only (the node does not forward that level), not a second error line.
         LOG.log(logging.DEBUG if self._owner_reports_failures else logging.ERROR, "dispatcher pass failed",
                 exc_info=error)
         reason = f"{type(error).__name__}: {error}"
