@@ -249,8 +249,8 @@ class Scheduler:
         with self._lock:
             current = [StuckCall(core, shard, now - start) for name, (shard, core, start, _) in self._running.items()
                        if name in self._hung]
-            return current + [call for call in self._stuck if (call.core, call.shard) not in
-                              {(c.core, c.shard) for c in current}]
+            running = {(call.core, call.shard) for call in current}
+            return current + [call for call in self._stuck if (call.core, call.shard) not in running]
 
     def shard_times(self) -> dict[int, tuple[int, float]]:
         """Per shard: (calls, mean seconds per call) since start."""
