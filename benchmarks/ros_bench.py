@@ -6,12 +6,15 @@
     config/cyclonedds_large_images.xml, and typed vs serialized (`raw=True`, the node's way) subscriptions. Goals
     with the shipped config: >= 95 % of 640x480, >= 60 % of 1080p received; the CPU the offered frames cost (busy
     minus idle) with raw <= half of typed. Then, with the shipped config, a raw node beside a raw node that keeps
-    glibc's malloc defaults instead of node/frame_memory's thresholds (what that setting saves). Two nodes at a
-    time: with ROS_LOCALHOST_ONLY, Cyclone admits only so many participants per domain on one host.
+    glibc's malloc defaults instead of node/frame_memory's thresholds (what that setting saves); and the typed node
+    beside a process whose subscriptions are never taken (Cyclone receives and reassembles every frame, nobody takes
+    one): the floor any subscriber pays, whatever it does with the frames. Two processes at a time: with
+    ROS_LOCALHOST_ONLY, Cyclone admits only so many participants per domain on one host.
 (b) latency at 640x480, one camera at 10 Hz (the encoder is idle when each frame arrives, so no frame waits for a
     slot): camera message published -> embedding received, p50/p95, minus the encoder alone
     (`SiglipEncoder.encode` of the same image with the same timing profile) = what the node adds, for the same
-    three node kinds. Goal <= 3 ms p50.
+    three node kinds. Goal <= 3 ms p50. Beside them a relay that publishes each camera message's header straight
+    back (no encoder, no conversion): the DDS floor of that figure, a 0.9 MB message in and a small one out.
 
 Every process runs with ROS_LOCALHOST_ONLY=1 (DDS on the loopback), rmw_cyclonedds_cpp and this benchmark's own
 ROS_DOMAIN_ID. Each camera publisher and the node are separate processes (as on a robot); publishers keep
@@ -47,8 +50,14 @@ DDS_CONFIGS = ("default", "shipped")
 # Node kinds: typed / serialized (raw, the node's way) subscriptions, both as encoder_node.main runs them (with
 # frame_memory.keep_frame_buffers), and raw with glibc's malloc defaults.
 SUBSCRIPTIONS = ("typed", "raw", "raw_glibc")
-PAIRS = {"subscription": ("typed", "raw"), "malloc": ("raw", "raw_glibc")}  # (a): nodes side by side
-LABELS = {"typed": "typed", "raw": "raw", "raw_glibc": "raw, glibc malloc"}
+# Reference processes, not the encoder node: subscriptions never taken (a), a header relay (b).
+REFERENCES = ("untaken", "relay")
+# (a): two processes side by side
+PAIRS = {"subscription": ("typed", "raw"), "malloc": ("raw", "raw_glibc"), "floor": ("typed", "untaken")}
+PAIR_NOTES = {"malloc": "then, with the shipped config: the raw node beside one with glibc's malloc defaults",
+              "floor": "then the typed node beside a process that never takes its frames"}
+LABELS = {"typed": "typed", "raw": "raw", "raw_glibc": "raw, glibc malloc", "untaken": "never taken",
+          "relay": "header relay"}
 # sim timing: 2 s per shard = 0.5 frames/s through the 3-stage pipeline, so 99 % of the offered frames are dropped
 # and the conversion of the few encoded ones hardly counts in the node's CPU; 3 x 10 ms for the latency run (an idle
 # encoder answers in ~30 ms, well inside the 100 ms between frames).
@@ -138,6 +147,55 @@ def run_node(args: argparse.Namespace) -> int:
         pass
     finally:
         node.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def run_reference(args: argparse.Namespace) -> int:
+    """Child: a reference process instead of the encoder node, subscribed as the node is (sensor_data QoS, the same
+    ``image_topics`` / ``output_topic`` parameters). ``untaken``: its subscriptions are never taken, so DDS receives
+    every frame and nothing more happens. ``relay``: takes each frame serialized and publishes its header at once on
+    ``output_topic`` as an empty sensor_msgs/Image. SIGINT ends it."""
+    import rclpy
+    from rclpy.callback_groups import CallbackGroup
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    class NeverExecuted(CallbackGroup):
+        """Keeps its subscriptions out of the executor's wait set: their messages stay in DDS, never taken."""
+
+        def can_execute(self, entity: Any) -> bool:
+            return False
+
+        def beginning_execution(self, entity: Any) -> bool:
+            return False
+
+        def ending_execution(self, entity: Any) -> None:
+            pass
+
+    rclpy.init(args=["--ros-args", *args.ros_args])
+    node = rclpy.create_node("bench_reference")
+    topics = node.declare_parameter("image_topics", [""]).value
+    output = node.create_publisher(Image, node.declare_parameter("output_topic", "").value, 10)
+
+    def relay(serialized: bytes) -> None:
+        msg = Image()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = struct.unpack_from("<iI", serialized, 4)  # see run_publisher
+        output.publish(msg)
+
+    for topic in topics:
+        if args.subscription == "untaken":
+            node.create_subscription(Image, topic, lambda msg: None, qos_profile_sensor_data,
+                                     callback_group=NeverExecuted())
+        else:
+            node.create_subscription(Image, topic, relay, qos_profile_sensor_data, raw=True)
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
@@ -239,6 +297,7 @@ class Rig:
         height, width = SIZES[size]
         self.output_topic = f"{prefix}/embeddings"
         self.name = f"encoder_{subscription}"  # two rigs run side by side: their diagnostics must differ
+        self.encoder_node = subscription not in REFERENCES  # references publish no diagnostics
         topics = [f"{prefix}/cam{i}/image_raw" for i in range(cameras)]
         ros_args = ["-r", f"__node:={self.name}", "-p", f"shards:={shards}", "-p", "backend:=sim",
                     "-p", "mode:=pipeline", "-p", f"timing_profile:={profile}",
@@ -313,7 +372,7 @@ def delivery_runs(observer: Observer, *, pair: str, size: str, dds: str, shards:
     runs = {kind: {"pair": pair, "size": size, "dds": dds, "subscription": kind, "offered": 0, "seconds": 0.0,
                    "busy_cpu": 0.0, "dds_cpu": 0.0, "udp_drops": 0} for kind in kinds}
     try:
-        for rig in rigs.values():
+        for rig in [rig for rig in rigs.values() if rig.encoder_node]:  # references are ready once matched
             if observer.wait_for_diagnostics(rig.name, after=time.monotonic(), timeout_s=STARTUP_TIMEOUT_S) is None:
                 raise RuntimeError(f"the encoder node {rig.name} published no diagnostics")
         for kind, rig in rigs.items():
@@ -330,8 +389,11 @@ def delivery_runs(observer: Observer, *, pair: str, size: str, dds: str, shards:
                 runs[kind]["dds_cpu"] += dds_cpu / DELIVERY_BLOCKS
         time.sleep(0.5)  # frames still in the encoder finish; then a diagnostics period that covers them
         for kind, rig in rigs.items():
-            values = observer.wait_for_diagnostics(rig.name, after=time.monotonic()) or {}
-            runs[kind]["received"] = int(values.get("total received", 0))
+            if rig.encoder_node:
+                values = observer.wait_for_diagnostics(rig.name, after=time.monotonic()) or {}
+                runs[kind]["received"] = int(values.get("total received", 0))
+            else:
+                runs[kind]["received"] = None  # nothing counts what a reference process receives
             runs[kind]["offered_hz"] = runs[kind]["offered"] / runs[kind]["seconds"]
     finally:
         for rig in rigs.values():
@@ -371,13 +433,13 @@ def latency_runs(observer: Observer, shards: Path, profile: Path, seconds: float
 
     One camera at 10 Hz into an encoder that answers in ~30 ms: no frame waits for the encoder, so the difference
     between the node and the encoder alone is what the node adds (DDS in and out, deserialisation, conversion,
-    dispatch, publishing)."""
+    dispatch, publishing). The header relay's own latency is the DDS in and out of that."""
     from rk_siglip_ros.encoder import SiglipEncoder
 
     image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     rigs = {kind: Rig(prefix=f"/bench_{kind}", subscription=kind, dds="shipped", shards=shards, profile=profile,
-                      size="640x480", cameras=1) for kind in SUBSCRIPTIONS}
-    samples: dict[str, list[float]] = {"encoder alone": [], **{kind: [] for kind in SUBSCRIPTIONS}}
+                      size="640x480", cameras=1) for kind in (*SUBSCRIPTIONS, "relay")}
+    samples: dict[str, list[float]] = {"encoder alone": [], **{kind: [] for kind in rigs}}
     try:
         for rig in rigs.values():
             observer.watch_embeddings(rig.output_topic)
@@ -409,12 +471,14 @@ def print_delivery(results: list[dict[str, Any]]) -> None:
     print(f"  {'size':<10} {'DDS config':<10} {'node':<17} {'offered/s':>9} {'received':>15} "
           f"{'received %':>10} {'CPU idle':>8} {'CPU busy':>8} {'CPU frames':>10} {'of it DDS':>9} {'UDP drops':>9}")
     for r in results:
-        share = 100.0 * r["received"] / max(r["offered"], 1)
-        if r["pair"] == "malloc" and r["subscription"] == PAIRS["malloc"][0]:
-            print("  (then, with the shipped config: the raw node beside one with glibc's malloc defaults)")
+        if r["subscription"] == PAIRS[r["pair"]][0] and r["pair"] in PAIR_NOTES:
+            print(f"  ({PAIR_NOTES[r['pair']]})")
+        counted = r["received"] is not None  # a reference process counts nothing
+        received = f"{r['received'] if counted else '-':>7}/{r['offered']:<7}"
+        share = f"{100.0 * r['received'] / max(r['offered'], 1):.1f}" if counted else "-"
         print(f"  {r['size']:<10} {r['dds']:<10} {LABELS[r['subscription']]:<17} {r['offered_hz']:>9.1f} "
-              f"{r['received']:>7}/{r['offered']:<7} {share:>10.1f} {r['idle_cpu']:>8.1f} {r['busy_cpu']:>8.1f} "
-              f"{r['busy_cpu'] - r['idle_cpu']:>10.1f} {r['dds_cpu']:>9.1f} {r['udp_drops']:>9}")
+              f"{received} {share:>10} {r['idle_cpu']:>8.1f} {r['busy_cpu']:>8.1f} "
+              f"{frames_cpu(r):>10.1f} {r['dds_cpu']:>9.1f} {r['udp_drops']:>9}")
     print("  goals (shipped config, raw = the node's subscription):")
     for size, goal in GOALS.items():
         for r in results:
@@ -426,13 +490,18 @@ def print_delivery(results: list[dict[str, Any]]) -> None:
         runs = {(r["dds"], r["subscription"]): r for r in results if r["size"] == size and r["pair"] == "subscription"}
         if ("shipped", "typed") in runs and ("shipped", "raw") in runs:
             raw, typed = runs[("shipped", "raw")], runs[("shipped", "typed")]
-            ratio = (raw["busy_cpu"] - raw["idle_cpu"]) / max(typed["busy_cpu"] - typed["idle_cpu"], 1e-9)
+            ratio = frames_cpu(raw) / max(frames_cpu(typed), 1e-9)
             verdict = "met" if ratio <= 0.5 else "MISSED"
             python_ratio = ((raw["busy_cpu"] - raw["idle_cpu"] - raw["dds_cpu"])
                             / max(typed["busy_cpu"] - typed["idle_cpu"] - typed["dds_cpu"], 1e-9))
             print(f"    {size}: CPU for the offered frames, raw / typed = {ratio:.2f} (goal <= 0.50): {verdict}; "
                   f"without DDS's own threads {python_ratio:.2f}; per frame received: raw "
                   f"{cpu_ms_per_frame(raw):.2f} ms, typed {cpu_ms_per_frame(typed):.2f} ms")
+        floor = {r["subscription"]: r for r in results if r["size"] == size and r["pair"] == "floor"}
+        if floor:
+            print(f"    {size}: the floor, subscriptions never taken / the typed node beside them = "
+                  f"{frames_cpu(floor['untaken']) / max(frames_cpu(floor['typed']), 1e-9):.2f} (DDS receiving the "
+                  "frames costs this much whatever the subscriber does)")
         malloc = {r["subscription"]: r for r in results if r["size"] == size and r["pair"] == "malloc"}
         if malloc:
             raw, glibc = malloc["raw"], malloc["raw_glibc"]
@@ -441,10 +510,38 @@ def print_delivery(results: list[dict[str, Any]]) -> None:
                   f"({cpu_ms_per_frame(raw) / max(cpu_ms_per_frame(glibc), 1e-9):.2f}x)")
 
 
+def print_latency(samples: dict[str, list[float]]) -> None:
+    alone = samples["encoder alone"]
+    a50, a95 = percentiles_ms(alone)
+    print(f"\n(b) latency at 640x480, 1 camera x {LATENCY_RATE_HZ:.0f} Hz, sim encoder {3 * FAST_SHARD_MS:.0f} ms "
+          f"(3 pipeline stages), shipped DDS config; {LATENCY_BLOCKS} interleaved blocks each")
+    print(f"  encoder alone (SiglipEncoder.encode, {len(alone)} frames): p50 {a50:.2f} ms, p95 {a95:.2f} ms")
+    relay = samples["relay"]
+    floor_p50 = percentiles_ms(relay)[0] if relay else None
+    if floor_p50 is not None:
+        print(f"  DDS floor, header relay (camera message published -> its header relayed back, no encoder, "
+              f"{len(relay)} frames): p50 {floor_p50:.2f} ms, p95 {percentiles_ms(relay)[1]:.2f} ms")
+    for kind in SUBSCRIPTIONS:
+        if not samples[kind]:
+            print(f"  node, {LABELS[kind]}: no embeddings received")
+            continue
+        n50, n95 = percentiles_ms(samples[kind])
+        goal = f" (goal p50 <= 3 ms: {'met' if n50 - a50 <= 3.0 else 'MISSED'})" if kind == "raw" else ""
+        beyond = f"; beyond the DDS floor p50 {n50 - a50 - floor_p50:.2f} ms" if floor_p50 is not None else ""
+        print(f"  node, {LABELS[kind]} (camera message published -> embedding received, {len(samples[kind])} "
+              f"frames): p50 {n50:.2f} ms, p95 {n95:.2f} ms; added by the node: p50 {n50 - a50:.2f} ms, "
+              f"p95 {n95 - a95:.2f} ms{goal}{beyond}")
+
+
+def frames_cpu(run: dict[str, Any]) -> float:
+    """CPU the offered frames cost a process: busy minus idle, % of one core."""
+    return float(run["busy_cpu"] - run["idle_cpu"])
+
+
 def cpu_ms_per_frame(run: dict[str, Any]) -> float:
     """Node CPU above idle per frame received (the runs may not receive the same number of frames)."""
     received_hz = run["offered_hz"] * run["received"] / max(run["offered"], 1)
-    return 10.0 * (run["busy_cpu"] - run["idle_cpu"]) / max(received_hz, 1e-9)
+    return 10.0 * frames_cpu(run) / max(received_hz, 1e-9)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("--height", type=int, required=True)
     publish.add_argument("--rate", type=float, required=True)
     node = sub.add_parser("node", help="(internal) the encoder node")
-    node.add_argument("--subscription", choices=SUBSCRIPTIONS, required=True)
+    node.add_argument("--subscription", choices=SUBSCRIPTIONS + REFERENCES, required=True)
     node.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[])
     parser.add_argument("--seconds", type=float, default=5.0, help="publishing time per run (default 5)")
     parser.add_argument("--out", type=Path, default=OUT, help="work folder (shards, timing profiles)")
@@ -464,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "publish":
         return run_publisher(args)
     if args.role == "node":
-        return run_node(args)
+        return run_reference(args) if args.subscription in REFERENCES else run_node(args)
     return orchestrate(args)
 
 
@@ -484,13 +581,20 @@ def orchestrate(args: argparse.Namespace) -> int:
     os.environ.update(ros_environment(None))  # the observer (this process) too: loopback, Cyclone, our domain
     args.out.mkdir(parents=True, exist_ok=True)
     shards, slow, fast = prepare(args.out)
+    from rk_siglip_ros.node.dds import REQUESTED_RECEIVE_BUFFER, kernel_receive_buffer_limit
+
+    rmem_max = kernel_receive_buffer_limit()
+    print(f"  kernel net.core.rmem_max: {'unknown' if rmem_max is None else f'{rmem_max / 2**20:.1f} MB'} (the "
+          f"shipped config asks for {REQUESTED_RECEIVE_BUFFER / 2**20:.0f} MB and gets at most this, doubled by "
+          "Linux for its bookkeeping)", flush=True)
     rclpy.init()
     observer = Observer()
     started = time.perf_counter()
     try:
         results = []
         for size in SIZES:
-            for pair, dds in [("subscription", dds) for dds in DDS_CONFIGS] + [("malloc", "shipped")]:
+            for pair, dds in [("subscription", dds) for dds in DDS_CONFIGS] + [("malloc", "shipped"),
+                                                                                ("floor", "shipped")]:
                 print(f"  run: {size}, {dds} DDS config, {' and '.join(LABELS[k] for k in PAIRS[pair])} side by "
                       "side ...", flush=True)
                 results += delivery_runs(observer, pair=pair, size=size, dds=dds, shards=shards, profile=slow,
@@ -499,20 +603,7 @@ def orchestrate(args: argparse.Namespace) -> int:
 
         print("  run: latency ...", flush=True)
         samples = latency_runs(observer, shards, fast, seconds=max(args.seconds * 2, 8.0))
-        alone = samples.pop("encoder alone")
-        a50, a95 = percentiles_ms(alone)
-        print(f"\n(b) latency at 640x480, 1 camera x {LATENCY_RATE_HZ:.0f} Hz, sim encoder {3 * FAST_SHARD_MS:.0f} ms "
-              f"(3 pipeline stages), shipped DDS config; {LATENCY_BLOCKS} interleaved blocks each")
-        print(f"  encoder alone (SiglipEncoder.encode, {len(alone)} frames): p50 {a50:.2f} ms, p95 {a95:.2f} ms")
-        for kind, latencies in samples.items():
-            if not latencies:
-                print(f"  node, {LABELS[kind]}: no embeddings received")
-                continue
-            n50, n95 = percentiles_ms(latencies)
-            goal = f" (goal p50 <= 3 ms: {'met' if n50 - a50 <= 3.0 else 'MISSED'})" if kind == "raw" else ""
-            print(f"  node, {LABELS[kind]} (camera message published -> embedding received, {len(latencies)} "
-                  f"frames): p50 {n50:.2f} ms, p95 {n95:.2f} ms; added by the node: p50 {n50 - a50:.2f} ms, "
-                  f"p95 {n95 - a95:.2f} ms{goal}")
+        print_latency(samples)
         print(f"\nros_bench: {time.perf_counter() - started:.0f} s")
     finally:
         observer.close()
