@@ -289,15 +289,17 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 class Rig:
-    """One encoder node (a subscription kind, a DDS config) under its own topic prefix, and one publisher process
-    per camera, as on a robot (camera drivers keep Cyclone's defaults)."""
+    """One encoder node (a subscription kind, a DDS config), or a reference process in its place (REFERENCES), under
+    its own topic prefix, and one publisher process per camera, as on a robot (camera drivers keep Cyclone's
+    defaults)."""
 
     def __init__(self, *, prefix: str, subscription: str, dds: str, shards: Path, profile: Path, size: str,
                  cameras: int) -> None:
         height, width = SIZES[size]
         self.output_topic = f"{prefix}/embeddings"
-        self.name = f"encoder_{subscription}"  # two rigs run side by side: their diagnostics must differ
         self.encoder_node = subscription not in REFERENCES  # references publish no diagnostics
+        # Two rigs run side by side: their node names (and so their diagnostics) must differ.
+        self.name = f"{'encoder' if self.encoder_node else 'reference'}_{subscription}"
         topics = [f"{prefix}/cam{i}/image_raw" for i in range(cameras)]
         ros_args = ["-r", f"__node:={self.name}", "-p", f"shards:={shards}", "-p", "backend:=sim",
                     "-p", "mode:=pipeline", "-p", f"timing_profile:={profile}",
