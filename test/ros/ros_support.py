@@ -87,7 +87,8 @@ def isolate_dds() -> int:
     os.environ["ROS_DOMAIN_ID"] = str(domain)
     os.environ["ROS_LOCALHOST_ONLY"] = "1"
     os.environ["RMW_IMPLEMENTATION"] = "rmw_cyclonedds_cpp"
-    os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="rk_siglip_roslog_"))
+    # The nodes' log files go with the session's folder at exit (their output is captured and shown on failure).
+    os.environ.setdefault("ROS_LOG_DIR", str(Path(_session_dir()) / "ros_log"))
     os.environ["PYTHONUNBUFFERED"] = "1"
     os.environ["RCUTILS_COLORIZED_OUTPUT"] = "0"
     return domain
@@ -127,6 +128,11 @@ def installed_env() -> dict[str, str]:
     if _installed is None:
         workspace = Path(_session_dir()) / "ws"
         _installed = ros_workspace.colcon_install(workspace)
+        # launch_ros writes each launch's parameter overrides to a temporary file it never removes: keep those
+        # in the session's folder, not in /tmp.
+        scratch = Path(_session_dir()) / "tmp"
+        scratch.mkdir(exist_ok=True)
+        _installed["TMPDIR"] = str(scratch)
     return dict(_installed)
 
 
