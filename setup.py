@@ -33,7 +33,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
-    package_data={PACKAGE: ["timing_profiles/*.json"]},
+    package_data={f"{PACKAGE}.runtime": ["timing_profiles/*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -54,7 +54,7 @@ setup(
     entry_points={
         "console_scripts": [
             f"encoder_node = {PACKAGE}.node.encoder_node:main",
-            f"build_shards = {PACKAGE}.builder.cli:main",
+            f"build_shards = {PACKAGE}.cli.build_shards:main",
             f"encode_images = {PACKAGE}.cli.encode_images:main",
             f"encode_bag = {PACKAGE}.cli.encode_bag:main",
             f"encode_text = {PACKAGE}.cli.encode_text:main",

@@ -24,7 +24,7 @@ GOAL_COS = 0.999
 
 def run_build(model: str, profile: str, out: Path, extra: list[str]) -> dict[str, object]:
     """One build_shards run in a child process; returns its measurements and the manifest's verification."""
-    command = [sys.executable, "-m", "rk_siglip_ros.builder.cli", "--model", model, "--out", str(out),
+    command = [sys.executable, "-m", "rk_siglip_ros.cli.build_shards", "--model", model, "--out", str(out),
                "--profile", profile, "--force", "--quiet", *extra]
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         start = time.perf_counter()

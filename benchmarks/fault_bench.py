@@ -5,7 +5,7 @@
    wrapped by backends.faults. "stuck": calls on core 1 never return; the encoder's call watchdog (call timeout
    1 s here, 60 s by default) fails the hung frame and, in replicas mode, retires the core; frames counted within a
    window.
-2. Node shutdown time (EncoderNodeCore.close) with a stuck call in flight, against the drain timeout (goal: drain
+2. Node shutdown time (EncoderService.close) with a stuck call in flight, against the drain timeout (goal: drain
    timeout + <= 1 s).
 3. RSS before/after a soak of 3 cameras x 30 Hz, 640x480, 1 % hostile frames (PNG bombs, forged headers, corrupt
    JPEGs, broken raw geometry) through the ROS-free node core (goal: flat within 5 MB).
@@ -34,13 +34,15 @@ import numpy as np
 import psutil
 from rosbags.typesys import Stores, get_typestore
 
-from rk_siglip_ros.backends import create_backend
-from rk_siglip_ros.backends.faults import FAULT_KINDS, FaultInjectingBackend
-from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import load_manifest
 from rk_siglip_ros.node.config import validate
-from rk_siglip_ros.node.core import EncoderNodeCore
 from rk_siglip_ros.node.log_bridge import forward_library_logs
+from rk_siglip_ros.node.service import EncoderService
+from rk_siglip_ros.runtime.backends import create_backend
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # developer-only modules, not installed
+from fault_backends import FAULT_KINDS, FaultInjectingBackend  # noqa: E402
 
 MODES = ("sequential", "pipeline", "replicas")
 TOPICS = ("/cam0/image_raw", "/cam1/image_raw", "/cam2/image_raw/compressed")
@@ -131,7 +133,7 @@ def report_shutdown(shards: Path, types: Any, drain_s: float) -> None:
         # The node's log as the node has it: its own lines, and the library's forwarded (the scheduler names the
         # stuck core).
         stop_forwarding = forward_library_logs(errors.append, errors.append, errors.append)
-        core = EncoderNodeCore(validate({"shards": str(shards), "image_topics": list(TOPICS), "mode": mode}),
+        core = EncoderService(validate({"shards": str(shards), "image_topics": list(TOPICS), "mode": mode}),
                                open_publisher=lambda topic: lambda header, fields: None, now_s=time.time,
                                warn=errors.append, error=errors.append, encoder_factory=factory)
         for index, topic in enumerate(TOPICS):
@@ -205,7 +207,7 @@ def report_soak(shards: Path, types: Any, seconds: float) -> None:
     def publish(header: Any, fields: dict[str, Any]) -> None:
         published[0] += 1
 
-    core = EncoderNodeCore(validate({"shards": str(shards), "backend": "onnxruntime", "mode": "replicas",
+    core = EncoderService(validate({"shards": str(shards), "backend": "onnxruntime", "mode": "replicas",
                                      "image_topics": list(TOPICS)}),
                            open_publisher=lambda topic: publish, now_s=time.time, warn=lambda line: None,
                            error=lambda line: None)

@@ -436,7 +436,7 @@ def latency_runs(observer: Observer, shards: Path, profile: Path, seconds: float
     One camera at 10 Hz into an encoder that answers in ~30 ms: no frame waits for the encoder, so the difference
     between the node and the encoder alone is what the node adds (DDS in and out, deserialisation, conversion,
     dispatch, publishing). The header relay's own latency is the DDS in and out of that."""
-    from rk_siglip_ros.encoder import SiglipEncoder
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     rigs = {kind: Rig(prefix=f"/bench_{kind}", subscription=kind, dds="shipped", shards=shards, profile=profile,

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rk_siglip_ros.manifest import Manifest
-from rk_siglip_ros.scheduler import MODES
+from rk_siglip_ros.runtime.scheduler import MODES
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "random:siglip-base-patch16-512"
@@ -46,7 +46,8 @@ SIZES = ((480, 640), (1080, 1920))
 def shard_set(model: str, name: str, out: Path) -> Manifest:
     """The ONNX shard set for ``profile`` (its manifest, root set), built unless a valid one for ``model`` is already
     there. A reused set is hashed once here; the encoders opened from the returned manifest do not hash it again."""
-    from rk_siglip_ros.builder.reuse import reuse_or_build
+    sys.path.insert(0, str(ROOT / "tools"))  # developer-only modules, not installed with the package
+    from shard_reuse import reuse_or_build
 
     options = PROFILES[name]
     folder = out / name.replace(" ", "-")
@@ -64,8 +65,8 @@ def shard_set(model: str, name: str, out: Path) -> Manifest:
 def chain_times(shard_sets: dict[str, Manifest], reps: int, threads: int, model: str) -> dict[str, list[float]]:
     """Seconds per frame of each profile's chain on ONNX Runtime and of PyTorch eager, one frame at a time, with
     the repetitions interleaved so that load from other processes hits every contender alike."""
-    from rk_siglip_ros.encoder import SiglipEncoder
-    from rk_siglip_ros.measure import synthetic_frame
+    from rk_siglip_ros.measure.bench import synthetic_frame
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     image = synthetic_frame(480, 640)
     encoders = {p: SiglipEncoder.open(m, backend="onnxruntime", mode="sequential", threads=threads)
@@ -89,8 +90,8 @@ def chain_times(shard_sets: dict[str, Manifest], reps: int, threads: int, model:
 
 def host_overhead(shard_sets: dict[str, Manifest], compute_s: float, frames: int = 5) -> list[dict[str, object]]:
     """Host work per frame (measured through the encoder on the sim backend, so no compute competes with it)."""
-    from rk_siglip_ros.encoder import SiglipEncoder
-    from rk_siglip_ros.measure import synthetic_frame
+    from rk_siglip_ros.measure.bench import synthetic_frame
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     rows = []
     for profile, manifest in shard_sets.items():
@@ -112,9 +113,9 @@ def sim_predictions(shard_sets: dict[str, Manifest], frames: int, time_scale: fl
     """Every shard set x mode under every packaged timing profile (reported unscaled)."""
     from dataclasses import asdict
 
-    from rk_siglip_ros.backends.sim import available_profiles
-    from rk_siglip_ros.encoder import SiglipEncoder
-    from rk_siglip_ros.measure import bench_encoder
+    from rk_siglip_ros.measure.bench import bench_encoder
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
+    from rk_siglip_ros.runtime.timing import available_profiles
 
     rows = []
     for timing in available_profiles():
@@ -130,7 +131,7 @@ def sim_predictions(shard_sets: dict[str, Manifest], frames: int, time_scale: fl
 
 def print_sim_table(sim: list[dict[str, object]]) -> None:
     """One row per shard set x mode, one column per timing profile (default first): the prediction's range."""
-    from rk_siglip_ros.backends.sim import DEFAULT_PROFILE
+    from rk_siglip_ros.runtime.timing import DEFAULT_PROFILE
 
     timings = sorted({str(r["timing_profile"]) for r in sim}, key=lambda t: (t != DEFAULT_PROFILE, t))
     cell = {(r["profile"], r["mode"], r["timing_profile"]): r for r in sim}

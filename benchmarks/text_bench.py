@@ -34,7 +34,8 @@ WORDS = ("red green blue small large old new wooden metal open closed broken wet
 
 def shard_set(model: str, out: Path) -> object:
     """The text-capable ONNX shard set for ``model`` in ``out``, built unless a valid one is there."""
-    from rk_siglip_ros.builder.reuse import reuse_or_build
+    sys.path.insert(0, str(ROOT / "tools"))  # developer-only modules, not installed with the package
+    from shard_reuse import reuse_or_build
 
     started = time.perf_counter()
     manifest, built = reuse_or_build(model, out, lambda manifest: manifest.text is not None, profile="pipeline3",
@@ -77,7 +78,7 @@ def text_tower(manifest: object, reps: int) -> dict[str, float]:
 
 def label_scoring(manifest: object, frames: int, labels: int) -> dict[str, float]:
     """Per-frame cost of scoring ``labels`` labels vs the encoder's time for that frame."""
-    from rk_siglip_ros.encoder import SiglipEncoder
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
     from rk_siglip_ros.text import TextEncoder
 
     with TextEncoder.open(manifest) as text:
@@ -107,7 +108,7 @@ def write_embedding_bag(path: Path, count: int, width: int) -> None:
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from rk_siglip_ros.embedding_msg import embedding_fields
+    from rk_siglip_ros.messages.embedding_msg import embedding_fields
 
     store = get_typestore(Stores.ROS2_HUMBLE)
     image, header, stamp = (store.types[name] for name in ("sensor_msgs/msg/Image", "std_msgs/msg/Header",

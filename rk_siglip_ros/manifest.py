@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from rk_siglip_ros.errors import UserError
+
 FORMAT = "rk_siglip_shards"
 VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -30,7 +32,7 @@ SCALE_RANGE = (1e-6, 1e6)
 SCALE_PAIR_TOLERANCE = 1e-5
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A shard set that cannot be used as it is; the message says which file and what to do."""
 
 
@@ -202,6 +204,13 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def manifest_sha256(manifest: Manifest) -> str:
+    """The shard set's content hash: sha256 of its manifest in canonical JSON (sorted keys, no spaces). The manifest
+    records every shard file's sha256, so the hash names the exact shard set wherever it was copied to."""
+    canonical = json.dumps(manifest_to_dict(manifest), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def record_hashes(manifest: Manifest, directory: Path) -> None:

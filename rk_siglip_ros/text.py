@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .manifest import Manifest, ManifestError, TokenizerSpec, load_manifest, verify_text_files
-from .postprocess import l2_normalise_rows
+from rk_siglip_ros.errors import UserError
+from rk_siglip_ros.manifest import Manifest, ManifestError, TokenizerSpec, load_manifest, verify_text_files
+from rk_siglip_ros.runtime.postprocess import l2_normalise_rows
 
 # Labels are scored for every frame and each one is a line in a Classification message; the text tower runs on the
 # CPU once per change. 1000 labels cost well under 1 % of a frame's encoder time (benchmarks/text_bench.py).
@@ -36,7 +37,7 @@ _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _WHITESPACE = re.compile(r"\s+")
 
 
-class TextError(ValueError):
+class TextError(UserError, ValueError):
     """Texts or a shard set the text side cannot use; the message is one line that says what to do."""
 
 
@@ -247,7 +248,7 @@ class TextEncoder:
         manifest = text_manifest(shards)
         if "text" not in manifest.verified_kinds:
             verify_text_files(manifest, str(manifest.root))
-        from .backends.onnxruntime import create_session
+        from rk_siglip_ros.runtime.backends.onnxruntime import create_session
 
         path = manifest.root / manifest.text.onnx  # type: ignore[operator]
         try:

@@ -46,7 +46,7 @@ def rknnlite_double(monkeypatch: pytest.MonkeyPatch) -> Any:
     import importlib
     import sys
 
-    from rk_siglip_ros.backends.rknnlite import rknnlite_available
+    from rk_siglip_ros.runtime.backends.rknnlite import rknnlite_available
 
     if rknnlite_available():
         pytest.skip("rknn-toolkit-lite2 is installed (a board): the on-board tests use the real one")

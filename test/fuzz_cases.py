@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rk_siglip_ros.camera_frames import RAW_ENCODINGS
+from rk_siglip_ros.messages.camera_frames import RAW_ENCODINGS
 
 JUNK_VALUES: list[Any] = [None, True, 0, -1, 1, 2**31, 2**64, -(2**63), 1e308, -1e-308, float("nan"), float("inf"),
                           "", "x", "../../etc/passwd", "/abs", "é\u0000", [], [1], [[1, 2]], {}, {"a": 1}, 0.5]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rk_siglip_ros.manifest import Manifest, ModelInfo, PreprocessSpec, ShardSpec, TensorSpec, save_manifest
-from rk_siglip_ros.partitioning import min_max_partition
+from rk_siglip_ros.runtime.partitioning import min_max_partition
 
 T, C, MLP = 1024, 768, 3072
 ATTENTION_MACS = 4 * T * C * C + 2 * T * T * C

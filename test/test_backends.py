@@ -9,11 +9,12 @@ import pytest
 from npu_geometry import C, T, all_blocks, siglip_b16_manifest
 from test_manifest import write_toy_shards
 
-from rk_siglip_ros.backends import BackendError, create_backend, resolve_backend_name
-from rk_siglip_ros.backends.rknnlite import check_runtime_version, rknnlite_available, runtime_version
-from rk_siglip_ros.backends.sim import SimBackend, available_profiles, load_timing_profile, shard_gmacs
-from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import ShardSpec, TensorSpec, load_manifest
+from rk_siglip_ros.runtime.backends import BackendError, create_backend, resolve_backend_name
+from rk_siglip_ros.runtime.backends.rknnlite import check_runtime_version, rknnlite_available, runtime_version
+from rk_siglip_ros.runtime.backends.sim import SimBackend
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
+from rk_siglip_ros.runtime.timing import TimingProfileError, available_profiles, load_timing_profile, shard_gmacs
 
 needs_board = pytest.mark.skipif(not rknnlite_available(), reason="needs an RK3588 board with rknn-toolkit-lite2")
 
@@ -93,7 +94,7 @@ def test_onnxruntime_threads_follow_the_number_of_workers(tmp_path):
 
 def test_ort_sessions_share_one_set_of_options(tmp_path):
     """The runtime's sessions and the builder's verification sessions come from the same helper: no spin-waiting."""
-    from rk_siglip_ros.backends.onnxruntime import create_session
+    from rk_siglip_ros.runtime.backends.onnxruntime import create_session
 
     folder = write_toy_shards(tmp_path / "toy")
     with SiglipEncoder.open(folder, backend="onnxruntime", mode="sequential", threads=1) as encoder:
@@ -128,7 +129,7 @@ def _four_d_and_three_d_graph(path, rng) -> None:
 def simulate_mixed_graph(tmp_path):
     """The 4-D + 3-D input graph on the real rknn-toolkit2 simulator, fed as exported ("nchw") and as NHWC (None).
     Returns the inputs, ORT's output and the two simulator outputs."""
-    from rk_siglip_ros.backends.onnxruntime import create_session
+    from rk_siglip_ros.runtime.backends.onnxruntime import create_session
 
     rknn_api = pytest.importorskip("rknn.api", reason="rknn-toolkit2 (the x86 simulator) is not installed")
     rng = np.random.default_rng(0)
@@ -153,7 +154,7 @@ def simulate_mixed_graph(tmp_path):
 def test_rknn_data_format_feeds_4d_inputs_as_exported(tmp_path):
     """RKNN reads an ONNX graph's 4-D dims as NCHW, so "nchw" (= as exported) is right for an NHWC graph too; the
     choice follows the inputs' rank, not a name. Checked on the real rknn-toolkit2 simulator against ORT."""
-    from rk_siglip_ros.backends.rknnlite import input_data_format
+    from rk_siglip_ros.runtime.backends.rknnlite import input_data_format
 
     pixels_nchw = ShardSpec("s0", [TensorSpec("pixel_values", (1, 3, 8, 8))], [TensorSpec("h0", (1, 4, 5))])
     tokens = ShardSpec("s1", [TensorSpec("h0", (1, 4, 5))], [TensorSpec("h1", (1, 4, 5))])
@@ -201,7 +202,7 @@ def test_packaged_profile_reproduces_its_anchors():
 
 def test_profile_file_states_its_derivation():
     from importlib import resources
-    data = json.loads((resources.files("rk_siglip_ros") / "timing_profiles" / "rk3588-fp16.json").read_text())
+    data = json.loads((resources.files("rk_siglip_ros.runtime") / "timing_profiles" / "rk3588-fp16.json").read_text())
     assert "842" in " ".join(data["derivation"]) and data["sources"]
 
 
@@ -210,9 +211,9 @@ def test_profiles_from_dict_and_file(tmp_path):
     path.write_text(json.dumps({"name": "fast", "per_call_ms": 1.0, "dense_ms_per_gmac": 2.0}))
     assert load_timing_profile(path).shard_ms(1.0, 0.0, tiled=False) == pytest.approx(3.0)
     assert load_timing_profile({"per_call_ms": 0, "dense_ms_per_gmac": 1}).attention_ms_per_gmac["tiled"] == 1.0
-    with pytest.raises(BackendError, match="no timing profile 'nope'"):
+    with pytest.raises(TimingProfileError, match="no timing profile 'nope'"):
         load_timing_profile("nope")
-    with pytest.raises(BackendError, match="per_call_ms"):
+    with pytest.raises(TimingProfileError, match="per_call_ms"):
         load_timing_profile({"dense_ms_per_gmac": 1})
 
 

@@ -19,9 +19,9 @@ from rosbags.typesys import Stores, get_typestore
 from ruamel.yaml import YAML
 
 from rk_siglip_ros.bag import EMBEDDING_TOPIC, check_request, encode_bag, replay
-from rk_siglip_ros.camera_frames import image_from_message
-from rk_siglip_ros.embedding_msg import embedding_from_message
-from rk_siglip_ros.encoder import SiglipEncoder
+from rk_siglip_ros.messages.camera_frames import image_from_message
+from rk_siglip_ros.messages.embedding_msg import embedding_from_message
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
 FRONT, REAR, NOTES = "/cam/front/image_raw", "/cam/rear/image_raw/compressed", "/notes"
 REAL_BAG = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "real-rosbag2" / "images.bag"
@@ -376,9 +376,10 @@ def write_front_camera_bag(path: Path, frames: int) -> None:
 
 def nan_encoder(shards: Path, rate: float) -> SiglipEncoder:
     """The real encoder whose last shard returns NaN on a seeded ``rate`` of its calls (backends.faults)."""
-    from rk_siglip_ros.backends import create_backend
-    from rk_siglip_ros.backends.faults import FaultInjectingBackend
+    from fault_backends import FaultInjectingBackend
+
     from rk_siglip_ros.manifest import load_manifest
+    from rk_siglip_ros.runtime.backends import create_backend
 
     backend = FaultInjectingBackend(create_backend("onnxruntime", threads=1), "nan", rate=rate, seed=3)
     return SiglipEncoder(load_manifest(shards), backend, mode="pipeline")
@@ -402,7 +403,7 @@ def test_a_frame_with_a_nan_output_is_skipped_and_the_run_goes_on(tmp_path, shar
 
 def test_unusable_outputs_in_a_row_end_the_run_without_an_output(tmp_path, shards):
     from rk_siglip_ros.bag.replay import MAX_UNUSABLE_OUTPUTS_IN_A_ROW
-    from rk_siglip_ros.encoder import EncoderOutputError
+    from rk_siglip_ros.runtime.encoder import EncoderOutputError
 
     write_front_camera_bag(tmp_path / "in", MAX_UNUSABLE_OUTPUTS_IN_A_ROW + 5)
     with nan_encoder(shards, rate=1.0) as faulty, pytest.raises(EncoderOutputError, match="frames in a row"):

@@ -17,7 +17,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from rk_siglip_ros.bag import EMBEDDING_TOPIC, encode_bag
 from rk_siglip_ros.cli.encode_bag import main
-from rk_siglip_ros.encoder import SiglipEncoder
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
 STORE = get_typestore(Stores.ROS2_JAZZY)
 
@@ -218,7 +218,7 @@ def test_sigint_to_the_console_script_leaves_no_output(tmp_path, shards):
 
 def test_the_replay_path_imports_no_torch_transformers_rknn_or_rclpy():
     """The bag tool is runtime code: it must run on a robot that has none of the builder's heavy stack."""
-    code = ("import sys, rk_siglip_ros.bag, rk_siglip_ros.cli.encode_bag, rk_siglip_ros.encoder\n"
+    code = ("import sys, rk_siglip_ros.bag, rk_siglip_ros.cli.encode_bag, rk_siglip_ros.runtime.encoder\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'rknn', 'rclpy'}))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr

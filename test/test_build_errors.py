@@ -7,8 +7,8 @@ import json
 import pytest
 
 from rk_siglip_ros.builder.build import BuildInputError, build_shards
-from rk_siglip_ros.builder.cli import main
 from rk_siglip_ros.builder.verify import VerificationError
+from rk_siglip_ros.cli.build_shards import main
 from rk_siglip_ros.manifest import load_manifest
 
 

@@ -13,7 +13,7 @@ from rosbags.image import compressed_image_to_cvimage, message_to_cvimage
 from rosbags.typesys import Stores, get_typestore
 from skimage.data import astronaut
 
-from rk_siglip_ros.camera_frames import BadFrame, conversion_library, image_from_message
+from rk_siglip_ros.messages.camera_frames import BadFrame, conversion_library, image_from_message
 
 STORES = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY}
 HEIGHT, WIDTH = 48, 64

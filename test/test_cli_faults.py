@@ -22,8 +22,8 @@ from test_image_header import png, png_bomb, with_png_size
 
 from rk_siglip_ros.bag import EMBEDDING_TOPIC
 from rk_siglip_ros.bag.output import OWNER_FILE, UNOWNED_STALE_AFTER_S, remove_stale_stages
-from rk_siglip_ros.builder.cli import main as build_shards_main
 from rk_siglip_ros.cli.bench import main as bench_main
+from rk_siglip_ros.cli.build_shards import main as build_shards_main
 from rk_siglip_ros.cli.encode_bag import main as encode_bag
 from rk_siglip_ros.cli.encode_images import main as encode_images
 

@@ -18,7 +18,7 @@ from repo_tools import TOOLS_DIR, load_tool
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
-from rk_siglip_ros.camera_frames import image_from_message
+from rk_siglip_ros.messages.camera_frames import image_from_message
 
 demo = load_tool("demo")
 

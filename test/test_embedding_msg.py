@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
-from rk_siglip_ros.embedding_msg import EMBEDDING_ENCODING, embedding_fields, embedding_from_message
+from rk_siglip_ros.messages.embedding_msg import EMBEDDING_ENCODING, embedding_fields, embedding_from_message
 
 STORES = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY}
 

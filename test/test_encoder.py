@@ -8,9 +8,9 @@ import torch
 from test_manifest import TOY_DIM, TOY_TOKENS, TOY_WIDTH, toy_reference, toy_weights, write_toy_shards
 
 from rk_siglip_ros.builder.models import hf_image_processor, load_vision_tower
-from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import load_manifest
-from rk_siglip_ros.preprocess import Preprocessor
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
+from rk_siglip_ros.runtime.preprocess import Preprocessor
 
 MODES = ("sequential", "pipeline", "replicas")
 
@@ -133,7 +133,7 @@ def test_the_runtime_imports_no_torch_transformers_or_rknn(tmp_path):
     folder = write_toy_shards(tmp_path / "toy")
     code = (
         "import sys, numpy as np\n"
-        "from rk_siglip_ros.encoder import SiglipEncoder\n"
+        "from rk_siglip_ros.runtime.encoder import SiglipEncoder\n"
         "import rk_siglip_ros.cli.bench, rk_siglip_ros.cli.encode_images\n"
         "image = np.zeros((9, 9, 3), np.uint8)\n"
         f"with SiglipEncoder.open({str(folder)!r}, backend='onnxruntime') as e: e.encode(image)\n"

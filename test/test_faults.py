@@ -9,14 +9,14 @@ from concurrent.futures import CancelledError
 
 import numpy as np
 import pytest
+from fault_backends import FaultInjectingBackend, InjectedFaultError
 from test_manifest import TOY_DIM, write_toy_shards
 
-from rk_siglip_ros.backends import create_backend
-from rk_siglip_ros.backends.faults import FaultInjectingBackend, InjectedFaultError
-from rk_siglip_ros.backends.sim import SimBackend
-from rk_siglip_ros.encoder import EncoderOutputError, SiglipEncoder
 from rk_siglip_ros.manifest import load_manifest
-from rk_siglip_ros.scheduler import SchedulerClosedError, StuckCallError
+from rk_siglip_ros.runtime.backends import create_backend
+from rk_siglip_ros.runtime.backends.sim import SimBackend
+from rk_siglip_ros.runtime.encoder import EncoderOutputError, SiglipEncoder
+from rk_siglip_ros.runtime.scheduler import SchedulerClosedError, StuckCallError
 
 MODES = ("sequential", "pipeline", "replicas")
 

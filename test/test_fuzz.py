@@ -19,12 +19,12 @@ import time
 import numpy as np
 from fuzz_cases import corrupt_manifest, hostile_message
 
-from rk_siglip_ros.backends import BackendError
-from rk_siglip_ros.embedding_msg import embedding_from_message
-from rk_siglip_ros.encoder import EncoderOutputError, SiglipEncoder
 from rk_siglip_ros.manifest import ManifestError, load_manifest
+from rk_siglip_ros.messages.embedding_msg import embedding_from_message
 from rk_siglip_ros.node.config import validate
-from rk_siglip_ros.node.core import EncoderNodeCore
+from rk_siglip_ros.node.service import EncoderService
+from rk_siglip_ros.runtime.backends import BackendError
+from rk_siglip_ros.runtime.encoder import EncoderOutputError, SiglipEncoder
 
 SECONDS = float(os.environ.get("RK_SIGLIP_FUZZ_SECONDS", "30"))
 SEED = int(os.environ.get("RK_SIGLIP_FUZZ_SEED", "0"))
@@ -65,7 +65,7 @@ def good_message(types, sec: int):
 def test_hostile_frames_never_escape_never_publish_nan_and_the_next_good_frame_is_served(toy_shards, types, caplog):
     published = Published(types)
     logs: list[str] = []
-    core = EncoderNodeCore(validate({"shards": str(toy_shards), "backend": "onnxruntime", "mode": "replicas",
+    core = EncoderService(validate({"shards": str(toy_shards), "backend": "onnxruntime", "mode": "replicas",
                                      "image_topics": [BAD, GOOD]}),
                            open_publisher=lambda topic: published, now_s=time.time, warn=logs.append,
                            error=logs.append)

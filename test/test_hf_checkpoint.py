@@ -14,7 +14,7 @@ from transformers import AutoImageProcessor, SiglipConfig, SiglipImageProcessor,
 
 from rk_siglip_ros.builder.build import build_shards
 from rk_siglip_ros.builder.models import ModelSourceError
-from rk_siglip_ros.encoder import SiglipEncoder
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
 IMAGE_SIZE = 48
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")  # colour and greyscale, various sizes

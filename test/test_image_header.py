@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rk_siglip_ros.image_header import ImageHeaderError, check_declared_size, declared_size
+from rk_siglip_ros.messages.image_header import ImageHeaderError, check_declared_size, declared_size
 
 
 def png(width: int, height: int) -> bytes:

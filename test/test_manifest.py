@@ -13,7 +13,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import (
     Manifest,
     ManifestError,
@@ -25,6 +24,7 @@ from rk_siglip_ros.manifest import (
     record_hashes,
     save_manifest,
 )
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
 TOY_SIZE, TOY_TOKENS, TOY_WIDTH, TOY_DIM = 8, 4, 6, 5
 

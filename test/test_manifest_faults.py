@@ -9,9 +9,9 @@ import math
 import pytest
 from test_manifest import write_toy_shards
 
-from rk_siglip_ros.backends import BackendError
-from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import ManifestError, load_manifest
+from rk_siglip_ros.runtime.backends import BackendError
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
 
 def edited(tmp_path, edit):

@@ -48,7 +48,7 @@ def test_only_node_py_imports_ros():
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         relative = path.relative_to(REPO).as_posix()
         allowed = ROS_PACKAGES if relative == "rk_siglip_ros/node/encoder_node.py" else set()
-        if relative == "rk_siglip_ros/camera_frames.py":
+        if relative == "rk_siglip_ros/messages/camera_frames.py":
             allowed = {"cv_bridge"}  # the preferred converter on a robot, imported lazily when present
         found = (imported_roots(path) & ROS_PACKAGES) - allowed
         if found:
@@ -57,8 +57,8 @@ def test_only_node_py_imports_ros():
 
 
 def test_node_helpers_stay_off_the_model_stack():
-    for name in ("camera_frames", "embedding_msg", "node/mailbox", "node/stats", "node/config", "node/core",
-                 "node/camera_cdr", "node/encoder_node"):
+    for name in ("messages/camera_frames", "messages/embedding_msg", "node/mailbox", "node/stats", "node/config",
+                 "node/service", "node/camera_cdr", "node/encoder_node"):
         roots = imported_roots(PACKAGE_DIR / f"{name}.py")
         assert not roots & {"torch", "transformers", "rknn", "onnx"}, (name, roots)
 

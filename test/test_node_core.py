@@ -1,4 +1,4 @@
-"""The node's whole path without ROS: rosbags camera messages -> EncoderNodeCore (real SiglipEncoder on random:tiny
+"""The node's whole path without ROS: rosbags camera messages -> EncoderService (real SiglipEncoder on random:tiny
 shards) -> embedding message fields, plus the dispatcher keeping three simulated NPU cores busy."""
 
 import threading
@@ -11,15 +11,15 @@ from outboxes import RecordingOutbox, wait_until
 from rosbags.typesys import Stores, get_typestore
 from skimage.data import astronaut, chelsea, coffee
 
-from rk_siglip_ros.camera_frames import image_from_message
-from rk_siglip_ros.embedding_msg import embedding_from_message
-from rk_siglip_ros.encoder import SiglipEncoder
+from rk_siglip_ros.messages.camera_frames import image_from_message
+from rk_siglip_ros.messages.embedding_msg import embedding_from_message
 from rk_siglip_ros.node import stats as node_stats
 from rk_siglip_ros.node.camera_cdr import camera_deserializer
 from rk_siglip_ros.node.config import message_type_for, validate
-from rk_siglip_ros.node.core import EncoderNodeCore, ShutdownSummary
 from rk_siglip_ros.node.mailbox import Dispatcher
+from rk_siglip_ros.node.service import EncoderService, ShutdownSummary
 from rk_siglip_ros.node.stats import WARN, TopicPublishers
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
 TOPICS = ("/cam0/image_raw", "/cam1/image_raw", "/cam2/image_raw/compressed")
 
@@ -81,7 +81,7 @@ def make_service(tiny_shards, types, deserialize=None, environ=None, **parameter
     warnings, errors = [], []
     config = validate({"shards": str(tiny_shards), "backend": "onnxruntime", "image_topics": list(TOPICS),
                        **parameters})
-    service = EncoderNodeCore(config, open_publisher=publishers, now_s=time.time, warn=warnings.append,
+    service = EncoderService(config, open_publisher=publishers, now_s=time.time, warn=warnings.append,
                              error=errors.append, deserialize=deserialize, environ=environ or {})
     tokens = publishers.outboxes.get(config.patch_tokens_topic, Outbox(types))  # never published to if not opened
     return service, publishers.outboxes[config.output_topic], tokens, warnings, errors, publishers
@@ -224,7 +224,7 @@ def test_close_does_not_wait_for_frames_the_drain_gave_up_on(tiny_shards, types,
     embeddings, warnings, errors = Outbox(types), [], []
     config = validate({"shards": str(tiny_shards), "backend": "sim", "mode": "pipeline", "timing_profile": str(profile),
                        "image_topics": list(TOPICS)})
-    service = EncoderNodeCore(config, open_publisher=lambda topic: embeddings, now_s=time.time,
+    service = EncoderService(config, open_publisher=lambda topic: embeddings, now_s=time.time,
                              warn=warnings.append, error=errors.append)
     shards = len(service.encoder.manifest.shards)
     assert shards == 3
@@ -248,7 +248,7 @@ def test_close_finishes_the_frames_in_flight_and_says_so(tiny_shards, types, tmp
     embeddings = Outbox(types)
     config = validate({"shards": str(tiny_shards), "backend": "sim", "mode": "pipeline", "timing_profile": str(profile),
                        "image_topics": list(TOPICS)})
-    service = EncoderNodeCore(config, open_publisher=lambda topic: embeddings, now_s=time.time,
+    service = EncoderService(config, open_publisher=lambda topic: embeddings, now_s=time.time,
                               warn=print, error=print)
     try:
         service.offer(TOPICS[0], camera_messages(types, 3)[TOPICS[0]])
@@ -266,7 +266,7 @@ def test_close_finishes_the_frames_in_flight_and_says_so(tiny_shards, types, tmp
 def test_hardware_id_names_the_backend_actually_opened(tiny_shards, backend, hardware_id):
     """backend auto resolves to onnxruntime off the board: diagnostics and the start log say which, never auto."""
     config = validate({"shards": str(tiny_shards), "backend": backend})
-    service = EncoderNodeCore(config, open_publisher=lambda topic: (lambda header, fields: None), now_s=time.time,
+    service = EncoderService(config, open_publisher=lambda topic: (lambda header, fields: None), now_s=time.time,
                               warn=print, error=print)
     try:
         assert service.hardware_id == hardware_id

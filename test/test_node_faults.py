@@ -10,19 +10,19 @@ import time
 import cv2
 import numpy as np
 import pytest
+from fault_backends import FaultInjectingBackend
 from test_image_header import png, png_bomb, with_png_size
 from test_mailbox import CAMERAS, Published, ThreadedEncoder, frame_message, identity, wait_until
 
-from rk_siglip_ros.backends import create_backend
-from rk_siglip_ros.backends.faults import FaultInjectingBackend
-from rk_siglip_ros.camera_frames import BadFrame, image_from_message
-from rk_siglip_ros.embedding_msg import embedding_from_message
-from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import load_manifest
+from rk_siglip_ros.messages.camera_frames import BadFrame, image_from_message
+from rk_siglip_ros.messages.embedding_msg import embedding_from_message
 from rk_siglip_ros.node.config import validate
-from rk_siglip_ros.node.core import EncoderNodeCore
 from rk_siglip_ros.node.mailbox import Dispatcher
+from rk_siglip_ros.node.service import EncoderService
 from rk_siglip_ros.node.stats import ERROR, OK, WARN
+from rk_siglip_ros.runtime.backends import create_backend
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
 RAW, COMPRESSED = "/cam0/image_raw", "/cam1/image_raw/compressed"
 
@@ -52,7 +52,7 @@ class Outbox:
 
 
 def node(shards, types, fault: dict | None = None, mode: str = "pipeline", call_timeout_s: float = 60.0, **parameters):
-    """An EncoderNodeCore on the toy shards; ``fault``: FaultInjectingBackend arguments wrapping ONNX Runtime."""
+    """An EncoderService on the toy shards; ``fault``: FaultInjectingBackend arguments wrapping ONNX Runtime."""
     outbox, warnings, errors, backends = Outbox(types), [], [], []
 
     def factory(config):
@@ -63,7 +63,7 @@ def node(shards, types, fault: dict | None = None, mode: str = "pipeline", call_
         return SiglipEncoder(load_manifest(config.shards), backend, mode=config.mode, call_timeout_s=call_timeout_s)
 
     config = validate({"shards": str(shards), "image_topics": [RAW, COMPRESSED], "mode": mode, **parameters})
-    core = EncoderNodeCore(config, open_publisher=lambda topic: outbox, now_s=time.time, warn=warnings.append,
+    core = EncoderService(config, open_publisher=lambda topic: outbox, now_s=time.time, warn=warnings.append,
                            error=errors.append, encoder_factory=factory)
     return core, outbox, warnings, errors, backends
 

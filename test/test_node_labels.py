@@ -1,4 +1,4 @@
-"""The node's labels without ROS: EncoderNodeCore on random:tiny shards with a text tower scores every frame against
+"""The node's labels without ROS: EncoderService on random:tiny shards with a text tower scores every frame against
 the labels (text tower once per change, never per frame) and publishes top-k (label, probability) with the frame's
 header; bad labels are refused in one line and leave the labels in use."""
 
@@ -10,11 +10,11 @@ import pytest
 from outboxes import RecordingOutbox, wait_until
 from test_node_core import TOPICS, Publishers, camera_messages
 
-from rk_siglip_ros.camera_frames import image_from_message
-from rk_siglip_ros.encoder import SiglipEncoder
+from rk_siglip_ros.messages.camera_frames import image_from_message
 from rk_siglip_ros.node.config import ConfigError, check_labels, check_top_k, validate
-from rk_siglip_ros.node.core import EncoderNodeCore
 from rk_siglip_ros.node.labels import text_tower_embedder
+from rk_siglip_ros.node.service import EncoderService
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
 from rk_siglip_ros.text import TextEncoder
 
 LABELS = ["a photo of an astronaut", "a cat", "a cup of coffee", "a red door", "a forklift", "a person", "a tree"]
@@ -51,7 +51,7 @@ def make_core(shards, types, embedder=None, **parameters):
         return label_topics[topic]
 
     config = validate({"shards": str(shards), "backend": "onnxruntime", "image_topics": list(TOPICS), **parameters})
-    core = EncoderNodeCore(config, open_publisher=publishers, now_s=time.time, warn=print, error=print,
+    core = EncoderService(config, open_publisher=publishers, now_s=time.time, warn=print, error=print,
                            open_labels_publisher=open_labels, embed_labels=embedder)
     return core, publishers, label_topics
 
@@ -148,7 +148,7 @@ def test_a_label_longer_than_64_tokens_is_cut_with_a_warning(text_shards, types)
     long_label = " ".join(["a very long label"] * 30)
     config = validate({"shards": str(text_shards), "backend": "onnxruntime", "image_topics": list(TOPICS),
                        "labels": ["a dog", long_label]})  # at start, too
-    core = EncoderNodeCore(config, open_publisher=Publishers(types), now_s=time.time, warn=warnings.append,
+    core = EncoderService(config, open_publisher=Publishers(types), now_s=time.time, warn=warnings.append,
                            error=print, open_labels_publisher=lambda topic: LabelsOutbox())
     try:
         core.set_labels(["a cat", long_label])
@@ -178,7 +178,7 @@ def test_a_run_time_change_embeds_in_the_background_and_keeps_the_labels_in_use(
     embedder = GatedEmbedder(text_shards)
     errors, infos = [], []
     config = validate({"shards": str(text_shards), "backend": "onnxruntime", "image_topics": list(TOPICS)})
-    core = EncoderNodeCore(config, open_publisher=Publishers(types), now_s=time.time, warn=print,
+    core = EncoderService(config, open_publisher=Publishers(types), now_s=time.time, warn=print,
                            error=errors.append, open_labels_publisher=lambda topic: LabelsOutbox(),
                            embed_labels=embedder, info=infos.append)
     try:
@@ -210,7 +210,7 @@ def test_a_run_time_change_embeds_in_the_background_and_keeps_the_labels_in_use(
 def test_a_run_time_change_to_a_shard_set_without_text_tower_is_refused_at_once(shard_factory, types):
     config = validate({"shards": str(shard_factory("random:tiny", "pipeline3")), "backend": "onnxruntime",
                        "image_topics": list(TOPICS)})
-    core = EncoderNodeCore(config, open_publisher=Publishers(types), now_s=time.time, warn=print, error=print,
+    core = EncoderService(config, open_publisher=Publishers(types), now_s=time.time, warn=print, error=print,
                            open_labels_publisher=lambda topic: LabelsOutbox())
     try:
         with pytest.raises(ConfigError, match="has no text tower"):

@@ -8,8 +8,8 @@ from skimage import data as photos
 
 from rk_siglip_ros.builder.models import hf_image_processor
 from rk_siglip_ros.manifest import PreprocessSpec
-from rk_siglip_ros.postprocess import l2_normalise, pooled_embedding
-from rk_siglip_ros.preprocess import RESAMPLE_FILTERS, Preprocessor, check_image, resample_filters
+from rk_siglip_ros.runtime.postprocess import l2_normalise, pooled_embedding
+from rk_siglip_ros.runtime.preprocess import RESAMPLE_FILTERS, Preprocessor, check_image, resample_filters
 
 
 class _Tower:

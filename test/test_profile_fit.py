@@ -11,21 +11,22 @@ from importlib import resources
 import pytest
 from npu_geometry import all_blocks, cut, siglip_b16_manifest, write_shard_set
 
-from rk_siglip_ros.backends import sim
-from rk_siglip_ros.backends.sim import SimBackend, load_timing_profile, shard_gmacs
-from rk_siglip_ros.profile_fit import CallTime, fit_profile, predict_ms, term_values
-from rk_siglip_ros.selfcheck import measure_calls
+from rk_siglip_ros.measure.profile_fit import CallTime, fit_profile, predict_ms, term_values
+from rk_siglip_ros.measure.selfcheck import measure_calls
+from rk_siglip_ros.runtime import timing
+from rk_siglip_ros.runtime.backends.sim import SimBackend
+from rk_siglip_ros.runtime.timing import load_timing_profile, shard_gmacs
 
 PACKAGED = ("rk3588-fp16", "rk3588-fp16-rk1")
 
 
 def packaged_json(name: str) -> dict:
-    return json.loads((resources.files("rk_siglip_ros") / "timing_profiles" / f"{name}.json").read_text())
+    return json.loads((resources.files("rk_siglip_ros.runtime") / "timing_profiles" / f"{name}.json").read_text())
 
 
 def test_both_profiles_are_packaged_with_their_derivation_and_the_conservative_one_is_the_default():
-    assert set(PACKAGED) <= set(sim.available_profiles())
-    assert sim.DEFAULT_PROFILE == "rk3588-fp16-rk1"
+    assert set(PACKAGED) <= set(timing.available_profiles())
+    assert timing.DEFAULT_PROFILE == "rk3588-fp16-rk1"
     for name in PACKAGED:
         data = packaged_json(name)
         assert data["derivation"] and data["sources"] and data["all_cores"]["speedup"]["attention"] == 1.0

@@ -8,10 +8,10 @@ import inspect
 import numpy as np
 import pytest
 
-from rk_siglip_ros.backends import BackendError, create_backend, resolve_backend_name
-from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import load_manifest
-from rk_siglip_ros.scheduler import MODES
+from rk_siglip_ros.runtime.backends import BackendError, create_backend, resolve_backend_name
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
+from rk_siglip_ros.runtime.scheduler import MODES
 
 IMAGE = np.random.default_rng(0).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
 

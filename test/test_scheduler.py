@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from rk_siglip_ros.backends.sim import SimBackend
-from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import Manifest, ModelInfo, PreprocessSpec, ShardSpec, TensorSpec
-from rk_siglip_ros.scheduler import Scheduler, SchedulerClosedError, balanced_stages, plan_workers
+from rk_siglip_ros.runtime.backends.sim import SimBackend
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
+from rk_siglip_ros.runtime.scheduler import Scheduler, SchedulerClosedError, balanced_stages, plan_workers
 
 CORES = (0, 1, 2)
 TOKENS, WIDTH = 16, 8

@@ -25,8 +25,8 @@ from rk_siglip_ros.bag.search import TILE, custom_data, sheet_layout
 from rk_siglip_ros.builder.build import build_shards
 from rk_siglip_ros.builder.models import hf_image_processor, load_vision_tower
 from rk_siglip_ros.builder.text_tower import hf_token_ids
-from rk_siglip_ros.embedding_msg import embedding_fields
-from rk_siglip_ros.labels_msg import results_of
+from rk_siglip_ros.messages.embedding_msg import embedding_fields
+from rk_siglip_ros.messages.labels_msg import results_of
 
 STORE = get_typestore(Stores.ROS2_HUMBLE)
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field")

@@ -12,13 +12,13 @@ import pytest
 import yaml
 from npu_geometry import write_shard_set
 
-from rk_siglip_ros.backends.sim import load_timing_profile
 from rk_siglip_ros.cli.bench import main as bench
 from rk_siglip_ros.cli.selfcheck import main as selfcheck
 from rk_siglip_ros.manifest import load_manifest
+from rk_siglip_ros.measure.selfcheck import UNKNOWN, board_facts
 from rk_siglip_ros.node.config import LAUNCH_ARGUMENTS, launch_overrides, validate
-from rk_siglip_ros.scheduler import MODES
-from rk_siglip_ros.selfcheck import UNKNOWN, board_facts
+from rk_siglip_ros.runtime.scheduler import MODES
+from rk_siglip_ros.runtime.timing import load_timing_profile
 
 
 def node_parameters(params_file) -> dict:
@@ -139,7 +139,8 @@ def test_selfcheck_on_a_missing_shard_set_is_one_line_and_status_2(tmp_path, cap
 
 def test_the_measuring_and_selfcheck_modules_need_no_dev_dependencies():
     """They run on the robot: importing them (and the CLIs) pulls in neither matplotlib nor the builder's stack."""
-    code = ("import sys\nimport rk_siglip_ros.measure, rk_siglip_ros.selfcheck, rk_siglip_ros.profile_fit\n"
+    code = ("import sys\nimport rk_siglip_ros.measure.bench, rk_siglip_ros.measure.selfcheck\n"
+            "import rk_siglip_ros.measure.profile_fit\n"
             "import rk_siglip_ros.cli.bench, rk_siglip_ros.cli.selfcheck\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'torch', 'transformers', "
             "'rknn', 'scipy')))\n")

@@ -20,8 +20,8 @@ from rk_siglip_ros.builder.build import build_shards
 from rk_siglip_ros.builder.models import ModelSourceError
 from rk_siglip_ros.builder.text_tower import hf_token_ids
 from rk_siglip_ros.cli.encode_text import main as encode_text
-from rk_siglip_ros.encoder import SiglipEncoder
 from rk_siglip_ros.manifest import ManifestError, load_manifest
+from rk_siglip_ros.runtime.encoder import SiglipEncoder
 from rk_siglip_ros.text import MAX_LABELS, TextEncoder, TextError, check_texts
 
 TEXTS = ["a photo of an astronaut", "a cup of coffee", "a cat", "A ROCKET!", "a grey camera on a tripod",

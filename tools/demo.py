@@ -28,11 +28,11 @@ import cv2
 import numpy as np
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.typesys import Stores, get_typestore
+from shard_reuse import reuse_or_build
 
 from rk_siglip_ros.bag import EMBEDDING_TOPIC, STORAGES, ReplaySummary, encode_bag, format_summary, open_bag, search
-from rk_siglip_ros.builder.reuse import reuse_or_build
-from rk_siglip_ros.labels_msg import LABELS_TOPIC, register_classification, results_of
 from rk_siglip_ros.manifest import Manifest
+from rk_siglip_ros.messages.labels_msg import LABELS_TOPIC, register_classification, results_of
 
 DEFAULT_MODEL = "random:siglip-base-patch16-512"
 DEFAULT_OUT = Path("demo_out")
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels_argument = " ".join(f'"{label}"' for label in DEMO_LABELS)
     print(f"[3/4] encode_bag {camera_bag} {encoded_bag} --shards {shards_dir} --force --labels {labels_argument} "
           f"--labels-top-k {LABELS_TOP_K}", flush=True)
-    from rk_siglip_ros.encoder import SiglipEncoder
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
     from rk_siglip_ros.text import TextEncoder
 
     with TextEncoder.open(manifest) as text:

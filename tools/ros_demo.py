@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo  # noqa: E402 -- tools/demo.py, beside this file
 import ros_workspace  # noqa: E402 -- tools/ros_workspace.py: the domain claim and colcon build the tests use too
 
-from rk_siglip_ros.embedding_msg import embedding_from_message  # noqa: E402
+from rk_siglip_ros.messages.embedding_msg import embedding_from_message  # noqa: E402
 
 PACKAGE = ros_workspace.PACKAGE
 OUTPUT_TOPIC = "/siglip/embeddings"

@@ -1,13 +1,9 @@
-"""The bag tools' error type and how errors are shown to people."""
+"""The bag tools' error type (rosbags-free, so a tool can name it without reading bags)."""
 
 from __future__ import annotations
 
-
-class BagError(ValueError):
-    """A request encode_bag cannot carry out; the message is one line that says what to do."""
+from rk_siglip_ros.errors import UserError
 
 
-def one_line(error: BaseException) -> str:
-    """An error as one line for a person: whitespace collapsed, no trailing period, the type name if it is empty."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text.rstrip(".")
+class BagError(UserError, ValueError):
+    """A request the bag tools cannot carry out; the message is one line that says what to do."""

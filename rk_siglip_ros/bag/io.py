@@ -16,8 +16,9 @@ from rosbags.interfaces import Connection, ConnectionExtRosbag2, MessageDefiniti
 from rosbags.rosbag2 import Reader, ReaderError
 from rosbags.typesys import Stores, TypesysError, get_types_from_idl, get_types_from_msg, get_typestore
 
-from ..camera_frames import IMAGE_MSG_TYPES
-from .errors import BagError, one_line
+from rk_siglip_ros.bag.errors import BagError
+from rk_siglip_ros.errors import one_line
+from rk_siglip_ros.messages.camera_frames import IMAGE_MSG_TYPES
 
 if TYPE_CHECKING:
     from rosbags.typesys.store import Typestore

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rosbags.rosbag2 import StoragePlugin
 
-from .errors import BagError
+from rk_siglip_ros.bag.errors import BagError
 
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 OWNER_FILE = "owner"  # in each staging folder: "<pid> <hostname>" of the process writing it

@@ -35,22 +35,28 @@ import numpy as np
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import Writer, WriterError
 
-from ..camera_frames import IMAGE_MSG_TYPES, BadFrame, image_from_message
-from ..embedding_msg import embedding_fields
-from ..encoder import EncoderOutputError
-from ..image_header import DEFAULT_MAX_IMAGE_PIXELS
-from ..labels_msg import CLASSIFICATION_MSG_TYPE, LABELS_TOPIC, classification, register_classification
-from ..manifest import MANIFEST_NAME, file_sha256
-from .errors import BagError, one_line
-from .io import OpenBag, connection_definition, connection_qos, image_connections, open_bag
-from .output import STORAGES, check_output, staged_output
-from .summary import ReplaySummary, SkippedFrame, progress_bar
+from rk_siglip_ros.bag.errors import BagError
+from rk_siglip_ros.bag.io import OpenBag, connection_definition, connection_qos, image_connections, open_bag
+from rk_siglip_ros.bag.output import STORAGES, check_output, staged_output
+from rk_siglip_ros.bag.summary import ReplaySummary, SkippedFrame, progress_bar
+from rk_siglip_ros.errors import one_line
+from rk_siglip_ros.manifest import MANIFEST_NAME, file_sha256
+from rk_siglip_ros.messages.camera_frames import IMAGE_MSG_TYPES, BadFrame, image_from_message
+from rk_siglip_ros.messages.embedding_msg import embedding_fields
+from rk_siglip_ros.messages.image_header import DEFAULT_MAX_IMAGE_PIXELS
+from rk_siglip_ros.messages.labels_msg import (
+    CLASSIFICATION_MSG_TYPE,
+    LABELS_TOPIC,
+    classification,
+    register_classification,
+)
+from rk_siglip_ros.runtime.encoder import EncoderOutputError
 
 if TYPE_CHECKING:
     from rosbags.typesys.store import Typestore
 
-    from ..encoder import EncodeResult, SiglipEncoder
-    from ..text import LabelSet
+    from rk_siglip_ros.runtime.encoder import EncodeResult, SiglipEncoder
+    from rk_siglip_ros.text import LabelSet
 
 EMBEDDING_TOPIC = "/siglip/embeddings"
 EMBEDDING_MSG_TYPE = IMAGE_MSG_TYPES[0]  # sensor_msgs/msg/Image, 32FC1 (embedding_msg.embedding_fields)

@@ -17,14 +17,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..atomic_file import write_atomically
-from ..camera_frames import IMAGE_MSG_TYPES, image_from_message
-from ..embedding_msg import embedding_from_message
-from ..manifest import MANIFEST_NAME, Manifest, file_sha256
-from ..postprocess import l2_normalise_rows
-from .errors import BagError, one_line
-from .io import OpenBag
-from .replay import (
+from rk_siglip_ros.atomic_file import write_atomically
+from rk_siglip_ros.bag.errors import BagError
+from rk_siglip_ros.bag.io import OpenBag
+from rk_siglip_ros.bag.replay import (
     EMBEDDING_MSG_TYPE,
     EMBEDDING_TOPIC,
     META_EMBEDDING_TOPIC,
@@ -32,9 +28,14 @@ from .replay import (
     META_MODEL,
     META_SHARDS,
 )
+from rk_siglip_ros.errors import one_line
+from rk_siglip_ros.manifest import MANIFEST_NAME, Manifest, file_sha256
+from rk_siglip_ros.messages.camera_frames import IMAGE_MSG_TYPES, image_from_message
+from rk_siglip_ros.messages.embedding_msg import embedding_from_message
+from rk_siglip_ros.runtime.postprocess import l2_normalise_rows
 
 if TYPE_CHECKING:
-    from ..text import LabelSet
+    from rk_siglip_ros.text import LabelSet
 
 DEFAULT_TOP = 5
 # Contact sheet geometry (pixels): one row per query, one tile per hit.

@@ -19,17 +19,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..manifest import PIXEL_INPUT, Manifest, ModelInfo, ShardSpec, TensorSpec, record_hashes, save_manifest
-from .barrier import uses_poison
-from .export_onnx import export_onnx
-from .models import ModelSourceError, VisionTower, load_vision_tower
-from .options import BuildInputError, BuildOptions
-from .scale_fold import fold_host_scale
-from .shard_modules import PlannedShard, ShardModule
-from .shard_plan import FINAL, Block, encoder_blocks, plan_shards
-from .text_tower import TextTower, build_text_side, load_text_tower
-from .tiling import check_tile
-from .verify import (
+from rk_siglip_ros.builder.barrier import uses_poison
+from rk_siglip_ros.builder.export_onnx import export_onnx
+from rk_siglip_ros.builder.models import ModelSourceError, VisionTower, load_vision_tower
+from rk_siglip_ros.builder.options import BuildInputError, BuildOptions
+from rk_siglip_ros.builder.scale_fold import fold_host_scale
+from rk_siglip_ros.builder.shard_modules import PlannedShard, ShardModule
+from rk_siglip_ros.builder.shard_plan import FINAL, Block, encoder_blocks, plan_shards
+from rk_siglip_ros.builder.text_tower import TextTower, build_text_side, load_text_tower
+from rk_siglip_ros.builder.tiling import check_tile
+from rk_siglip_ros.builder.verify import (
     INT8_MIN_COS,
     ONNX_MIN_COS,
     RKNN_MIN_COS,
@@ -40,6 +39,7 @@ from .verify import (
     verification_summary,
     verify_chain,
 )
+from rk_siglip_ros.manifest import PIXEL_INPUT, Manifest, ModelInfo, ShardSpec, TensorSpec, record_hashes, save_manifest
 
 
 def build_shards(model: str, out: Path, *, force: bool = False, progress: bool = True, **options: Any) -> Manifest:
@@ -132,8 +132,8 @@ def _build_into(tower: VisionTower, source: str, folder: Path, options: BuildOpt
         runner = onnx_runner(folder)
         verification["onnx"] = verify_chain(plans, runner, references, images, "onnx", ONNX_MIN_COS, progress)
     if "rknn" in options.formats:
-        from .calibration import calibration_dataset
-        from .rknn_compile import compile_and_verify
+        from rk_siglip_ros.builder.calibration import calibration_dataset
+        from rk_siglip_ros.builder.rknn_compile import compile_and_verify
 
         int8 = options.dtype == "int8" and options.calibration is not None
         dataset = calibration_dataset(folded, plans, options.calibration, folder) if int8 else {}

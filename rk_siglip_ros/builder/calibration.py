@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import VisionTower, hf_image_processor
-from .options import BuildInputError
-from .shard_modules import PlannedShard
+from rk_siglip_ros.builder.models import VisionTower, hf_image_processor
+from rk_siglip_ros.builder.options import BuildInputError
+from rk_siglip_ros.builder.shard_modules import PlannedShard
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 

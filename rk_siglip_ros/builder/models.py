@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..manifest import PreprocessSpec
+from rk_siglip_ros.errors import UserError
+from rk_siglip_ros.manifest import PreprocessSpec
 
 RANDOM_PREFIX = "random:"
 RANDOM_SEED = 0
@@ -46,7 +47,7 @@ SIGLIP2_MODEL_TYPES = ("siglip2", "siglip2_vision_model")
 SMOLVLM_MODEL_TYPES = ("smolvlm", "smolvlm_vision", "idefics3", "idefics3_vision")
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(UserError, ValueError):
     """The --model argument cannot be turned into a vision tower; the message says what to do."""
 
 

@@ -12,9 +12,10 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from .barrier import check_barrier
-from .scale_fold import check_scale
-from .shard_plan import PROFILES
+from rk_siglip_ros.builder.barrier import check_barrier
+from rk_siglip_ros.builder.scale_fold import check_scale
+from rk_siglip_ros.builder.shard_plan import PROFILES
+from rk_siglip_ros.errors import UserError
 
 FORMATS = ("onnx", "rknn")
 DTYPES = ("fp16", "int8")
@@ -22,7 +23,7 @@ TARGETS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562")
 SEED_TILE = 32
 
 
-class BuildInputError(ValueError):
+class BuildInputError(UserError, ValueError):
     """Bad arguments or model source; the message is one line saying what to change."""
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..manifest import Manifest
+from rk_siglip_ros.manifest import Manifest
 
 COLUMNS = ("shard", "layers", "MMACs", "ONNX cos", "RKNN-sim cos", "size", "compile s")
 

@@ -22,15 +22,16 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..backends.rknnlite import input_data_format
-from ..manifest import PIXEL_INPUT, ShardSpec
-from .barrier import disabled_rules
-from .options import BuildOptions
-from .shard_modules import PlannedShard
-from .verify import RunShard, final_cosines, verify_shard
+from rk_siglip_ros.builder.barrier import disabled_rules
+from rk_siglip_ros.builder.options import BuildOptions
+from rk_siglip_ros.builder.shard_modules import PlannedShard
+from rk_siglip_ros.builder.verify import RunShard, final_cosines, verify_shard
+from rk_siglip_ros.errors import RunFailedError
+from rk_siglip_ros.manifest import PIXEL_INPUT, ShardSpec
+from rk_siglip_ros.runtime.backends.rknnlite import input_data_format
 
 
-class RknnError(RuntimeError):
+class RknnError(RunFailedError, RuntimeError):
     """rknn-toolkit2 refused a shard; the message carries the tail of its log."""
 
 

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from .models import VisionTower
+from rk_siglip_ros.builder.models import VisionTower
 
 
 def check_scale(scale: float) -> None:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..manifest import ShardSpec
-from .models import VisionTower
-from .shard_plan import ATTENTION, EMBEDDING, FINAL, MLP, Block
-from .tiling import attention
+from rk_siglip_ros.builder.models import VisionTower
+from rk_siglip_ros.builder.shard_plan import ATTENTION, EMBEDDING, FINAL, MLP, Block
+from rk_siglip_ros.builder.tiling import attention
+from rk_siglip_ros.manifest import ShardSpec
 
 
 class EmbeddingBlock(nn.Module):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..partitioning import min_max_partition
-from .models import VisionTower
+from rk_siglip_ros.builder.models import VisionTower
+from rk_siglip_ros.runtime.partitioning import min_max_partition
 
 PROFILES = ("seed", "pipeline3", "whole")
 PROFILE_SHARDS = {"pipeline3": 3, "whole": 1}

@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..manifest import SpecialToken, TextSpec, TokenizerSpec
-from .export_onnx import quiet_export
-from .models import (
+from rk_siglip_ros.builder.export_onnx import quiet_export
+from rk_siglip_ros.builder.models import (
     PRESETS,
     RANDOM_PREFIX,
     RANDOM_SEED,
@@ -32,7 +31,8 @@ from .models import (
     VisionTower,
     quiet_transformers,
 )
-from .verify import VerificationError, cosine
+from rk_siglip_ros.builder.verify import VerificationError, cosine
+from rk_siglip_ros.manifest import SpecialToken, TextSpec, TokenizerSpec
 
 TEXT_DIR = "text"
 TEXT_ONNX = f"{TEXT_DIR}/text.onnx"
@@ -239,7 +239,7 @@ def hf_token_ids(tokenizer: Any, texts: list[str], max_length: int) -> np.ndarra
 
 def build_text_side(tower: TextTower, folder: Path, verify: bool) -> TextSpec:
     """Write text.onnx, the SentencePiece model and the tokenizer files into ``folder``; verify; return the spec."""
-    from ..text import SiglipSentencePieceTokenizer
+    from rk_siglip_ros.text import SiglipSentencePieceTokenizer
 
     (folder / TOKENIZER_DIR).mkdir(parents=True)
     copied = []
@@ -281,7 +281,7 @@ def build_text_side(tower: TextTower, folder: Path, verify: bool) -> TextSpec:
 def verify_text_onnx(tower: TextTower, onnx_path: Path, ids: np.ndarray, spec: TextSpec) -> float:
     """Worst cos between ONNX Runtime's text embeddings and transformers' get_text_features; raises below the
     threshold."""
-    from ..backends.onnxruntime import create_session
+    from rk_siglip_ros.runtime.backends.onnxruntime import create_session
 
     session = create_session(onnx_path, 1)
     exported = session.run([spec.output], {spec.input: ids})[0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .barrier import poison_pill
+from rk_siglip_ros.builder.barrier import poison_pill
 
 
 def check_tile(tile: int | None, num_tokens: int) -> None:

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..manifest import PIXEL_INPUT, Manifest, ShardSpec
-from .models import VisionTower, hf_image_processor
-from .shard_modules import PlannedShard
+from rk_siglip_ros.builder.models import VisionTower, hf_image_processor
+from rk_siglip_ros.builder.shard_modules import PlannedShard
+from rk_siglip_ros.errors import RunFailedError
+from rk_siglip_ros.manifest import PIXEL_INPUT, Manifest, ShardSpec
 
 # The project's acceptance thresholds: fp32 ONNX chain vs transformers, fp16 RKNN simulator chain vs transformers.
 ONNX_MIN_COS = 0.99999
@@ -34,7 +35,7 @@ VERIFY_SEED = 0
 RunShard = Callable[[ShardSpec, list[np.ndarray]], list[np.ndarray]]
 
 
-class VerificationError(RuntimeError):
+class VerificationError(RunFailedError, RuntimeError):
     """A shard or the chain is numerically off; the message names the shard and the cosine."""
 
 
@@ -66,7 +67,7 @@ def run_chain(manifest: Manifest, run_shard: RunShard, pixel_values: np.ndarray)
 
 def onnx_runner(root: Path) -> RunShard:
     """Run shards with ONNX Runtime (CPU, fp32), sessions opened once, one at a time (so each gets every CPU)."""
-    from ..backends.onnxruntime import create_session  # imports only onnxruntime and numpy
+    from rk_siglip_ros.runtime.backends.onnxruntime import create_session  # imports only onnxruntime and numpy
 
     threads = os.cpu_count() or 1
     sessions: dict[str, Any] = {}

@@ -21,8 +21,15 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from ..measure import BenchResult, bench_encoder, format_table, verdict
-from .common import EXIT_OK, EXIT_STATUS_HELP, add_encoder_options, parse_image_size, positive_int, run_tool
+from rk_siglip_ros.cli.common import (
+    EXIT_OK,
+    EXIT_STATUS_HELP,
+    add_encoder_options,
+    parse_image_size,
+    positive_int,
+    run_tool,
+)
+from rk_siglip_ros.measure.bench import BenchResult, bench_encoder, format_table, verdict
 
 
 def plot(results: Sequence[BenchResult], path: Path) -> None:
@@ -77,7 +84,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def sim_profiles(option: str | None) -> list[str]:
     """The sim's timing profiles to run: those named (comma-separated), else every packaged one."""
-    from ..backends.sim import available_profiles
+    from rk_siglip_ros.runtime.timing import available_profiles
 
     named = [name.strip() for name in (option or "").split(",") if name.strip()]
     return named or available_profiles()
@@ -96,8 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..encoder import SiglipEncoder
-    from ..manifest import load_manifest
+    from rk_siglip_ros.manifest import load_manifest
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     modes, cores = args.modes, args.cores
 

@@ -1,13 +1,8 @@
-"""What every command-line tool shares: the encoder options, the exit-code convention and how errors are shown.
+"""What every command-line tool shares: the encoder options and how a tool's body is run.
 
-Exit codes, the same for every tool (``EXIT_STATUS_HELP`` goes into each ``--help``):
-
-- 0: done;
-- 1: failed while running (an encoder or I/O failure mid-run), or an internal error (a bug: the traceback is
-  printed, please report it);
-- 2: bad arguments, input or setup (a bag, an image or a shard set that cannot be used, a backend that is not
-  available here, labels or texts the text side refuses): one line that says what to do;
-- 130: interrupted (Ctrl-C or SIGTERM).
+Exit codes and error kinds are :mod:`rk_siglip_ros.errors`' (``EXIT_STATUS_HELP`` goes into each ``--help``): an
+expected error (:class:`~rk_siglip_ros.errors.ExplainedError`, or a file that cannot be read or written) is one line
+with its exit status; anything else is a bug, shown with its traceback.
 """
 
 from __future__ import annotations
@@ -19,29 +14,30 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..backends import BACKENDS, BackendError
-from ..bag.errors import BagError, one_line
-from ..camera_frames import BadFrame
-from ..image_header import DEFAULT_MAX_IMAGE_PIXELS
-from ..manifest import Manifest, ManifestError
-from ..scheduler import MODES
-from ..text import TEXT_BATCH, LabelSet, TextError
+from rk_siglip_ros.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STATUS_HELP,
+    EXIT_USAGE,
+    FILE_ERRORS,
+    ExplainedError,
+    exit_status_of,
+    one_line,
+)
+from rk_siglip_ros.manifest import Manifest
+from rk_siglip_ros.messages.image_header import DEFAULT_MAX_IMAGE_PIXELS
+from rk_siglip_ros.runtime.backends import BACKENDS
+from rk_siglip_ros.runtime.scheduler import MODES
+from rk_siglip_ros.text import TEXT_BATCH, LabelSet
 
 __all__ = [
-    "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_STATUS_HELP", "EXIT_USAGE", "SETUP_ERRORS",
+    "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_STATUS_HELP", "EXIT_USAGE",
     "add_encoder_options", "add_max_image_pixels_option", "embed_labels", "one_line", "parse_cores",
     "parse_image_size", "positive_int", "run_tool",
     "text_progress",
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_STATUS_HELP = ("exit status: 0 done; 1 failed while running (encoder or I/O failure mid-run, or an internal "
-                    "error: traceback printed); 2 bad arguments, input or setup (bag, images, shard set, backend); "
-                    "130 interrupted (Ctrl-C, SIGTERM)")
-# Errors that mean "this request cannot be carried out as given": one line, exit 2. Anything else is a bug.
-SETUP_ERRORS: tuple[type[BaseException], ...] = (BagError, ManifestError, BackendError, BadFrame, TextError,
-                                                 FileNotFoundError, PermissionError, IsADirectoryError,
-                                                 NotADirectoryError)
 DEFAULT_CORES_TEXT = "0,1,2"
 
 
@@ -113,13 +109,13 @@ def add_max_image_pixels_option(parser: argparse.ArgumentParser) -> None:
 
 
 def run_tool(prog: str, body: Callable[[], int]) -> int:
-    """Run a tool's body with the shared convention: setup errors one line (2), interrupts (130), anything else
-    a failure with its traceback (1)."""
+    """Run a tool's body with the shared convention: an expected error is one line with its exit status (2: the
+    user's to fix, 1: a failure its message explains), interrupts 130, anything else a bug with its traceback (1)."""
     try:
         return body()
-    except SETUP_ERRORS as error:
+    except (ExplainedError, *FILE_ERRORS) as error:
         print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_status_of(error)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -146,7 +142,7 @@ def text_progress(total: int, desc: str) -> Iterator[Callable[[int], object] | N
 def embed_labels(shards: str | Path | Manifest, labels: list[str], prog: str) -> LabelSet:
     """The labels embedded once with the shard set's text tower (TextError: no tower, bad labels), with a progress
     bar for many and a note on stderr when a label was cut to the tokenizer's length."""
-    from ..text import TextEncoder
+    from rk_siglip_ros.text import TextEncoder
 
     with TextEncoder.open(shards) as text, text_progress(len(labels), f"{prog}: labels") as progress:
         label_set = text.label_set(labels, progress=progress)

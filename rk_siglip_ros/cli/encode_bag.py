@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from ..bag import (
+from rk_siglip_ros.bag import (
     EMBEDDING_TOPIC,
     STORAGES,
     TYPESTORES,
@@ -22,21 +22,21 @@ from ..bag import (
     format_summary,
     replay,
 )
-from ..bag.replay import DEFAULT_TOP_K
-from ..labels_msg import LABELS_TOPIC
-from ..text import TextError, check_texts
-from .common import (
+from rk_siglip_ros.bag.replay import DEFAULT_TOP_K
+from rk_siglip_ros.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_STATUS_HELP,
-    SETUP_ERRORS,
     add_encoder_options,
     add_max_image_pixels_option,
     embed_labels,
     one_line,
     run_tool,
 )
+from rk_siglip_ros.errors import FILE_ERRORS, RunFailedError, UserError
+from rk_siglip_ros.messages.labels_msg import LABELS_TOPIC
+from rk_siglip_ros.text import TextError, check_texts
 
 DESCRIPTION = """\
 Replay a recorded rosbag2 (MCAP or sqlite3, any ROS 2 distro) through the SigLIP encoder, offline.
@@ -54,7 +54,7 @@ examples:
   encode_bag run.mcap out/ --shards shards/default --topics /front/image_raw /rear/image_raw/compressed
   encode_bag in/ out/ --shards shards/default --backend onnxruntime --mode replicas --storage sqlite3 --force
   encode_bag in/ out/ --shards shards/default --labels "a person" "a forklift" "an open door" --labels-top-k 2
-Read the embeddings back with rosbags: rk_siglip_ros.embedding_msg.embedding_from_message(msg).
+Read the embeddings back with rosbags: rk_siglip_ros.messages.embedding_msg.embedding_from_message(msg).
 A killed run (SIGKILL, power loss) leaves a hidden .OUT.partial-* folder; the next run into the same folder removes
 it once its owner process is gone. A recording cut off mid-write is refused with how to recover it.
 
@@ -118,8 +118,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _encode(plan: ReplayPlan, args: argparse.Namespace) -> int:
     try:
-        from ..encoder import SiglipEncoder  # after the cheap checks: it loads ONNX Runtime / RKNN-Lite
-        from ..manifest import load_manifest
+        from rk_siglip_ros.manifest import load_manifest
+        from rk_siglip_ros.runtime.encoder import (
+            SiglipEncoder,  # after the cheap checks: it loads ONNX Runtime / RKNN-Lite
+        )
 
         manifest = load_manifest(args.shards, verify=())  # read once, for the labels and the encoder
         if args.labels is not None:
@@ -137,9 +139,9 @@ def _encode(plan: ReplayPlan, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"encode_bag: interrupted; {args.output} was not written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except SETUP_ERRORS:
-        raise
-    except (RuntimeError, OSError) as error:  # an encoder or I/O failure mid-run: one line, no partial output
+    except (UserError, *FILE_ERRORS):
+        raise  # the shared one-line message, exit 2
+    except (RunFailedError, RuntimeError, OSError) as error:  # an encoder or I/O failure mid-run: no partial output
         print(f"encode_bag: failed, {args.output} was not written: {type(error).__name__}: {one_line(error)}",
               file=sys.stderr)
         return EXIT_FAILED

@@ -17,10 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic_file import write_staged
-from ..camera_frames import BadFrame
-from ..image_header import ImageHeaderError, ImageTooLargeError, check_declared_size
-from .common import EXIT_OK, EXIT_STATUS_HELP, add_encoder_options, add_max_image_pixels_option, embed_labels, run_tool
+from rk_siglip_ros.atomic_file import write_staged
+from rk_siglip_ros.cli.common import (
+    EXIT_OK,
+    EXIT_STATUS_HELP,
+    add_encoder_options,
+    add_max_image_pixels_option,
+    embed_labels,
+    run_tool,
+)
+from rk_siglip_ros.messages.camera_frames import BadFrame
+from rk_siglip_ros.messages.image_header import ImageHeaderError, ImageTooLargeError, check_declared_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     images = [read_image(path, args.max_image_pixels) for path in args.images]
-    from ..encoder import SiglipEncoder
-    from ..manifest import load_manifest
+    from rk_siglip_ros.manifest import load_manifest
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     manifest = load_manifest(args.shards, verify=())  # read once, for the labels and the encoder
     # Bad labels or a shard set without a text tower: refused before any image is encoded.

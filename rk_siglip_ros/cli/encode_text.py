@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic_file import write_atomically
-from .common import EXIT_OK, EXIT_STATUS_HELP, run_tool, text_progress
+from rk_siglip_ros.atomic_file import write_atomically
+from rk_siglip_ros.cli.common import EXIT_OK, EXIT_STATUS_HELP, run_tool, text_progress
 
 EPILOG = """\
 Texts are tokenised exactly as the checkpoint's Hugging Face tokenizer does (SigLIP: lowercase, punctuation
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..text import TextEncoder, TextError, check_texts
+    from rk_siglip_ros.text import TextEncoder, TextError, check_texts
 
     if args.out.suffix != ".npy":
         raise TextError(f"--out {args.out}: expected a .npy file name")

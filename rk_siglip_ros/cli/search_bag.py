@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..bag.search import DEFAULT_TOP
-from .common import EXIT_OK, EXIT_STATUS_HELP, run_tool, text_progress
+from rk_siglip_ros.bag.search import DEFAULT_TOP
+from rk_siglip_ros.cli.common import EXIT_OK, EXIT_STATUS_HELP, run_tool, text_progress
 
 DESCRIPTION = """\
 Rank the frames of a rosbag2 that holds /siglip/embeddings (written by encode_bag, or recorded from encoder_node)
@@ -50,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..bag.errors import BagError
-    from ..bag.io import open_bag
-    from ..bag.search import (
+    from rk_siglip_ros.bag.errors import BagError
+    from rk_siglip_ros.bag.io import open_bag
+    from rk_siglip_ros.bag.search import (
         check_same_shard_set,
         format_hits,
         frame_images,
@@ -61,8 +61,8 @@ def _run(args: argparse.Namespace) -> int:
         shards_for,
         write_contact_sheet,
     )
-    from ..manifest import load_manifest
-    from ..text import TextEncoder, check_texts
+    from rk_siglip_ros.manifest import load_manifest
+    from rk_siglip_ros.text import TextEncoder, check_texts
 
     queries = check_texts(args.queries, "queries", limit=None)
     if args.top < 1:

@@ -19,7 +19,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .common import EXIT_OK, EXIT_STATUS_HELP, add_encoder_options, parse_image_size, positive_int, run_tool
+from rk_siglip_ros.cli.common import (
+    EXIT_OK,
+    EXIT_STATUS_HELP,
+    add_encoder_options,
+    parse_image_size,
+    positive_int,
+    run_tool,
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -47,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..measure import format_table, set_names
-    from ..selfcheck import per_core_ratios, run_selfcheck, step_count
+    from rk_siglip_ros.measure.bench import format_table, set_names
+    from rk_siglip_ros.measure.selfcheck import per_core_ratios, run_selfcheck, step_count
 
     bar = tqdm(total=step_count(len(args.shards), len(args.cores), len(args.modes)), unit="step", desc="selfcheck",
                file=sys.stderr, dynamic_ncols=True, disable=args.quiet)

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rk_siglip_ros.backends import BACKENDS
-from rk_siglip_ros.camera_frames import IMAGE_MSG_TYPES
-from rk_siglip_ros.image_header import DEFAULT_MAX_IMAGE_PIXELS
+from rk_siglip_ros.errors import UserError
 from rk_siglip_ros.manifest import MANIFEST_NAME
-from rk_siglip_ros.scheduler import MODES
+from rk_siglip_ros.messages.camera_frames import IMAGE_MSG_TYPES
+from rk_siglip_ros.messages.image_header import DEFAULT_MAX_IMAGE_PIXELS
+from rk_siglip_ros.runtime.backends import BACKENDS
+from rk_siglip_ros.runtime.scheduler import MODES
 
 NODE_NAME = "encoder_node"
 PACKAGE = "rk_siglip_ros"
@@ -72,7 +73,7 @@ PARAMETERS: dict[str, Parameter] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A parameter value the node cannot start with; the message says which parameter and what to do."""
 
 

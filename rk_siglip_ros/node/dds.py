@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from rk_siglip_ros.errors import UserError
+
 CYCLONEDDS_URI = "CYCLONEDDS_URI"
 LARGE_IMAGES = "large_images"
 NONE = "none"
@@ -25,7 +27,7 @@ REQUESTED_RECEIVE_BUFFER = 64 * 1024 * 1024
 SYSCTL_HINT = f"sudo sysctl -w net.core.rmem_max={REQUESTED_RECEIVE_BUFFER}"
 
 
-class DdsConfigError(ValueError):
+class DdsConfigError(UserError, ValueError):
     """A ``dds_config`` value that names no usable file; the message says what to pass instead."""
 
 

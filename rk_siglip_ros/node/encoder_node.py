@@ -4,7 +4,7 @@ with ``labels`` set ``/siglip/labels`` (vision_msgs/Classification).
 The only module that imports rclpy and ROS message packages. It declares the parameters listed in
 :mod:`rk_siglip_ros.node.config`, subscribes, publishes and reports diagnostics; everything else (frame policy,
 conversions, encoder, stats) lives in ROS-free modules, driven through
-:class:`~rk_siglip_ros.node.core.EncoderNodeCore`.
+:class:`~rk_siglip_ros.node.service.EncoderService`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import sys
 import threading
 from typing import Any
 
-from rk_siglip_ros.backends.base import BackendError
-from rk_siglip_ros.manifest import ManifestError
+from rk_siglip_ros.errors import EXIT_USAGE, ExplainedError, one_line
 from rk_siglip_ros.node.camera_cdr import camera_deserializer
 from rk_siglip_ros.node.config import (
     COMPRESSED_TYPE,
@@ -28,12 +27,11 @@ from rk_siglip_ros.node.config import (
     message_type_for,
     validate,
 )
-from rk_siglip_ros.node.core import EncoderNodeCore
 from rk_siglip_ros.node.frame_memory import keep_frame_buffers
 from rk_siglip_ros.node.log_bridge import forward_library_logs
+from rk_siglip_ros.node.service import EncoderService
 from rk_siglip_ros.node.stats import TopicPublishers
 
-EXIT_USAGE = 2  # bad parameters / setup, as rk_siglip_ros.cli.common.EXIT_USAGE (not imported: it pulls in rosbags)
 NOT_SOURCED = "encoder_node: ROS 2 is not sourced: source /opt/ros/<distro>/setup.bash"
 MISSING_ROS_PACKAGE: str | None = None
 
@@ -71,7 +69,7 @@ TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: 
 
 
 class EncoderNode(Node):
-    """Parameters -> EncoderNodeCore; subscriptions feed it, its callbacks publish."""
+    """Parameters -> EncoderService; subscriptions feed it, its callbacks publish."""
 
     def __init__(self, serialized: bool = True) -> None:
         """``serialized``: take camera messages as CDR bytes (``raw=True``) and deserialise only the frames that are
@@ -85,7 +83,7 @@ class EncoderNode(Node):
         deserialize = ({topic: camera_deserializer(message_type_for(topic)) for topic in config.image_topics}
                        if serialized else None)
         try:
-            self._service = EncoderNodeCore(config, open_publisher=self._open_publisher, now_s=self._clock_seconds,
+            self._service = EncoderService(config, open_publisher=self._open_publisher, now_s=self._clock_seconds,
                                             warn=logger.warning, error=logger.error,
                                             open_labels_publisher=self._open_labels_publisher, info=logger.info,
                                             deserialize=deserialize)
@@ -320,9 +318,9 @@ def main(args: list[str] | None = None) -> int:
         _spin_until(node, stop)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # SIGTERM twice, or an external shutdown: fall through to the clean-up
-    except (ConfigError, ManifestError, BackendError) as error:  # a one-line reason, not a traceback
-        logger.fatal(str(error))
-        status = EXIT_USAGE
+    except ExplainedError as error:  # a one-line reason, not a traceback
+        logger.fatal(one_line(error))
+        status = error.exit_status
     finally:
         if node is not None:
             try:

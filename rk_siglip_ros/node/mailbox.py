@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rk_siglip_ros.camera_frames import BadFrame, image_from_message
+from rk_siglip_ros.messages.camera_frames import BadFrame, image_from_message
 from rk_siglip_ros.node.config import check_max_rate
 from rk_siglip_ros.node.stats import NodeStats
 
@@ -41,7 +41,7 @@ CLOCK_SLACK_S = 1e-6
 
 
 class FrameEncoder(Protocol):
-    """What the dispatcher needs from :class:`rk_siglip_ros.encoder.SiglipEncoder`."""
+    """What the dispatcher needs from :class:`rk_siglip_ros.runtime.encoder.SiglipEncoder`."""
 
     @property
     def capacity(self) -> int: ...

@@ -96,7 +96,7 @@ def camera_publishers(client: ros_support.RosClient) -> dict[str, Any]:
 
 def test_three_cameras_one_embedding_per_encoded_frame_equal_to_the_encoder(
         installed_env: dict[str, str], tiny_shards: Path, client: ros_support.RosClient) -> None:
-    from rk_siglip_ros.encoder import SiglipEncoder
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     embeddings = client.collect(Image, ros_support.OUTPUT)
     diagnostics = client.collect(DiagnosticArray, "/diagnostics")

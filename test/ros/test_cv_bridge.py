@@ -14,7 +14,7 @@ ros_support.require_ros()
 
 from sensor_msgs.msg import Image  # noqa: E402
 
-from rk_siglip_ros.camera_frames import RAW_ENCODINGS, conversion_library, convert_with  # noqa: E402
+from rk_siglip_ros.messages.camera_frames import RAW_ENCODINGS, conversion_library, convert_with  # noqa: E402
 
 HEIGHT, WIDTH = 6, 8
 # (encoding, is_bigendian, padding bytes per row): every encoding, padding that is not a whole number of pixels,

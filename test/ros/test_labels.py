@@ -38,7 +38,7 @@ def results(message: Classification) -> list[tuple[str, float]]:
 
 
 def test_node_publishes_classification_with_the_source_header(installed_env, client, text_shards, tmp_path):
-    from rk_siglip_ros.embedding_msg import embedding_from_message
+    from rk_siglip_ros.messages.embedding_msg import embedding_from_message
     from rk_siglip_ros.text import TextEncoder
 
     params = ros_support.write_params(tmp_path / "params.yaml", shards=str(text_shards), backend="onnxruntime",

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..manifest import Manifest, ManifestError, load_manifest
+from rk_siglip_ros.manifest import Manifest, ManifestError, load_manifest
 
 
 def reuse_or_build(model: str, out: Path, accept: Callable[[Manifest], bool], *, formats: tuple[str, ...] = ("onnx",),
@@ -24,6 +24,6 @@ def reuse_or_build(model: str, out: Path, accept: Callable[[Manifest], bool], *,
                 return manifest, False
         except ManifestError:
             pass
-    from .build import build_shards
+    from rk_siglip_ros.builder.build import build_shards
 
     return build_shards(model, out, formats=formats, force=True, progress=progress, **options), True

@@ -23,11 +23,20 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, ShardRunner, create_backend, resolve_backend_name
-from .manifest import Manifest, ManifestError, load_manifest, verify_files
-from .postprocess import pooled_embedding, token_matrix
-from .preprocess import Preprocessor
-from .scheduler import CALL_TIMEOUT_S, CLOSE_TIMEOUT_S, BusyWindow, Core, Scheduler, StuckCall, check_mode
+from rk_siglip_ros.errors import RunFailedError
+from rk_siglip_ros.manifest import Manifest, ManifestError, load_manifest, verify_files
+from rk_siglip_ros.runtime.backends import Backend, ShardRunner, create_backend, resolve_backend_name
+from rk_siglip_ros.runtime.postprocess import pooled_embedding, token_matrix
+from rk_siglip_ros.runtime.preprocess import Preprocessor
+from rk_siglip_ros.runtime.scheduler import (
+    CALL_TIMEOUT_S,
+    CLOSE_TIMEOUT_S,
+    BusyWindow,
+    Core,
+    Scheduler,
+    StuckCall,
+    check_mode,
+)
 
 DEFAULT_CORES = (0, 1, 2)
 # A host scale pair multiplying to 1 within this tolerance is skipped: the tensor goes to the next shard untouched.
@@ -36,7 +45,7 @@ _UNIT = 1e-9
 LOG = logging.getLogger(__name__)
 
 
-class EncoderOutputError(RuntimeError):
+class EncoderOutputError(RunFailedError, RuntimeError):
     """A frame's final output is unusable (NaN/inf, or not ``embedding_dim`` wide): the frame fails, nothing of it
     is returned. Repeated on every frame it points at the shard set or the NPU, not at the images."""
 

@@ -15,8 +15,8 @@ import threading
 
 import numpy as np
 
-from ..manifest import Manifest, ShardSpec
-from .base import Backend, BackendError, Core, ShardRunner, declared_outputs
+from rk_siglip_ros.manifest import Manifest, ShardSpec
+from rk_siglip_ros.runtime.backends.base import Backend, BackendError, Core, ShardRunner, declared_outputs
 
 OFF_BOARD_HINT = ("the rknnlite backend needs an RK3588 board with rknn-toolkit-lite2 installed "
                   "(`pip install rknn-toolkit-lite2==<the toolkit version in manifest.json>`: aarch64 wheels on "

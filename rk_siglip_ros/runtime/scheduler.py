@@ -31,8 +31,9 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends.base import Core, core_indices, format_core
-from .partitioning import min_max_partition
+from rk_siglip_ros.errors import RunFailedError
+from rk_siglip_ros.runtime.backends.base import Core, core_indices, format_core
+from rk_siglip_ros.runtime.partitioning import min_max_partition
 
 MODES = ("sequential", "pipeline", "replicas", "allcores")
 # Consecutive failed frames after which a replicas core leaves the rotation (never the last core in rotation).
@@ -54,7 +55,7 @@ class SchedulerClosedError(RuntimeError):
     """submit() after close(), or a frame still in flight when close() gave up waiting for a stuck call."""
 
 
-class StuckCallError(RuntimeError):
+class StuckCallError(RunFailedError, RuntimeError):
     """A frame whose shard call ran longer than the call timeout (a hung NPU call)."""
 
 

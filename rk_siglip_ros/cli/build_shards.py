@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from ..cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_tool
-from .barrier import BARRIERS
-from .options import DTYPES, FORMATS, BuildOptions
-from .shard_plan import PROFILES
+from rk_siglip_ros.builder.barrier import BARRIERS
+from rk_siglip_ros.builder.options import DTYPES, FORMATS, BuildOptions
+from rk_siglip_ros.builder.shard_plan import PROFILES
+from rk_siglip_ros.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_tool
 
 # Each flag's dest is the BuildOptions field of the same name; its default is that field's default.
 DEFAULTS = BuildOptions()
@@ -68,11 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     # Heavy imports after argument parsing so --help is instant.
-    from .build import BuildInputError, build_shards
-    from .models import ModelSourceError
-    from .report import summary_table
-    from .rknn_compile import RknnError
-    from .verify import VerificationError
+    from rk_siglip_ros.builder.build import BuildInputError, build_shards
+    from rk_siglip_ros.builder.models import ModelSourceError
+    from rk_siglip_ros.builder.report import summary_table
+    from rk_siglip_ros.builder.rknn_compile import RknnError
+    from rk_siglip_ros.builder.verify import VerificationError
 
     options = {name: getattr(args, name) for name in OPTION_NAMES}
     options["formats"] = tuple(kind.strip() for kind in args.formats.split(",") if kind.strip())

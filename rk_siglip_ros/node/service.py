@@ -1,13 +1,13 @@
 """What the encoder node does, minus ROS: encoder + dispatcher + stats + throttled problem logs, ROS-free.
 
-``encoder_node.py`` creates one :class:`EncoderNodeCore` from a validated :class:`~rk_siglip_ros.node.config.NodeConfig`
+``encoder_node.py`` creates one :class:`EncoderService` from a validated :class:`~rk_siglip_ros.node.config.NodeConfig`
 and gives it three things it cannot know without rclpy: how to open a publisher (of message fields with a header)
 on a topic, what time it is on the node's clock, and where log lines go. Which topics get a publisher (the patch
 tokens only with ``publish_patch_tokens``, the labels once there are labels) is decided here, and so is the label
 scoring (:mod:`rk_siglip_ros.node.labels`): the adapter only turns (label, probability) pairs into a message.
 Subscription callbacks call
-:meth:`EncoderNodeCore.offer`; the diagnostics timer calls :meth:`EncoderNodeCore.diagnostics`; shutdown calls
-:meth:`EncoderNodeCore.close`.
+:meth:`EncoderService.offer`; the diagnostics timer calls :meth:`EncoderService.diagnostics`; shutdown calls
+:meth:`EncoderService.close`.
 Because nothing here imports ROS, the whole path (message in -> fields out) is tested with rosbags messages.
 """
 
@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rk_siglip_ros.camera_frames import image_from_message
-from rk_siglip_ros.embedding_msg import embedding_fields
 from rk_siglip_ros.manifest import ManifestError
+from rk_siglip_ros.messages.camera_frames import image_from_message
+from rk_siglip_ros.messages.embedding_msg import embedding_fields
 from rk_siglip_ros.node.config import ConfigError, NodeConfig, check_labels, check_top_k
 from rk_siglip_ros.node.dds import kernel_receive_buffer_limit, lost_frames_hint, udp_receive_buffer_errors
 from rk_siglip_ros.node.labels import EmbedLabels, NodeLabels, check_text_tower, text_tower_embedder
@@ -57,7 +57,7 @@ HARDWARE = {"rknnlite": "rk3588-npu", "sim": "rk3588-npu-simulated", "onnxruntim
 
 @dataclass(frozen=True)
 class ShutdownSummary:
-    """What :meth:`EncoderNodeCore.close` did: embeddings published since start, how many of them were frames
+    """What :meth:`EncoderService.close` did: embeddings published since start, how many of them were frames
     finished after the stop request (in the encoder when it came), and frames dropped while stopping."""
 
     published: int
@@ -73,13 +73,13 @@ class ShutdownSummary:
 
 def open_encoder(config: NodeConfig) -> Any:
     """The SiglipEncoder the config asks for (imported here so tests can pass their own factory)."""
-    from rk_siglip_ros.encoder import SiglipEncoder
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     return SiglipEncoder.open(config.shards, backend=config.backend, mode=config.mode, cores=config.cores,
                               timing_profile=config.timing_profile)
 
 
-class EncoderNodeCore:
+class EncoderService:
     """Frames in (any thread), embeddings out (dispatcher thread), diagnostics on demand."""
 
     def __init__(self, config: NodeConfig, open_publisher: OpenPublisher, now_s: Callable[[], float],

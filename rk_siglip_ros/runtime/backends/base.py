@@ -11,7 +11,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..manifest import Manifest, ShardSpec
+from rk_siglip_ros.errors import UserError
+from rk_siglip_ros.manifest import Manifest, ShardSpec
 
 # One core index, or several for one context spanning them (RKNN core mask NPU_CORE_0_1_2).
 Core = int | tuple[int, ...]
@@ -27,7 +28,7 @@ def format_core(core: Core) -> str:
     return f"cores {'-'.join(map(str, core))}" if isinstance(core, tuple) else f"core {core}"
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """A backend cannot be used here (missing runtime, wrong board, incompatible model); the message says what to do."""
 
 

@@ -5,8 +5,8 @@ Steps (the ``selfcheck`` console script runs them; the sim and the RKNN-Lite tes
 1. board facts that break boards: librknnrt version against the rknn-toolkit2 version each shard set was built
    with, NPU driver version, NPU clock (``unknown`` where this machine does not say);
 2. per-shard call times on each core alone and on one context spanning all cores (frames one at a time, so nothing
-   else competes), turned into :class:`~rk_siglip_ros.profile_fit.CallTime` samples;
-3. a least-squares timing profile from those samples (:func:`~rk_siglip_ros.profile_fit.fit_profile`), with how
+   else competes), turned into :class:`~rk_siglip_ros.measure.profile_fit.CallTime` samples;
+3. a least-squares timing profile from those samples (:func:`~rk_siglip_ros.measure.profile_fit.fit_profile`), with how
    well it explains them;
 4. every shard set x scheduler mode with the encoder kept full (throughput, latency);
 5. a ROS params file for the highest throughput and one for the lowest latency (``params_file:=`` of the launch
@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends.base import format_core
-from .backends.rknnlite import parse_version
-from .backends.sim import DEFAULT_PROFILE
-from .manifest import Manifest
-from .measure import BenchResult, ShardCall, bench_encoder, shard_call_times
-from .profile_fit import ProfileFit, fit_profile
-from .scheduler import MODES
+from rk_siglip_ros.manifest import Manifest
+from rk_siglip_ros.measure.bench import BenchResult, ShardCall, bench_encoder, shard_call_times
+from rk_siglip_ros.measure.profile_fit import ProfileFit, fit_profile
+from rk_siglip_ros.runtime.backends.base import format_core
+from rk_siglip_ros.runtime.backends.rknnlite import parse_version
+from rk_siglip_ros.runtime.scheduler import MODES
+from rk_siglip_ros.runtime.timing import DEFAULT_PROFILE
 
 UNKNOWN = "unknown"
 LIBRKNNRT_PATHS = ("usr/lib/librknnrt.so", "usr/lib64/librknnrt.so", "usr/lib/aarch64-linux-gnu/librknnrt.so",
@@ -170,7 +170,7 @@ def measure_calls(manifest: Manifest, label: str, backend: str, cores: Sequence[
                   timing_profile: str | None = None, time_scale: float = 1.0, warmup: int = 1,
                   progress: Progress | None = None) -> list[ShardCall]:
     """Per-shard call times of one shard set on each core alone, then on one context spanning all ``cores``."""
-    from .encoder import SiglipEncoder
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     # The all-cores context gets as many frames as the single cores together, so both stages of the fit rest on as
     # many calls per shard.
@@ -220,15 +220,15 @@ def run_selfcheck(shard_dirs: Sequence[str | Path], out: Path, backend: str = "a
                   progress: Progress | None = None, root: Path = Path("/")) -> SelfcheckReport:
     """Run every step (see the module doc) and write ``profile.json``, ``throughput.params.yaml``,
     ``latency.params.yaml`` and ``report.json`` into ``out``."""
-    from .backends import resolve_backend_name
-    from .encoder import SiglipEncoder
-    from .manifest import load_manifest
+    from rk_siglip_ros.manifest import load_manifest
+    from rk_siglip_ros.runtime.backends import resolve_backend_name
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     manifests = {str(Path(d)): load_manifest(d, verify=()) for d in shard_dirs}
     out.mkdir(parents=True, exist_ok=True)  # an unusable --out is found now, not after minutes of measuring
     names = {resolve_backend_name(backend, m) for m in manifests.values()}
     if len(names) != 1:
-        from .backends import BackendError
+        from rk_siglip_ros.runtime.backends import BackendError
 
         raise BackendError(f"--backend {backend} resolves differently per shard set ({sorted(names)}); name one")
     backend = names.pop()

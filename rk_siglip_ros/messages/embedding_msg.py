@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rk_siglip_ros.camera_frames import as_uint8
+from rk_siglip_ros.messages.camera_frames import as_uint8
 
 EMBEDDING_ENCODING = "32FC1"
 FLOAT_BYTES = 4

@@ -26,7 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .image_header import (
+from rk_siglip_ros.errors import UserError
+from rk_siglip_ros.messages.image_header import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageHeaderError,
     ImageTooLargeError,
@@ -55,7 +56,7 @@ TARGET_ENCODING = "rgb8"
 TARGET_ENCODING_16 = "rgb16"  # 16-bit input converts at full depth first, then scales to 8 bits (see to_rgb8)
 
 
-class BadFrame(ValueError):  # noqa: N818 -- the name is the cross-team interface
+class BadFrame(UserError, ValueError):  # noqa: N818 -- the name is the cross-team interface
     """A frame that cannot be converted; the message is the reason (e.g. "unknown encoding 'foo'")."""
 
 

@@ -11,6 +11,8 @@ import io
 import struct
 import warnings
 
+from rk_siglip_ros.errors import UserError
+
 # 50 MP: above any robot camera (a 48 MP phone sensor fits), far below what would exhaust a board's memory
 # (50 MP x 3 bytes = 150 MB decoded, plus the RGB copy).
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
@@ -21,7 +23,7 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RST0-7: markers without a length field
 
 
-class ImageHeaderError(ValueError):
+class ImageHeaderError(UserError, ValueError):
     """The header is unreadable (or declares more pixels than allowed: :class:`ImageTooLargeError`)."""
 
 

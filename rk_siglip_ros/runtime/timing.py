@@ -1,26 +1,25 @@
-"""NPU timing simulation: no compute, just the time a shard would hold its core.
+"""The NPU timing model: how long a shard holds an RK3588 NPU core (or a group of cores), from its MACs.
 
-Each call sleeps for the time a timing profile (rk_siglip_ros/timing_profiles/*.json) predicts for the shard and
-returns zeros of the declared output shapes. A runner loaded on a group of cores (the ``allcores`` mode: one context
-with core mask 0-1-2) divides each op class by the profile's all-cores speedup for it (on RK3588 only conv-type work,
-the dense class, splits; attention stays on one core). Sleeping releases the GIL like RKNNLite.inference does, so
-the scheduler sees the same concurrency it would on the board: this is what lets the three-core schedules be
-designed, tested and benchmarked off the board.
+time(shard) = per call + dense rate x dense GMAC + attention rate x attention-score GMAC, with the rates of a timing
+profile (``timing_profiles/*.json`` beside this module, or one ``selfcheck`` fitted on a board). The sim backend
+sleeps these times; ``bench``, ``selfcheck`` and the profile fit predict with them. numpy-free and ROS-free.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from rk_siglip_ros.errors import UserError
+from rk_siglip_ros.manifest import Manifest, ShardSpec
 
-from ..manifest import Manifest, ShardSpec
-from .base import Backend, BackendError, Core, ShardRunner, core_indices
+
+class TimingProfileError(UserError):
+    """A timing profile that cannot be used (unknown name, missing numbers) or a shard set the model cannot time."""
+
 
 # The conservative profile is the default: it was fitted to a measurement of this very encoder with a stated toolkit,
 # runtime, driver and NPU clock (see its derivation); rk3588-fp16 rests on a vendor figure whose conditions are not
@@ -62,7 +61,8 @@ class TimingProfile:
                        all_cores=int(split.get("cores", 3)),
                        all_cores_speedup={c: speedup.get(c, 1.0) for c in OP_CLASSES})
         except (KeyError, TypeError, ValueError) as error:
-            raise BackendError(f"timing profile needs per_call_ms and dense_ms_per_gmac numbers ({error})") from None
+            raise TimingProfileError(f"timing profile needs per_call_ms and dense_ms_per_gmac numbers ({error})"
+                                     ) from None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form :meth:`from_dict` reads (without derivation or sources)."""
@@ -89,7 +89,7 @@ class TimingProfile:
 
 
 def available_profiles() -> list[str]:
-    folder = resources.files("rk_siglip_ros") / "timing_profiles"
+    folder = resources.files("rk_siglip_ros.runtime") / "timing_profiles"
     return sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".json"))
 
 
@@ -103,9 +103,9 @@ def load_timing_profile(profile: str | Path | dict[str, Any] | TimingProfile | N
     path = Path(name)
     if path.suffix == ".json" and path.is_file():
         return TimingProfile.from_dict(json.loads(path.read_text()))
-    packaged = resources.files("rk_siglip_ros") / "timing_profiles" / f"{name}.json"
+    packaged = resources.files("rk_siglip_ros.runtime") / "timing_profiles" / f"{name}.json"
     if not packaged.is_file():
-        raise BackendError(f"no timing profile {name!r}: not a .json file, and not one of the packaged profiles "
+        raise TimingProfileError(f"no timing profile {name!r}: not a .json file, and not one of the packaged profiles "
                            f"{available_profiles()}")
     return TimingProfile.from_dict(json.loads(packaged.read_text()))
 
@@ -126,54 +126,15 @@ def attention_is_tiled(manifest: Manifest) -> bool:
 def shard_gmacs(manifest: Manifest, shard: ShardSpec) -> tuple[float, float]:
     """(dense GMAC, attention-score GMAC) of a shard, from its recorded MACs and the model's token count and width."""
     if shard.macs <= 0:
-        raise BackendError(f"shard {shard.name} records no MAC count; the sim backend needs the builder's per-shard "
-                           "`macs` (rebuild the shard set)")
+        raise TimingProfileError(f"shard {shard.name} records no MAC count; the timing model needs the builder's "
+                                 "per-shard `macs` (rebuild the shard set)")
     tokens, width = manifest.model.num_tokens, manifest.model.hidden_size
     attention = min(float(shard.macs), attention_blocks(shard) * 2.0 * tokens * tokens * width)
     return (shard.macs - attention) / 1e9, attention / 1e9
 
 
-class SimBackend(Backend):
-    name = "sim"
-    file_kind = None
 
-    def __init__(self, profile: str | Path | dict[str, Any] | TimingProfile | None = None,
-                 time_scale: float = 1.0) -> None:
-        if time_scale <= 0:
-            raise BackendError(f"time_scale must be positive, got {time_scale}")
-        self.profile = load_timing_profile(profile)
-        self.time_scale = time_scale
-
-    def predicted_ms(self, manifest: Manifest, shard: ShardSpec, cores: int = 1) -> float:
-        """Unscaled time the profile predicts for one call of ``shard`` on one core (or a group of ``cores``)."""
-        dense, attention = shard_gmacs(manifest, shard)
-        return self.profile.shard_ms(dense, attention, attention_is_tiled(manifest), cores=cores)
-
-    def estimated_cost(self, manifest: Manifest, shard: ShardSpec) -> float:
-        return self.predicted_ms(manifest, shard)
-
-    def load(self, manifest: Manifest, shard: ShardSpec, core: Core) -> ShardRunner:
-        group = len(core_indices(core))
-        return _SimRunner(shard, core, self.predicted_ms(manifest, shard, cores=group) * self.time_scale / 1000.0)
-
-
-class _SimRunner(ShardRunner):
-    def __init__(self, shard: ShardSpec, core: Core, seconds: float) -> None:
-        super().__init__(shard, core)
-        self.seconds = seconds
-        # One read-only zero array per output, handed out on every call: allocating (and later freeing) a 3 MB token
-        # tensor per call would add real host time to each simulated one (about 0.1 ms, inflated by a time_scale <
-        # 1); read-only, so a consumer that wrote into it would fail loudly instead of corrupting later frames.
-        self._zeros = {spec.name: np.zeros(spec.shape, dtype=np.float32) for spec in shard.outputs}
-        for zeros in self._zeros.values():
-            zeros.flags.writeable = False
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [spec.name for spec in self.shard.inputs if spec.name not in inputs]
-        if missing:
-            raise BackendError(f"shard {self.shard.name}: missing inputs {missing}")
-        deadline = time.perf_counter() + self.seconds
-        time.sleep(self.seconds)
-        while time.perf_counter() < deadline:  # sleep may wake a little early on some kernels
-            time.sleep(max(0.0, deadline - time.perf_counter()))
-        return dict(self._zeros)
+def predicted_ms(profile: TimingProfile, manifest: Manifest, shard: ShardSpec, cores: int = 1) -> float:
+    """Time ``profile`` predicts for one call of ``shard`` on one core (or one context spanning ``cores`` cores)."""
+    dense, attention = shard_gmacs(manifest, shard)
+    return profile.shard_ms(dense, attention, attention_is_tiled(manifest), cores=cores)

@@ -1,6 +1,6 @@
 """Fit an NPU timing profile to measured shard call times by least squares (numpy only: it runs on the robot).
 
-The model is the sim's (:class:`~rk_siglip_ros.backends.sim.TimingProfile`): one call on one core costs
+The model is the sim's (:class:`~rk_siglip_ros.runtime.backends.sim.TimingProfile`): one call on one core costs
 ``per_call + dense x dense GMAC + attention[fused|tiled] x attention-score GMAC``; one context spanning all cores
 divides each op class by its all-cores speedup. The fit runs in two linear stages:
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends.sim import TimingProfile, load_timing_profile
+from rk_siglip_ros.runtime.timing import TimingProfile, load_timing_profile
 
 SINGLE_TERMS = ("per_call_ms", "dense_ms_per_gmac", "attention_fused_ms_per_gmac", "attention_tiled_ms_per_gmac")
 SPLIT_TERMS = ("all_cores_speedup_dense", "all_cores_speedup_attention")

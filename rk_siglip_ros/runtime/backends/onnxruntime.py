@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..manifest import Manifest, ShardSpec
-from .base import Backend, BackendError, Core, ShardRunner, declared_outputs
+from rk_siglip_ros.manifest import Manifest, ShardSpec
+from rk_siglip_ros.runtime.backends.base import Backend, BackendError, Core, ShardRunner, declared_outputs
 
 
 def session_options(threads: int) -> Any:

@@ -22,8 +22,8 @@ from collections.abc import Collection
 
 import numpy as np
 
-from ..manifest import Manifest, ShardSpec
-from .base import Backend, Core, ShardRunner, core_indices
+from rk_siglip_ros.manifest import Manifest, ShardSpec
+from rk_siglip_ros.runtime.backends.base import Backend, Core, ShardRunner, core_indices
 
 FAULT_KINDS = ("raise", "nan", "shape", "stuck")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..manifest import Manifest
-from .base import Backend, BackendError, ShardRunner
+from rk_siglip_ros.manifest import Manifest
+from rk_siglip_ros.runtime.backends.base import Backend, BackendError, ShardRunner
 
 BACKENDS = ("auto", "onnxruntime", "rknnlite", "sim")
 
@@ -23,7 +23,7 @@ def resolve_backend_name(name: str, manifest: Manifest | None = None) -> str:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name != "auto":
         return name
-    from .rknnlite import rknnlite_available
+    from rk_siglip_ros.runtime.backends.rknnlite import rknnlite_available
 
     if manifest is not None and manifest.has_files("rknn") and rknnlite_available():
         return "rknnlite"
@@ -36,13 +36,13 @@ def create_backend(name: str, manifest: Manifest | None = None,
     """A backend instance by name (``auto`` resolved against ``manifest``)."""
     name = resolve_backend_name(name, manifest)
     if name == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeBackend
+        from rk_siglip_ros.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(threads=threads)
     if name == "rknnlite":
-        from .rknnlite import RknnLiteBackend
+        from rk_siglip_ros.runtime.backends.rknnlite import RknnLiteBackend
 
         return RknnLiteBackend()
-    from .sim import SimBackend
+    from rk_siglip_ros.runtime.backends.sim import SimBackend
 
     return SimBackend(timing_profile, time_scale=time_scale)

@@ -13,7 +13,7 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
-from .manifest import PreprocessSpec
+from rk_siglip_ros.manifest import PreprocessSpec
 
 RESAMPLE_NAMES = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 

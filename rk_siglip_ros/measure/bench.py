@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import core_indices, format_core
-from .backends.sim import attention_is_tiled, shard_gmacs
-from .profile_fit import CallTime
+from rk_siglip_ros.measure.profile_fit import CallTime
+from rk_siglip_ros.runtime.backends.base import core_indices, format_core
+from rk_siglip_ros.runtime.timing import attention_is_tiled, shard_gmacs
 
 
 @dataclass
