@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rk_siglip_ros.errors import UserError
+from rk_siglip_ros.errors import RunFailedError, UserError
 from rk_siglip_ros.manifest import Manifest, ManifestError, TokenizerSpec, load_manifest, verify_text_files
 from rk_siglip_ros.runtime.postprocess import l2_normalise_rows
 
@@ -35,6 +35,10 @@ TEXT_BATCH = 64  # texts per text tower run: bounds memory for long lists, keeps
 SPIECE_UNDERLINE = "\u2581"
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _WHITESPACE = re.compile(r"\s+")
+
+
+class TextOutputError(RunFailedError, RuntimeError):
+    """The text tower's output is not finite: a broken text tower file, never the texts themselves."""
 
 
 class TextError(UserError, ValueError):
@@ -284,6 +288,9 @@ class TextEncoder:
             if progress is not None:
                 progress(len(batch))
         embeddings = np.concatenate(rows) if rows else np.zeros((0, self.embedding_dim), np.float32)
+        if not np.isfinite(embeddings).all():
+            raise TextOutputError(f"the text tower {self.spec.onnx} produced values that are not finite (NaN/inf); "
+                                  "the shard set's text tower is broken: rebuild it with build_shards --text")
         return l2_normalise_rows(embeddings)
 
     def label_set(self, labels: Iterable[str], limit: int | None = MAX_LABELS, progress: Any = None) -> LabelSet:

@@ -1,4 +1,4 @@
-"""Command-line tools under faults (issue 10 items 4, 12, 13, 14; issue 11's shared options): one exit-code
+"""Command-line tools under faults: one exit-code
 convention, undecodable frames skipped, truncated recordings refused with a way out, leftovers of killed runs
 cleaned, bag definitions that do not parse reported instead of swallowed."""
 
@@ -53,7 +53,7 @@ def embeddings_in(path: Path) -> int:
         return sum(1 for connection, _, _ in reader.messages() if connection.topic == EMBEDDING_TOPIC)
 
 
-# ------------------------------------------------------------------------------------------- frames (item 4)
+# ------------------------------------------------------------------------------------------- frames
 
 
 def test_undecodable_and_oversized_frames_are_skipped_not_fatal(tmp_path, shards, capsys):
@@ -69,7 +69,7 @@ def test_undecodable_and_oversized_frames_are_skipped_not_fatal(tmp_path, shards
     assert "skipped frames   2" in out and out.count("above the limit of 5 MP") == 2 and "10000.0 MP" in out
 
 
-# ------------------------------------------------------------------------------------------- exit codes (12)
+# ------------------------------------------------------------------------------------------- exit codes
 
 
 @pytest.mark.parametrize("tool", [encode_bag, encode_images, bench_main, build_shards_main])
@@ -113,7 +113,7 @@ def test_an_internal_error_is_exit_1_with_a_traceback_not_a_setup_error(tmp_path
     assert not (tmp_path / "out").exists()
 
 
-# ------------------------------------------------------------------------------------------- leftovers (14)
+# ------------------------------------------------------------------------------------------- leftovers
 
 
 def test_stale_staging_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
@@ -178,7 +178,7 @@ def test_a_bag_folder_without_metadata_says_how_to_rebuild_it(tmp_path, shards, 
     assert "ros2 bag reindex" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------------------- definitions (13)
+# ------------------------------------------------------------------------------------------- definitions
 
 
 def test_a_bag_definition_that_does_not_parse_is_reported_not_swallowed(tmp_path, shards, capsys):

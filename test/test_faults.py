@@ -1,4 +1,4 @@
-"""Failing shards, stuck calls and failing cores (issue 10): real ONNX Runtime runners on the toy shard chain, with
+"""Failing shards, stuck calls and failing cores: real ONNX Runtime runners on the toy shard chain, with
 faults injected by wrapping them (backends.faults), never by replacing the encoder or the scheduler."""
 
 from __future__ import annotations

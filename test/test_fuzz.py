@@ -1,4 +1,4 @@
-"""Fuzz (issue 10): thousands of seeded hostile camera messages at the ROS-free node core, and corrupted manifests at
+"""Fuzz: thousands of seeded hostile camera messages at the ROS-free node core, and corrupted manifests at
 the loader and the encoder. Properties: no exception escapes (malformed frames are bad frames, never blamed on the
 encoder), nothing non-finite is published, and a good frame is served after each hostile one.
 

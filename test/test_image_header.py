@@ -1,4 +1,4 @@
-"""Declared image sizes read from PNG/JPEG headers before decoding (issue 10: decompression bombs)."""
+"""Declared image sizes read from PNG/JPEG headers before decoding (decompression bombs)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The newest-frame mailboxes and round-robin dispatcher, driven step by step with an injected clock.
 
 The encoder here is a deterministic stand-in whose frames finish when the test says so (it is the dispatcher's
-collaborator, not the thing under test); the real SiglipEncoder drives the dispatcher in test_node_dispatch.py.
+collaborator, not the thing under test); the real SiglipEncoder drives the dispatcher in test_node_service.py.
 """
 
 import threading
@@ -15,7 +15,7 @@ from outboxes import wait_until
 from rosbags.typesys import Stores, get_typestore
 
 from rk_siglip_ros.node.camera_cdr import camera_deserializer
-from rk_siglip_ros.node.mailbox import Dispatcher, Frame
+from rk_siglip_ros.node.mailbox import Dispatcher, PendingFrame
 
 CAMERAS = ("/cam0/image_raw", "/cam1/image_raw", "/cam2/image_raw/compressed")
 
@@ -87,9 +87,9 @@ def identity(message: np.ndarray) -> np.ndarray:
 
 class Published:
     def __init__(self) -> None:
-        self.frames: list[tuple[Frame, Result]] = []
+        self.frames: list[tuple[PendingFrame, Result]] = []
 
-    def __call__(self, frame: Frame, result: Result) -> float:
+    def __call__(self, frame: PendingFrame, result: Result) -> float:
         self.frames.append((frame, result))
         return 0.01
 

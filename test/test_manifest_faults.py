@@ -1,4 +1,4 @@
-"""Shard sets that pass a naive check but would give wrong embeddings or fail every frame (issue 10): refused at
+"""Shard sets that pass a naive check but would give wrong embeddings or fail every frame: refused at
 load or open with one line naming the file."""
 
 from __future__ import annotations

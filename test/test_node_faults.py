@@ -1,4 +1,4 @@
-"""The node core (ROS-free) under faults (issue 10): image bombs and undecodable frames are bad frames, NaN never
+"""The node core (ROS-free) under faults: image bombs and undecodable frames are bad frames, NaN never
 published, a failing core reported in diagnostics, shutdown bounded with a hung NPU call, a failed dispatch pass
 reported to the node's log and diagnostics. Real encoder on the toy ONNX chain; faults by wrapping its runners."""
 
@@ -68,7 +68,7 @@ def node(shards, types, fault: dict | None = None, mode: str = "pipeline", call_
     return core, outbox, warnings, errors, backends
 
 
-# ------------------------------------------------------------------------------------------- bombs (items 3, 4)
+# ------------------------------------------------------------------------------------------- bombs
 
 
 def test_a_png_bomb_is_refused_from_its_header_as_a_bad_frame(types):
@@ -106,7 +106,7 @@ def test_node_counts_bombs_as_bad_frames_and_serves_the_next_frame(toy_shards, t
     assert any("too large" in line for line in warnings) and any("above the limit" in line for line in warnings)
 
 
-# ------------------------------------------------------------------------------------------- NaN (items 1, 8)
+# ------------------------------------------------------------------------------------------- NaN
 
 
 @pytest.mark.parametrize("kind", ["nan", "shape"])
@@ -124,7 +124,7 @@ def test_nan_or_wrong_width_is_never_published_and_diagnostics_say_so(toy_shards
     assert any("EncoderOutputError" in line for line in errors)
 
 
-# ------------------------------------------------------------------------------------------- failing core (11)
+# ------------------------------------------------------------------------------------------- failing core
 
 
 def test_a_retired_core_is_in_diagnostics_as_warn_and_logged_once(toy_shards, types, node_log):
@@ -149,7 +149,7 @@ def test_a_retired_core_is_in_diagnostics_as_warn_and_logged_once(toy_shards, ty
     assert sum("core 2 out of rotation" in line for line in node_log["error"] + errors) == 1
 
 
-# ------------------------------------------------------------------------------------------- stuck call (2)
+# ------------------------------------------------------------------------------------------- stuck call
 
 
 @pytest.mark.parametrize("mode", ["pipeline", "replicas"])
@@ -168,7 +168,7 @@ def test_node_shutdown_is_bounded_with_a_stuck_npu_call(toy_shards, types, mode,
     assert len(stuck) == 1 and "core" in stuck[0] and "left behind" in stuck[0], (node_log, errors)
 
 
-# ------------------------------------------------------------------------------------------- dispatcher (13)
+# ------------------------------------------------------------------------------------------- dispatcher
 
 
 class FlakyCapacity(ThreadedEncoder):

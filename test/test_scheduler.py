@@ -137,7 +137,7 @@ def test_three_cores_run_at_once(mode):
 
 
 def test_pipeline_and_replicas_reach_2_7x_sequential_throughput():
-    """The issue's bar, in the timing simulation: 3 balanced stages vs one frame at a time.
+    """The bar, in the timing simulation: 3 balanced stages vs one frame at a time.
 
     Wall-clock rates on a shared 2-CPU machine are noisy (a late thread wake-up costs every mode, sequential most), so
     each mode keeps its best rate over up to three rounds; a scheduler that serialises frames never gets near 2.7x.

@@ -290,6 +290,10 @@ def _replay(bag: OpenBag, connections: list[Connection], plan: ReplayPlan, write
                 pending.append(submitted)
         while pending:
             finish_one()
+        if summary.frames == 0 and unusable_in_a_row:  # a short bag whose every frame failed: the run failed
+            raise EncoderOutputError(f"none of the {unusable_in_a_row} frames gave a usable embedding, so the shard "
+                                     f"set or the NPU is at fault, not the frames; the last: "
+                                     f"{summary.skipped[-1].reason}")
     finally:
         for item in pending:
             item.future.cancel()

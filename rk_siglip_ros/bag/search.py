@@ -49,7 +49,7 @@ FrameKey = tuple[int, int, str]  # header stamp sec, nanosec, frame_id
 
 
 @dataclass(frozen=True)
-class Frame:
+class EmbeddedFrame:
     """One embedded frame: its header and where its image is in the bag (topic "" when the bag lacks it)."""
 
     sec: int
@@ -70,7 +70,7 @@ class Frame:
 class BagEmbeddings:
     """Every embedding of a bag, row i for ``frames[i]``, and what the bag says about the shard set that made them."""
 
-    frames: list[Frame]
+    frames: list[EmbeddedFrame]
     matrix: np.ndarray  # (N, D) float32, unit rows
     topic: str
     custom_data: dict[str, str] = field(default_factory=dict)
@@ -84,7 +84,7 @@ class BagEmbeddings:
 @dataclass(frozen=True)
 class Hit:
     rank: int  # 1 = best
-    frame: Frame
+    frame: EmbeddedFrame
     probability: float
 
 
@@ -155,7 +155,7 @@ def read_embeddings(bag: OpenBag, topic: str | None = None) -> BagEmbeddings:
         raise BagError(f"the embeddings on {topic} have different widths {sorted(widths)}: they came from more than "
                        "one shard set; search one run at a time")
     matrix = l2_normalise_rows(np.stack(rows))
-    frames = [Frame(*key, topic=image_topics.get(key, "")) for key in keys]
+    frames = [EmbeddedFrame(*key, topic=image_topics.get(key, "")) for key in keys]
     return BagEmbeddings(frames, matrix, topic, custom, unreadable)
 
 
@@ -299,6 +299,6 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(lines[:6])
 
 
-__all__ = ["BagEmbeddings", "Frame", "Hit", "SheetLayout", "check_same_shard_set", "custom_data", "format_hits",
+__all__ = ["BagEmbeddings", "EmbeddedFrame", "Hit", "SheetLayout", "check_same_shard_set", "custom_data", "format_hits",
            "frame_images",
            "header_of", "one_line", "rank", "read_embeddings", "shards_for", "write_contact_sheet"]

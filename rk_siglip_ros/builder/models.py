@@ -116,16 +116,20 @@ class VisionTower:
 
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """transformers logs errors only, meanwhile: loading one tower of a full SigLIP checkpoint lists the other
-    tower's weights as unexpected."""
+    """transformers logs errors only and draws no bars, meanwhile: loading one tower of a full SigLIP checkpoint
+    lists the other tower's weights as unexpected, and its weight-loading bar would interleave with the builder's
+    own progress (and break a failure's one line under --quiet)."""
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_vision_tower(source: str) -> VisionTower:

@@ -114,6 +114,11 @@ def fp32_references(tower: VisionTower, plans: list[PlannedShard], images: list[
         tensors["tokens"] = tokens.numpy()
         if tower.head is not None:
             tensors["pooled"] = pooled.numpy()
+        broken = [name for name, array in tensors.items() if not np.isfinite(array).all()]
+        if broken:
+            raise VerificationError(f"the checkpoint's own fp32 forward gives values that are not finite (NaN/inf) "
+                                    f"in {', '.join(broken)} on verification image {len(references)}: its weights "
+                                    "are broken; check the checkpoint (or download it again)")
         references.append(tensors)
     return references
 

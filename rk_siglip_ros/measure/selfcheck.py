@@ -27,7 +27,7 @@ from typing import Any
 from rk_siglip_ros.manifest import Manifest
 from rk_siglip_ros.measure.bench import BenchResult, ShardCall, bench_encoder, shard_call_times
 from rk_siglip_ros.measure.profile_fit import ProfileFit, fit_profile
-from rk_siglip_ros.runtime.backends.base import format_core
+from rk_siglip_ros.runtime.backends.base import NPU_CORES, format_core
 from rk_siglip_ros.runtime.backends.rknnlite import parse_version
 from rk_siglip_ros.runtime.scheduler import MODES
 from rk_siglip_ros.runtime.timing import DEFAULT_PROFILE
@@ -214,7 +214,7 @@ def write_choice(goal: str, result: BenchResult, backend: str, cores: Sequence[i
     return Choice(goal, result, path)
 
 
-def run_selfcheck(shard_dirs: Sequence[str | Path], out: Path, backend: str = "auto", cores: Sequence[int] = (0, 1, 2),
+def run_selfcheck(shard_dirs: Sequence[str | Path], out: Path, backend: str = "auto", cores: Sequence[int] = NPU_CORES,
                   modes: Sequence[str] = MODES, frames: int = 10, call_frames: int = 3,
                   timing_profile: str | None = None, time_scale: float = 1.0, image_size: tuple[int, int] = (480, 640),
                   progress: Progress | None = None, root: Path = Path("/")) -> SelfcheckReport:

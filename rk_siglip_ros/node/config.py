@@ -19,12 +19,12 @@ from rk_siglip_ros.manifest import MANIFEST_NAME
 from rk_siglip_ros.messages.camera_frames import IMAGE_MSG_TYPES
 from rk_siglip_ros.messages.image_header import DEFAULT_MAX_IMAGE_PIXELS
 from rk_siglip_ros.runtime.backends import BACKENDS
+from rk_siglip_ros.runtime.backends.base import NPU_CORES
 from rk_siglip_ros.runtime.scheduler import MODES
 
 NODE_NAME = "encoder_node"
 PACKAGE = "rk_siglip_ros"
 QOS_PROFILES = ("sensor_data", "reliable")
-NPU_CORES = (0, 1, 2)  # RK3588
 COMPRESSED_SUFFIX = "/compressed"
 IMAGE_TYPE, COMPRESSED_TYPE = IMAGE_MSG_TYPES
 BUILD_HINT = "build_shards --model google/siglip-base-patch16-512 --out {path}"

@@ -50,7 +50,7 @@ class FrameEncoder(Protocol):
 
 
 @dataclass(frozen=True)
-class Frame:
+class PendingFrame:
     """One camera message waiting for, or going through, the encoder.
 
     ``message`` is what the subscription delivered while the frame waits (serialized CDR bytes for a camera with a
@@ -67,8 +67,8 @@ Deserialize = Callable[[bytes], Any]
 
 
 # publish(frame, result) -> source stamp to publish latency in seconds (None if unknown)
-PublishCallback = Callable[[Frame, Any], "float | None"]
-ProblemCallback = Callable[[Frame, str], None]
+PublishCallback = Callable[[PendingFrame, Any], "float | None"]
+ProblemCallback = Callable[[PendingFrame, str], None]
 FailureCallback = Callable[[str], None]
 DISPATCHER_KEY = "(dispatcher)"  # where a failed dispatch pass is counted in the stats (not a camera)
 RETRY_AFTER_FAILURE_S = 0.05  # a pass that keeps failing must not spin a core
@@ -98,12 +98,12 @@ class Dispatcher:
         self._max_period = 0.0
         self.set_max_rate(max_rate_hz)
         self._order: list[str] = []  # round-robin order: cameras in the order they were declared / first seen
-        self._slots: dict[str, Frame | None] = {}
+        self._slots: dict[str, PendingFrame | None] = {}
         self._last_submit: dict[str, float] = {}
         self._cursor = 0
-        self._in_flight: dict[Future, Frame] = {}
+        self._in_flight: dict[Future, PendingFrame] = {}
         self._converting = 0  # frames taken from a mailbox and not yet submitted: they hold an encoder slot
-        self._completed: deque[tuple[Frame, Future]] = deque()
+        self._completed: deque[tuple[PendingFrame, Future]] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
         for camera in cameras:
@@ -147,7 +147,7 @@ class Dispatcher:
                 drop_reason: str | None = "shutdown"
             else:
                 replaced = self._slots[camera]
-                self._slots[camera] = Frame(camera, message, now)
+                self._slots[camera] = PendingFrame(camera, message, now)
                 # Replaced while the encoder was full: "busy"; with room to spare only the rate limit held it back
                 # (or, without a limit, the dispatcher had not reached it yet: still "busy").
                 full = self._full()
@@ -183,7 +183,7 @@ class Dispatcher:
         # The microsecond of slack absorbs float rounding of clock values, far below any camera's frame period.
         return last is None or self._max_period <= 0 or now >= last + self._max_period - CLOCK_SLACK_S
 
-    def _take_next(self) -> Frame | None:
+    def _take_next(self) -> PendingFrame | None:
         """The waiting frame of the next eligible camera after the cursor, reserving an encoder slot for it."""
         with self._lock:
             if self._full() or not self._order:
@@ -201,7 +201,7 @@ class Dispatcher:
                     return frame
             return None
 
-    def _decode(self, frame: Frame) -> Frame:
+    def _decode(self, frame: PendingFrame) -> PendingFrame:
         """The frame with its deserialised message (as it is for a camera that offers messages)."""
         deserialize = self._deserialize.get(frame.camera)
         if deserialize is None:
@@ -212,7 +212,7 @@ class Dispatcher:
             raise BadFrame(f"cannot deserialise the message ({len(frame.message)} bytes): "
                            f"{type(error).__name__}: {error}") from None
 
-    def _submit(self, frame: Frame) -> bool:
+    def _submit(self, frame: PendingFrame) -> bool:
         try:
             frame = self._decode(frame)
             image = self._convert(frame.message)
@@ -254,7 +254,7 @@ class Dispatcher:
                 frame, future = self._completed.popleft()
             self._deliver(frame, future)
 
-    def _deliver(self, frame: Frame, future: Future) -> None:
+    def _deliver(self, frame: PendingFrame, future: Future) -> None:
         if future.cancelled():
             self.stats.dropped(frame.camera, "shutdown")
             return

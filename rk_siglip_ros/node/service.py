@@ -26,7 +26,7 @@ from rk_siglip_ros.messages.embedding_msg import embedding_fields
 from rk_siglip_ros.node.config import ConfigError, NodeConfig, check_labels, check_top_k
 from rk_siglip_ros.node.dds import kernel_receive_buffer_limit, lost_frames_hint, udp_receive_buffer_errors
 from rk_siglip_ros.node.labels import EmbedLabels, NodeLabels, check_text_tower, text_tower_embedder
-from rk_siglip_ros.node.mailbox import Deserialize, Dispatcher, Frame
+from rk_siglip_ros.node.mailbox import Deserialize, Dispatcher, PendingFrame
 from rk_siglip_ros.node.stats import (
     ERROR,
     WARN,
@@ -251,7 +251,7 @@ class EncoderService:
 
     # ------------------------------------------------------------------------------------------ callbacks
 
-    def _publish(self, frame: Frame, result: Any) -> float | None:
+    def _publish(self, frame: PendingFrame, result: Any) -> float | None:
         header = frame.message.header
         self._publish_embedding(header, embedding_fields(result.embedding))
         if self._publish_tokens is not None and getattr(result, "tokens", None) is not None:
@@ -262,10 +262,10 @@ class EncoderService:
         stamp = stamp_to_seconds(header.stamp)
         return self._now_s() - stamp if stamp > 0 else None  # an unset stamp says nothing about latency
 
-    def _on_bad_frame(self, frame: Frame, reason: str) -> None:
+    def _on_bad_frame(self, frame: PendingFrame, reason: str) -> None:
         self._log(self._warn, f"bad frame {frame.camera}", f"{frame.camera}: skipped a bad frame: {reason}")
 
-    def _on_error(self, frame: Frame, reason: str) -> None:
+    def _on_error(self, frame: PendingFrame, reason: str) -> None:
         self._log(self._error, f"error {frame.camera}", f"{frame.camera}: {reason}")
 
     def _on_dispatcher_failure(self, reason: str) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 from rk_siglip_ros.errors import RunFailedError
 from rk_siglip_ros.manifest import Manifest, ManifestError, load_manifest, verify_files
 from rk_siglip_ros.runtime.backends import Backend, ShardRunner, create_backend, resolve_backend_name
+from rk_siglip_ros.runtime.backends.base import NPU_CORES
 from rk_siglip_ros.runtime.postprocess import pooled_embedding, token_matrix
 from rk_siglip_ros.runtime.preprocess import Preprocessor
 from rk_siglip_ros.runtime.scheduler import (
@@ -38,7 +39,7 @@ from rk_siglip_ros.runtime.scheduler import (
     check_mode,
 )
 
-DEFAULT_CORES = (0, 1, 2)
+DEFAULT_CORES = NPU_CORES
 # A host scale pair multiplying to 1 within this tolerance is skipped: the tensor goes to the next shard untouched.
 _UNIT = 1e-9
 
@@ -71,6 +72,16 @@ class HostTimes:
         return self.preprocess_s + self.scales_s + self.postprocess_s
 
 
+@dataclass
+class _HostTotals:
+    """Host-side seconds summed over frames so far (HostTimes is their mean per frame)."""
+
+    frames: int = 0
+    preprocess_s: float = 0.0
+    scales_s: float = 0.0
+    postprocess_s: float = 0.0
+
+
 class _FrameState:
     __slots__ = ("tensors", "submitted", "want_tokens", "last_call")
 
@@ -98,7 +109,7 @@ class SiglipEncoder:
         self._pixel_factor = 1.0 / manifest.pixel_input.scale
         self._last_use = _last_uses(manifest)
         self._host_lock = threading.Lock()
-        self._host = [0, 0.0, 0.0, 0.0]  # frames, preprocess, scales, postprocess seconds
+        self._host = _HostTotals()
         self._runners: dict[tuple[int, int], ShardRunner] = {}
         self._closed = False
         costs = [backend.estimated_cost(manifest, shard) for shard in manifest.shards]
@@ -219,13 +230,13 @@ class SiglipEncoder:
 
     def host_times(self) -> HostTimes:
         with self._host_lock:
-            frames, preprocess, scales, postprocess = self._host
-        n = max(frames, 1)
-        return HostTimes(frames, preprocess / n, scales / n, postprocess / n)
+            totals = self._host
+            n = max(totals.frames, 1)
+            return HostTimes(totals.frames, totals.preprocess_s / n, totals.scales_s / n, totals.postprocess_s / n)
 
     def reset_stats(self) -> None:
         with self._host_lock:
-            self._host = [0, 0.0, 0.0, 0.0]
+            self._host = _HostTotals()
         self._scheduler.core_busy()
 
     def close(self, cancel: bool = False, timeout: float | None = CLOSE_TIMEOUT_S) -> list[StuckCall]:
@@ -301,8 +312,9 @@ class SiglipEncoder:
             raise EncoderOutputError(f"the embedding has shape {embedding.shape}, the manifest declares "
                                      f"({self.embedding_dim},) ({where}); the shard set does not match its manifest")
         if not np.isfinite(embedding).all() or (tokens is not None and not np.isfinite(tokens).all()):
-            raise EncoderOutputError(f"the shard chain produced NaN/inf ({where}); frame dropped. On every frame this "
-                                     "means a broken shard set (rebuild it) or a failing NPU core")
+            raise EncoderOutputError(f"the shard chain produced values that are not finite (NaN/inf) ({where}); frame "
+                                     "dropped. On every frame this means a broken shard set (rebuild it) or a "
+                                     "failing NPU core")
 
     @staticmethod
     def _value(state: _FrameState, name: str | None) -> np.ndarray | None:
@@ -313,10 +325,10 @@ class SiglipEncoder:
 
     def _add_host(self, frames: int, preprocess: float, scales: float, postprocess: float) -> None:
         with self._host_lock:
-            self._host[0] += frames
-            self._host[1] += preprocess
-            self._host[2] += scales
-            self._host[3] += postprocess
+            self._host.frames += frames
+            self._host.preprocess_s += preprocess
+            self._host.scales_s += scales
+            self._host.postprocess_s += postprocess
 
 
 def _last_uses(manifest: Manifest) -> dict[int, list[str]]:

@@ -15,6 +15,7 @@ from rk_siglip_ros.errors import UserError
 from rk_siglip_ros.manifest import Manifest, ShardSpec
 
 # One core index, or several for one context spanning them (RKNN core mask NPU_CORE_0_1_2).
+NPU_CORES = (0, 1, 2)  # the RK3588's three NPU cores: the default wherever cores are chosen
 Core = int | tuple[int, ...]
 
 

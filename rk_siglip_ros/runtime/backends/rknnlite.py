@@ -16,7 +16,14 @@ import threading
 import numpy as np
 
 from rk_siglip_ros.manifest import Manifest, ShardSpec
-from rk_siglip_ros.runtime.backends.base import Backend, BackendError, Core, ShardRunner, declared_outputs
+from rk_siglip_ros.runtime.backends.base import (
+    NPU_CORES,
+    Backend,
+    BackendError,
+    Core,
+    ShardRunner,
+    declared_outputs,
+)
 
 OFF_BOARD_HINT = ("the rknnlite backend needs an RK3588 board with rknn-toolkit-lite2 installed "
                   "(`pip install rknn-toolkit-lite2==<the toolkit version in manifest.json>`: aarch64 wheels on "
@@ -92,7 +99,7 @@ class RknnLiteBackend(Backend):
         self._lite = import_rknnlite()
         self._core_masks: dict[Core, int] = {0: self._lite.NPU_CORE_0, 1: self._lite.NPU_CORE_1,
                                              2: self._lite.NPU_CORE_2, (0, 1): self._lite.NPU_CORE_0_1,
-                                             (0, 1, 2): self._lite.NPU_CORE_0_1_2}
+                                             NPU_CORES: self._lite.NPU_CORE_0_1_2}
         self._lock = threading.Lock()  # context creation is not documented as thread-safe
         self.sdk_version: str | None = None  # RKNNLite.get_sdk_version() of the first context (librknnrt, driver)
 
