@@ -249,7 +249,8 @@ def test_every_docs_command_exists():
     ("ros2 run rk_siglip_ros encoder", "not a console script"),
 ])
 def test_the_command_check_catches_typos(command, complaint):
-    problems = [problem for parsed in bash_commands(f"```bash\n{command}\n```\n") for problem in command_problems(parsed)]
+    parsed = bash_commands(f"```bash\n{command}\n```\n")
+    problems = [problem for simple in parsed for problem in command_problems(simple)]
     assert len(problems) == 1 and complaint in problems[0], problems
 
 
