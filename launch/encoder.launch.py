@@ -11,7 +11,7 @@ the installed config/encoder.yaml. With shards empty in both, the node uses the 
 share/rk_siglip_ros/shards/default.
 
 dds_config: large_images (the default) runs the node with the installed config/cyclonedds_large_images.xml (a
-larger socket receive buffer, so raw 1080p frames are not lost; see the README) in front of any CYCLONEDDS_URI
+larger socket receive buffer, so raw 1080p frames are not lost; see docs/node.md) in front of any CYCLONEDDS_URI
 you already set; none leaves the DDS settings to your environment; a path uses your own Cyclone XML file. Only the
 node's process is affected.
 """

@@ -3,7 +3,6 @@
 import ast
 import importlib.util
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,18 +71,6 @@ def test_node_config_stays_light_for_the_launch_file():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
-
-
-def test_launch_file_declares_exactly_the_documented_arguments():
-    """The README's launch-argument table and the launch file's DeclareLaunchArgument calls name the same set."""
-    source = (REPO / "launch" / "encoder.launch.py").read_text()
-    tree = ast.parse(source)
-    declared = {call.args[0].value for call in ast.walk(tree)
-                if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "DeclareLaunchArgument"}
-    readme = (REPO / "README.md").read_text()
-    table = readme.split("### Launch arguments", 1)[1].split("\n### ", 1)[0]
-    documented = set(re.findall(r"^\| `(\w+):=`", table, flags=re.M))
-    assert declared == documented
 
 
 def test_launch_arguments_that_override_the_params_file_default_to_empty():

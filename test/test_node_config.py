@@ -128,14 +128,6 @@ def test_shipped_yaml_declares_every_parameter_with_its_default():
     assert parameters == {name: spec.default for name, spec in PARAMETERS.items()}
 
 
-def test_docs_list_every_parameter_and_launch_argument():
-    docs = (REPO / "README.md").read_text()
-    for name in PARAMETERS:
-        assert f"`{name}`" in docs, name
-    for argument in ("shards", "image_topics", "backend", "mode", "params_file"):
-        assert f"`{argument}:=" in docs or f"| `{argument}`" in docs, argument
-
-
 def test_integers_are_taken_for_every_float_parameter(shards):
     """People write `max_rate_hz: 5`; the node declares float parameters dynamically typed (ROS would otherwise
     refuse an INTEGER for a DOUBLE), so validate is their type check: ints in, floats out."""

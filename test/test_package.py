@@ -149,17 +149,38 @@ def test_layout_check_catches_a_missing_data_files_line(tmp_path: Path) -> None:
     assert install_layout_problems(install) == [f"missing share/{PACKAGE}/launch/encoder.launch.py"]
 
 
-def test_readme_code_layout_names_every_module():
-    """The README's Code layout section is the map of the package: every module is on it, under its folder."""
-    readme = (REPO / "README.md").read_text()
-    layout = readme.split("\n## Code layout\n", 1)[1].split("\n## ", 1)[0]
+def documented_modules(layout: str) -> set[str]:
+    """The package's modules a layout tree names: one entry per line, folders end in "/", two spaces per level."""
+    lines = layout.split(f"\n{PACKAGE}/\n", 1)[1].splitlines()
+    folders: list[str] = []
+    modules = set()
+    for line in lines:
+        indent = len(line) - len(line.lstrip(" "))
+        if indent == 0 or not line.strip():
+            break  # back at the repository's top level
+        depth = indent // 2 - 1
+        name = line.split()[0]
+        folders = folders[:depth]
+        if name.endswith("/"):
+            folders.append(name.rstrip("/"))
+        elif name.endswith(".py"):
+            modules.add("/".join([*folders, name]))
+    return modules
+
+
+def test_development_doc_layout_names_every_module():
+    """docs/development.md's Code layout is the map of the package: every module under its folder, and no module that
+    is not there."""
+    development = (REPO / "docs" / "development.md").read_text()
+    layout = development.split("\n## Code layout\n", 1)[1].split("\n```\n", 2)[1]
     package = REPO / PACKAGE
-    missing = []
-    for module in sorted(package.rglob("*.py")):
-        if module.name == "__init__.py":
-            continue
-        folder = module.parent.relative_to(package).as_posix()
-        section = layout if folder == "." else layout.split(f"  {folder}/", 1)[-1]
-        if folder != "." and f"  {folder}/" not in layout or module.name not in section:
-            missing.append(module.relative_to(package).as_posix())
-    assert missing == []
+    actual = {module.relative_to(package).as_posix() for module in package.rglob("*.py")
+              if module.name != "__init__.py"}
+    documented = documented_modules(layout)
+    assert sorted(actual - documented) == [] and sorted(documented - actual) == []
+
+
+def test_layout_reader_places_modules_under_their_folders():
+    tree = (f"README.md        top\n{PACKAGE}/\n  a.py      x\n  node/\n    b.py   y\n    deep/\n      c.py  z\n"
+            "  d.py      w\ntools/x.py\n")
+    assert documented_modules(tree) == {"a.py", "node/b.py", "node/deep/c.py", "d.py"}

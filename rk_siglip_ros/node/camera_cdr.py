@@ -2,7 +2,7 @@
 
 The node takes camera messages serialized and deserialises only the frames it encodes (see mailbox.py). rosbags
 reads a 640x480 rgb8 Image into a numpy array in a third of the time rclpy's ``deserialize_message`` takes to build
-its ``array.array``, on every encoded frame's way to the encoder (see the README's latency numbers). It is also the
+its ``array.array``, on every encoded frame's way to the encoder (see benchmarks/RESULTS.md, ros_bench). It is also the
 reader ``encode_bag`` uses, so a frame from a bag and the same frame live reach the conversion alike.
 sensor_msgs/Image and CompressedImage are defined the same in every ROS 2 distro, so Humble's typestore reads any
 of them. The messages are rosbags dataclasses: the node copies the header into a std_msgs one when it publishes.

@@ -100,7 +100,7 @@ def lost_frames_hint(environ: Mapping[str, str], rmem_max: int | None) -> str:
     if not uses_large_image_config(environ):
         return ("large raw images overflow Cyclone DDS's default receive buffer: launch with "
                 "dds_config:=large_images, or export CYCLONEDDS_URI=file://<share>/rk_siglip_ros/config/"
-                f"{LARGE_IMAGES_FILE} (README: Large images and DDS)")
+                f"{LARGE_IMAGES_FILE} (docs/node.md: Large images and DDS)")
     if rmem_max is not None and rmem_max < REQUESTED_RECEIVE_BUFFER:
         return (f"the DDS config for large images is in use, but the kernel caps the receive buffer at "
                 f"net.core.rmem_max = {rmem_max} bytes: {SYSCTL_HINT}")

@@ -21,7 +21,7 @@ from test_cameras import camera_message, scene  # noqa: E402
 
 NODE = "/encoder_node"
 CAMERA = "/cam_param/image_raw"
-# Every key the README's Diagnostics table documents (per-camera keys with this test's camera).
+# Every key docs/node.md's Diagnostics table documents (per-camera keys with this test's camera).
 DOCUMENTED_KEYS = [
     "input rate (Hz)", "output rate (Hz)", "dropped, busy (per s)", "dropped, rate limit (per s)",
     "dropped, shutdown (per s)", "bad frames", "encoder errors", "latency stamp->publish p50 (ms)",

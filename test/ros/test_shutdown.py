@@ -1,6 +1,6 @@
 """Ctrl-C while frames are in flight, under this ROS (Humble shuts the rclpy context down in its own SIGINT handler):
 the node finishes and publishes the frames already in the encoder, drops the waiting ones, exits 0, no traceback —
-what the README's Shutdown section says."""
+what docs/node.md's Shutdown section says."""
 
 from __future__ import annotations
 
