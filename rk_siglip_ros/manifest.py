@@ -1,10 +1,15 @@
-"""Manifest v1: the only contract between the offline shard builder and the runtime.
+"""Manifest v2: the only contract between the offline shard builder and the runtime.
 
 A shard set is a folder with ``manifest.json`` plus the ONNX / RKNN files it names. The builder writes it with
 :func:`save_manifest`; every consumer reads it with :func:`load_manifest`, which refuses anything it cannot trust
 (wrong format or version, a path leaving the folder, a missing or altered file, shapes that do not chain) with an
 error that names the file, what was expected, and what to do. Pure Python + numpy-free on purpose: the builder and
 the runtime both import it.
+
+Version 2 adds ``stages`` (the host's execution plan when it is more than a chain of shards: parallel parts of one
+stage, each fed a token rotation of the stage's input and producing a slice of rows, which the host all-gathers; see
+:class:`StageSpec`) and a shard's ``attention_macs``. A v1 manifest has neither: its shards run as a chain, exactly
+as before, and it still loads.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import Any
 from rk_siglip_ros.errors import UserError
 
 FORMAT = "rk_siglip_shards"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # v1: no stages (a chain of shards), no attention_macs
 MANIFEST_NAME = "manifest.json"
 ARCHITECTURES = ("siglip", "smolvlm")
 FILE_KINDS = ("onnx", "rknn")
@@ -60,12 +66,43 @@ class ShardSpec:
     # What the shard computes, in order: "embedding", "attention<i>", "mlp<i>", "final" (post-norm, head). Lets a
     # consumer (the NPU timing simulation) cost a shard without opening it.
     blocks: list[str] = field(default_factory=list)
+    # Of ``macs``, the token-token products of attention (QK^T and AV). None: not recorded (v1, or a builder that
+    # did not count them); the timing model then derives them from ``blocks``, which is exact only for whole layers.
+    attention_macs: int | None = None
 
     def file(self, kind: str) -> str | None:
         """The relative path of this shard's ``onnx`` or ``rknn`` file, or None when not built."""
         if kind not in FILE_KINDS:
             raise ValueError(f"unknown shard file kind {kind!r}; expected one of {FILE_KINDS}")
         return getattr(self, kind)
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """One call of a stage. In a gathered stage the host feeds ``shard`` the stage's input rotated by ``rotate``
+    tokens (token ``rotate`` first: attention is permutation-equivariant over its keys, so one graph can serve every
+    slice) and copies the first ``stop - start`` rows of its one output into rows [start, stop) of the gathered tensor.
+    In a chain stage (no gather) ``start``/``stop`` are None and the shard's outputs are published by their names."""
+
+    shard: str
+    start: int | None = None
+    stop: int | None = None
+    rotate: int = 0
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.start is None or self.stop is None else self.stop - self.start
+
+
+@dataclass
+class StageSpec:
+    """Calls the host may run at once (one per NPU core), then, when ``gather`` is set, the all-gather: the parts'
+    row slices concatenated into the tensor ``gather`` declares ([1, tokens, width]; its scale is the one the parts'
+    outputs carry). Without ``gather`` the stage is one shard of a chain."""
+
+    name: str
+    parts: list[PartSpec]
+    gather: TensorSpec | None = None
 
 
 @dataclass
@@ -162,6 +199,8 @@ class Manifest:
     build: dict[str, Any] = field(default_factory=dict)
     # The text tower, when the shard set was built with --text; None for a vision-only shard set.
     text: TextSpec | None = None
+    # The host's execution plan when it is more than a chain (the split profile); empty: the shards run in order.
+    stages: list[StageSpec] = field(default_factory=list)
     # Where the manifest was loaded from; not serialised. Shard paths resolve against it.
     root: Path | None = None
     # File kinds whose files verify_files (or, as "text", verify_text_files) has checked (exist, inside root, sha256
@@ -174,12 +213,27 @@ class Manifest:
         return self.shards[0].inputs[0]
 
     def tensor(self, name: str) -> TensorSpec:
-        """The output spec of the shard that produces ``name``."""
+        """The spec of the tensor ``name`` as produced: a gathered stage output, or a shard's output."""
+        for stage in self.stages:
+            if stage.gather is not None and stage.gather.name == name:
+                return stage.gather
         for shard in self.shards:
             for spec in shard.outputs:
                 if spec.name == name:
                     return spec
         raise KeyError(name)
+
+    def shard(self, name: str) -> ShardSpec:
+        for shard in self.shards:
+            if shard.name == name:
+                return shard
+        raise KeyError(name)
+
+    def execution_stages(self) -> list[StageSpec]:
+        """What the host runs, in order: the manifest's stages, or (no stages) each shard as a chain stage."""
+        if self.stages:
+            return self.stages
+        return [StageSpec(shard.name, [PartSpec(shard.name)]) for shard in self.shards]
 
     def path(self, shard: ShardSpec, kind: str) -> Path:
         """Absolute path of a shard file; raises ManifestError when the shard set has no such file."""
@@ -256,6 +310,21 @@ def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
     }
     if manifest.text is not None:
         data["text"] = asdict(manifest.text)
+    if manifest.stages:
+        data["stages"] = [_stage_to_dict(stage) for stage in manifest.stages]
+    return data
+
+
+def _stage_to_dict(stage: StageSpec) -> dict[str, Any]:
+    parts = []
+    for part in stage.parts:
+        entry: dict[str, Any] = {"shard": part.shard}
+        if part.start is not None:
+            entry.update(start=part.start, stop=part.stop, rotate=part.rotate)
+        parts.append(entry)
+    data: dict[str, Any] = {"name": stage.name, "parts": parts}
+    if stage.gather is not None:
+        data["gather"] = _tensor_to_dict(stage.gather)
     return data
 
 
@@ -292,13 +361,17 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
             verification=dict(data.get("verification", {})),
             build=dict(data.get("build", {})),
             text=_parse_text(data["text"]) if data.get("text") is not None else None,
+            stages=[_parse_stage(entry) for entry in data.get("stages") or []],
         )
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
         raise ManifestError(f"{source}: malformed manifest ({type(error).__name__}: {error}); {REBUILD_HINT}") from None
     _check_model(manifest, source)
     _check_preprocess(manifest, source)
     _check_paths(manifest, source)
-    _check_chain(manifest, source)
+    if manifest.stages:
+        _check_stages(manifest, source)
+    else:
+        _check_chain(manifest, source)
     _check_scales(manifest, source)
     _check_outputs(manifest, source)
     _check_toolchain(manifest, source)
@@ -310,10 +383,13 @@ def _check_format(data: dict[str, Any], source: str) -> None:
     if data.get("format") != FORMAT:
         raise ManifestError(f"{source}: not an rk_siglip_ros shard manifest (format={data.get('format')!r}, "
                             f"expected {FORMAT!r})")
-    if data.get("version") != VERSION:
+    if data.get("version") not in READABLE_VERSIONS:
         raise ManifestError(f"{source}: manifest version {data.get('version')!r} is not supported by this "
-                            f"rk_siglip_ros (reads version {VERSION}); {REBUILD_HINT} with this version, "
-                            "or update rk_siglip_ros")
+                            f"rk_siglip_ros (reads versions {', '.join(map(str, READABLE_VERSIONS))}); "
+                            f"{REBUILD_HINT} with this version, or update rk_siglip_ros")
+    if data.get("version") == 1 and data.get("stages"):
+        raise ManifestError(f"{source}: a version 1 manifest cannot have stages (they came with version 2); "
+                            f"{REBUILD_HINT}")
 
 
 def _parse_model(data: dict[str, Any]) -> ModelInfo:
@@ -363,7 +439,18 @@ def _parse_shard(data: dict[str, Any]) -> ShardSpec:
         layers=[int(v) for v in data.get("layers", [])],
         macs=int(data.get("macs", 0)),
         blocks=[str(label) for label in data.get("blocks", [])],
+        attention_macs=None if data.get("attention_macs") is None else int(data["attention_macs"]),
     )
+
+
+def _parse_stage(data: dict[str, Any]) -> StageSpec:
+    parts = []
+    for entry in data["parts"]:
+        start, stop = entry.get("start"), entry.get("stop")
+        parts.append(PartSpec(shard=str(entry["shard"]), start=None if start is None else int(start),
+                              stop=None if stop is None else int(stop), rotate=int(entry.get("rotate", 0))))
+    gather = data.get("gather")
+    return StageSpec(name=str(data["name"]), parts=parts, gather=None if gather is None else _parse_tensor(gather))
 
 
 def _parse_text(data: dict[str, Any]) -> TextSpec:
@@ -431,14 +518,19 @@ def _check_scales(manifest: Manifest, source: str) -> None:
     low, high = SCALE_RANGE
     scales = [("host_scale", manifest.host_scale)]
     scales += [(f"shard {s.name} {t.name!r}", t.scale) for s in manifest.shards for t in (*s.inputs, *s.outputs)]
+    scales += [(f"stage {g.name} gather", g.gather.scale) for g in manifest.stages if g.gather is not None]
     for what, scale in scales:
         if not (math.isfinite(scale) and low <= scale <= high):
             raise ManifestError(f"{source}: {what} scale {scale} must be a finite positive number within "
                                 f"[{low:g}, {high:g}]; {REBUILD_HINT}")
     produced = {t.name: (s.name, t.scale) for s in manifest.shards for t in s.outputs}
-    for shard in manifest.shards[1:]:
+    produced.update({stage.gather.name: (f"stage {stage.name}'s gather", stage.gather.scale)
+                     for stage in manifest.stages if stage.gather is not None})
+    for shard in manifest.shards:
         for spec in shard.inputs:
-            producer, out_scale = produced[spec.name]  # _check_chain guarantees an earlier producer
+            if spec.name == PIXEL_INPUT:
+                continue
+            producer, out_scale = produced[spec.name]  # _check_chain / _check_stages guarantee a producer
             if abs(out_scale * spec.scale - 1.0) > SCALE_PAIR_TOLERANCE:
                 raise ManifestError(f"{source}: shard {producer} writes {spec.name!r} with scale {out_scale} and shard "
                                     f"{shard.name} reads it with scale {spec.scale}; their product must be 1 (the "
@@ -466,9 +558,7 @@ def _is_inside(relative: str) -> bool:
             and "\x00" not in relative)
 
 
-def _check_chain(manifest: Manifest, source: str) -> None:
-    """Every shard input must be the pixel input (first shard) or an earlier shard's output of the same shape."""
-    available: dict[str, TensorSpec] = {}
+def _check_pixel_input(manifest: Manifest, source: str) -> None:
     first = manifest.shards[0]
     if len(first.inputs) != 1 or first.inputs[0].name != PIXEL_INPUT:
         raise ManifestError(f"{source}: the first shard must take exactly one input named {PIXEL_INPUT!r}")
@@ -477,6 +567,12 @@ def _check_chain(manifest: Manifest, source: str) -> None:
     if tuple(first.inputs[0].shape) != expected_pixels:
         raise ManifestError(f"{source}: shard {first.name} input shape {list(first.inputs[0].shape)} does not match "
                             f"the preprocess size {list(expected_pixels)}")
+
+
+def _check_chain(manifest: Manifest, source: str) -> None:
+    """Every shard input must be the pixel input (first shard) or an earlier shard's output of the same shape."""
+    available: dict[str, TensorSpec] = {}
+    _check_pixel_input(manifest, source)
     for index, shard in enumerate(manifest.shards):
         for spec in shard.inputs if index else ():
             produced = available.get(spec.name)
@@ -493,6 +589,85 @@ def _check_chain(manifest: Manifest, source: str) -> None:
     for role, name in manifest.outputs.items():
         if name is not None and name not in available:
             raise ManifestError(f"{source}: outputs.{role} names {name!r}, which no shard produces")
+
+
+def _check_stages(manifest: Manifest, source: str) -> None:
+    """The stage plan runs: every shard is used, every part's inputs exist when its stage starts (with the shapes
+    the shard expects), a gathered stage's parts cover its rows exactly once, and a rotation stays inside the tokens."""
+    shards = {shard.name: shard for shard in manifest.shards}
+    used = {part.shard for stage in manifest.stages for part in stage.parts}
+    unknown = sorted(used - set(shards))
+    if unknown:
+        raise ManifestError(f"{source}: stages name shards {unknown} that the manifest does not list; {REBUILD_HINT}")
+    unused = [name for name in shards if name not in used]
+    if unused:
+        raise ManifestError(f"{source}: shards {unused} are in no stage; {REBUILD_HINT}")
+    _check_pixel_input(manifest, source)
+    available: dict[str, TensorSpec] = {PIXEL_INPUT: manifest.pixel_input}
+    for stage in manifest.stages:
+        where = f"{source}: stage {stage.name}"
+        if not stage.parts:
+            raise ManifestError(f"{where} has no parts; {REBUILD_HINT}")
+        for part in stage.parts:
+            for spec in shards[part.shard].inputs:
+                produced = available.get(spec.name)
+                if produced is None:
+                    raise ManifestError(f"{where}: shard {part.shard} input {spec.name!r} is not produced by an "
+                                        f"earlier stage (available: {sorted(available)})")
+                if tuple(produced.shape) != tuple(spec.shape):
+                    raise ManifestError(f"{where}: shape mismatch: shard {part.shard} input {spec.name!r} expects "
+                                        f"{list(spec.shape)} but it is produced as {list(produced.shape)}")
+        produces = _check_gather(stage, shards, available, where) if stage.gather else _chain_step(stage, shards, where)
+        for spec in produces:
+            if spec.name in available:
+                raise ManifestError(f"{where}: tensor {spec.name!r} is produced twice")
+            available[spec.name] = spec
+    for role, name in manifest.outputs.items():
+        if name is not None and name not in available:
+            raise ManifestError(f"{source}: outputs.{role} names {name!r}, which no stage produces")
+
+
+def _chain_step(stage: StageSpec, shards: dict[str, ShardSpec], where: str) -> list[TensorSpec]:
+    part = stage.parts[0]
+    if len(stage.parts) != 1 or part.start is not None or part.stop is not None or part.rotate:
+        raise ManifestError(f"{where}: a stage without a gather runs exactly one shard, unrotated, with no rows; "
+                            f"{REBUILD_HINT}")
+    return list(shards[part.shard].outputs)
+
+
+def _check_gather(stage: StageSpec, shards: dict[str, ShardSpec], available: dict[str, TensorSpec],
+                  where: str) -> list[TensorSpec]:
+    gather = stage.gather
+    assert gather is not None
+    if len(gather.shape) != 3 or gather.shape[0] != 1:
+        raise ManifestError(f"{where}: the gathered tensor {gather.name!r} must be [1, tokens, width], got "
+                            f"{list(gather.shape)}")
+    tokens, width = gather.shape[1], gather.shape[2]
+    next_row = 0
+    for part in stage.parts:
+        shard = shards[part.shard]
+        if part.start is None or part.stop is None or part.start != next_row or part.stop <= part.start:
+            raise ManifestError(f"{where}: part rows must tile [0, {tokens}) in order without gaps or overlaps "
+                                f"(shard {part.shard} has [{part.start}, {part.stop}) where row {next_row} is next); "
+                                f"{REBUILD_HINT}")
+        next_row = part.stop
+        if len(shard.inputs) != 1 or len(shard.outputs) != 1:
+            raise ManifestError(f"{where}: shard {part.shard} of a gathered stage must have one input and one output")
+        out = shard.outputs[0]
+        if len(out.shape) != 3 or out.shape[2] != width or out.shape[1] < part.rows:
+            raise ManifestError(f"{where}: shard {part.shard} outputs {list(out.shape)}, which cannot supply rows "
+                                f"[{part.start}, {part.stop}) of {list(gather.shape)}")
+        if abs(out.scale - gather.scale) > SCALE_PAIR_TOLERANCE * max(1.0, abs(gather.scale)):
+            raise ManifestError(f"{where}: shard {part.shard} output scale {out.scale} differs from the gather's "
+                                f"{gather.scale}; {REBUILD_HINT}")
+        fed = available[shard.inputs[0].name]
+        if part.rotate and (len(fed.shape) != 3 or not 0 < part.rotate < fed.shape[1]):
+            raise ManifestError(f"{where}: part of shard {part.shard} rotates its input {list(fed.shape)} by "
+                                f"{part.rotate} tokens; a rotation needs a [1, tokens, width] input and 0 <= rotate < "
+                                "tokens")
+    if next_row != tokens:
+        raise ManifestError(f"{where}: parts cover rows [0, {next_row}) of {tokens}; {REBUILD_HINT}")
+    return [gather]
 
 
 def _check_outputs(manifest: Manifest, source: str) -> None:

@@ -26,6 +26,7 @@ from rk_siglip_ros.builder.options import BuildInputError, BuildOptions
 from rk_siglip_ros.builder.scale_fold import fold_host_scale
 from rk_siglip_ros.builder.shard_modules import PlannedShard, ShardModule
 from rk_siglip_ros.builder.shard_plan import FINAL, Block, encoder_blocks, plan_shards
+from rk_siglip_ros.builder.split_layers import DEFAULT_PARTS, SPLIT, plan_split
 from rk_siglip_ros.builder.text_tower import TextTower, build_text_side, load_text_tower
 from rk_siglip_ros.builder.tiling import check_tile
 from rk_siglip_ros.builder.verify import (
@@ -35,15 +36,25 @@ from rk_siglip_ros.builder.verify import (
     VerificationError,
     fp32_references,
     onnx_runner,
+    split_references,
     verification_images,
     verification_summary,
     verify_chain,
 )
-from rk_siglip_ros.manifest import PIXEL_INPUT, Manifest, ModelInfo, ShardSpec, TensorSpec, record_hashes, save_manifest
+from rk_siglip_ros.manifest import (
+    PIXEL_INPUT,
+    Manifest,
+    ModelInfo,
+    ShardSpec,
+    StageSpec,
+    TensorSpec,
+    record_hashes,
+    save_manifest,
+)
 
 
 def build_shards(model: str, out: Path, *, force: bool = False, progress: bool = True, **options: Any) -> Manifest:
-    """Build a verified shard set for ``model`` into ``out`` and return its manifest (manifest v1).
+    """Build a verified shard set for ``model`` into ``out`` and return its manifest (manifest v2).
 
     ``options`` are the fields of :class:`BuildOptions` (profile, shards, tile, barrier, scale, target, dtype,
     calibration, formats, verify, text); an unknown one is a TypeError. ``text``: also export the checkpoint's text
@@ -108,16 +119,26 @@ def _move_into_place(staging: Path, out: Path, force: bool) -> None:
 
 def _build_into(tower: VisionTower, source: str, folder: Path, options: BuildOptions, progress: bool,
                 text_tower: TextTower | None = None) -> Manifest:
-    blocks = encoder_blocks(tower)
-    try:
-        groups = plan_shards(blocks, options.profile, options.shards)
-    except ValueError as error:
-        raise BuildInputError(str(error)) from None
     folded = fold_host_scale(tower, options.scale)
-    plans = _plan(tower, folded, groups, options)
-    manifest = _manifest(tower, source, plans, options)
+    stages: list[StageSpec] = []
+    if options.profile == SPLIT:
+        try:
+            plans, stages = plan_split(tower, folded, options.shards or DEFAULT_PARTS, options.scale, options.tile,
+                                       uses_poison(options.barrier))
+        except ValueError as error:
+            raise BuildInputError(str(error)) from None
+    else:
+        try:
+            groups = plan_shards(encoder_blocks(tower), options.profile, options.shards)
+        except ValueError as error:
+            raise BuildInputError(str(error)) from None
+        plans = _plan(tower, folded, groups, options)
+    manifest = _manifest(tower, source, plans, options, stages)
     images = verification_images(tower)
-    references = fp32_references(tower, plans, images, progress)
+    if stages:
+        references = split_references(tower, stages, images, progress)
+    else:
+        references = fp32_references(tower, plans, images, progress)
 
     for plan in tqdm(plans, desc=f"{'export onnx':<14}", unit="shard", file=sys.stderr, disable=not progress):
         plan.spec.onnx = f"{plan.spec.name}.onnx"
@@ -130,7 +151,8 @@ def _build_into(tower: VisionTower, source: str, folder: Path, options: BuildOpt
     thresholds = {"onnx": ONNX_MIN_COS}
     if options.verify:
         runner = onnx_runner(folder)
-        verification["onnx"] = verify_chain(plans, runner, references, images, "onnx", ONNX_MIN_COS, progress)
+        verification["onnx"] = verify_chain(plans, runner, references, images, "onnx", ONNX_MIN_COS, progress,
+                                            stages)
     if "rknn" in options.formats:
         from rk_siglip_ros.builder.calibration import calibration_dataset
         from rk_siglip_ros.builder.rknn_compile import compile_and_verify
@@ -139,7 +161,7 @@ def _build_into(tower: VisionTower, source: str, folder: Path, options: BuildOpt
         dataset = calibration_dataset(folded, plans, options.calibration, folder) if int8 else {}
         minimum = thresholds["rknn_sim"] = RKNN_MIN_COS if options.dtype == "fp16" else INT8_MIN_COS
         verification["rknn_sim"] = compile_and_verify(plans, folder, options, references, images, dataset, minimum,
-                                                      progress)
+                                                      progress, stages)
         for path in folder.glob(".calibration*"):
             shutil.rmtree(path, ignore_errors=True)
     manifest.verification = verification_summary(plans, verification, thresholds, images)
@@ -176,7 +198,8 @@ def _plan(tower: VisionTower, folded: VisionTower, groups: list[list[Block]],
     return plans
 
 
-def _manifest(tower: VisionTower, source: str, plans: list[PlannedShard], options: BuildOptions) -> Manifest:
+def _manifest(tower: VisionTower, source: str, plans: list[PlannedShard], options: BuildOptions,
+              stages: list[StageSpec]) -> Manifest:
     model = ModelInfo(source=source, architecture=tower.architecture, image_size=tower.image_size,
                       patch_size=tower.patch_size, hidden_size=tower.hidden_size, num_tokens=tower.num_tokens,
                       embedding_dim=tower.hidden_size)
@@ -184,7 +207,9 @@ def _manifest(tower: VisionTower, source: str, plans: list[PlannedShard], option
                     outputs={"pooled": "pooled" if tower.head is not None else None, "tokens": "tokens"},
                     profile=options.profile, target=options.target, dtype=options.dtype, host_scale=options.scale,
                     toolchain=toolchain_versions("rknn" in options.formats),
-                    build={"tile": options.tile, "barrier": options.barrier, "shards": len(plans)})
+                    build={"tile": options.tile, "barrier": options.barrier, "shards": len(plans),
+                           **({"parts": len(stages[0].parts)} if stages else {})},
+                    stages=stages)
 
 
 def toolchain_versions(with_rknn: bool) -> dict[str, str]:

@@ -27,7 +27,7 @@ from rk_siglip_ros.builder.options import BuildOptions
 from rk_siglip_ros.builder.shard_modules import PlannedShard
 from rk_siglip_ros.builder.verify import RunShard, final_cosines, verify_shard
 from rk_siglip_ros.errors import RunFailedError
-from rk_siglip_ros.manifest import PIXEL_INPUT, ShardSpec
+from rk_siglip_ros.manifest import PIXEL_INPUT, ShardSpec, StageSpec
 from rk_siglip_ros.runtime.backends.rknnlite import input_data_format
 
 
@@ -121,8 +121,10 @@ def compile_shard(onnx_path: Path, rknn_path: Path, target: str, dtype: str, dat
 
 def compile_and_verify(plans: list[PlannedShard], folder: Path, options: BuildOptions,
                        references: list[dict[str, np.ndarray]], images: list[np.ndarray],
-                       datasets: dict[str, Path], minimum: float, progress: bool) -> dict[str, float] | None:
-    """Compile each shard, verify it on the simulator (alone and chained), release it before the next one."""
+                       datasets: dict[str, Path], minimum: float, progress: bool,
+                       stages: list[StageSpec] | None = None) -> dict[str, float] | None:
+    """Compile each shard, verify it on the simulator (alone and chained; with ``stages``, as every part that uses
+    it), release it before the next one."""
     chains = [{PIXEL_INPUT: image} for image in images]
     for plan in tqdm(plans, desc=f"{'compile rknn':<14}", unit="shard", file=sys.stderr, disable=not progress):
         plan.spec.rknn = f"{plan.spec.name}.rknn"
@@ -133,7 +135,7 @@ def compile_and_verify(plans: list[PlannedShard], folder: Path, options: BuildOp
             plan.stats["rknn_bytes"] = (folder / plan.spec.rknn).stat().st_size
             if options.verify:
                 run_on_simulator: RunShard = lambda _spec, feeds, shard=compiled: shard.run(feeds)  # noqa: E731
-                verify_shard(plan, run_on_simulator, references, chains, "rknn_sim", minimum)
+                verify_shard(plan, run_on_simulator, references, chains, "rknn_sim", minimum, stages)
         finally:
             compiled.release()
     return final_cosines(plans, chains, references, "rknn_sim", minimum) if options.verify else None

@@ -166,6 +166,6 @@ class PlannedShard:
 
     spec: ShardSpec
     blocks: list[Block]
-    module: ShardModule
-    reference_module: ShardModule  # unfolded, untiled: produces the fp32 reference at this shard's boundary
+    module: nn.Module  # a ShardModule, or a split profile's LayerPart / FinalBlock
+    reference_module: nn.Module  # unfolded, untiled: produces the fp32 reference at this shard's boundary
     stats: dict[str, float | int | None] = field(default_factory=dict)

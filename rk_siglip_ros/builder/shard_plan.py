@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from rk_siglip_ros.builder.models import VisionTower
 from rk_siglip_ros.runtime.partitioning import min_max_partition
 
-PROFILES = ("seed", "pipeline3", "whole")
+# split: sequence-parallel layers, planned by split_layers.py (not a grouping of whole blocks)
+PROFILES = ("seed", "pipeline3", "whole", "split")
 PROFILE_SHARDS = {"pipeline3": 3, "whole": 1}
 
 EMBEDDING, ATTENTION, MLP, FINAL = "embedding", "attention", "mlp", "final"
@@ -63,8 +64,8 @@ def seed_cut(blocks: list[Block]) -> list[list[int]]:
 
 def plan_shards(blocks: list[Block], profile: str, shards: int | None = None) -> list[list[Block]]:
     """Group blocks into shards for ``profile``; ``shards`` overrides the profile's shard count."""
-    if profile not in PROFILES:
-        raise ValueError(f"--profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    if profile not in PROFILES or profile == "split":
+        raise ValueError(f"--profile {profile!r}: choose one of {', '.join(p for p in PROFILES if p != 'split')}")
     if shards is None and profile == "seed":
         groups = seed_cut(blocks)
     else:

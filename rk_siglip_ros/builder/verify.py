@@ -22,9 +22,11 @@ import torch
 from tqdm import tqdm
 
 from rk_siglip_ros.builder.models import VisionTower, hf_image_processor
-from rk_siglip_ros.builder.shard_modules import PlannedShard
+from rk_siglip_ros.builder.shard_modules import PlannedShard, ShardModule
+from rk_siglip_ros.builder.shard_plan import ATTENTION, EMBEDDING, MLP, Block, encoder_blocks
 from rk_siglip_ros.errors import RunFailedError
-from rk_siglip_ros.manifest import PIXEL_INPUT, Manifest, ShardSpec
+from rk_siglip_ros.manifest import PIXEL_INPUT, Manifest, PartSpec, ShardSpec, StageSpec
+from rk_siglip_ros.runtime.stages import rotate_tokens
 
 # The project's acceptance thresholds: fp32 ONNX chain vs transformers, fp16 RKNN simulator chain vs transformers.
 ONNX_MIN_COS = 0.99999
@@ -57,11 +59,24 @@ def run_in_host_units(shard: ShardSpec, run_shard: RunShard,
             for spec, value in zip(shard.outputs, outputs, strict=True)}
 
 
+def run_part(shard: ShardSpec, part: PartSpec, run_shard: RunShard,
+             tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """One part of a gathered stage as the host runs it: its input rotated, its rows (true units) returned."""
+    name = shard.inputs[0].name
+    outputs = run_in_host_units(shard, run_shard, {name: rotate_tokens(tensors[name], part.rotate)})
+    return outputs[shard.outputs[0].name][:, :part.rows]
+
+
 def run_chain(manifest: Manifest, run_shard: RunShard, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-    """All tensors the chain produces for one image, in host units (output scales applied)."""
+    """All tensors the shard set produces for one image, stage by stage (a chain of shards, or gathered stages of
+    parallel parts), in host units (output scales applied)."""
     tensors: dict[str, np.ndarray] = {"pixel_values": pixel_values.astype(np.float32)}
-    for shard in manifest.shards:
-        tensors.update(run_in_host_units(shard, run_shard, tensors))
+    for stage in manifest.execution_stages():
+        if stage.gather is None:
+            tensors.update(run_in_host_units(manifest.shard(stage.parts[0].shard), run_shard, tensors))
+            continue
+        gathered = [run_part(manifest.shard(part.shard), part, run_shard, tensors) for part in stage.parts]
+        tensors[stage.gather.name] = np.concatenate(gathered, axis=1)
     return tensors
 
 
@@ -123,19 +138,53 @@ def fp32_references(tower: VisionTower, plans: list[PlannedShard], images: list[
     return references
 
 
+@torch.no_grad()
+def split_references(tower: VisionTower, stages: list[StageSpec], images: list[np.ndarray],
+                     progress: bool) -> list[dict[str, np.ndarray]]:
+    """Per image, the fp32 truth of every gathered stage output (the residual stream after each whole layer, from the
+    unmodified tower's own modules) and of tokens / pooled (the unmodified transformers forward)."""
+    blocks = encoder_blocks(tower)
+    layer_blocks: dict[int, list[Block]] = {}
+    for block in blocks:
+        if block.kind in (ATTENTION, MLP):
+            layer_blocks.setdefault(int(block.layer), []).append(block)
+    embedding = [block for block in blocks if block.kind == EMBEDDING]
+    references = []
+    for image in tqdm(images, desc=f"{'fp32 reference':<14}", unit="image", file=sys.stderr, disable=not progress):
+        tensors = {PIXEL_INPUT: image}
+        value = torch.from_numpy(image)
+        for layer, stage in enumerate(stage for stage in stages if stage.gather is not None):
+            value = ShardModule(tower, (embedding if layer == 0 else []) + layer_blocks[layer]).eval()(value)
+            tensors[stage.gather.name] = value.numpy()
+        pooled, tokens = tower.reference(torch.from_numpy(image))
+        tensors["tokens"] = tokens.numpy()
+        if tower.head is not None:
+            tensors["pooled"] = pooled.numpy()
+        references.append(tensors)
+    return references
+
+
 def verify_chain(plans: list[PlannedShard], runner: RunShard, references: list[dict[str, np.ndarray]],
-                  images: list[np.ndarray], kind: str, minimum: float, progress: bool) -> dict[str, float]:
-    """Run every shard alone on the reference inputs and the whole chain on its own outputs; fail below minimum."""
+                  images: list[np.ndarray], kind: str, minimum: float, progress: bool,
+                  stages: list[StageSpec] | None = None) -> dict[str, float]:
+    """Run every shard alone on the reference inputs and the whole chain on its own outputs; fail below minimum.
+    With ``stages`` (the split profile) each shard runs as the parts that use it, and the chain gathers their rows."""
     chains = [{PIXEL_INPUT: image} for image in images]
     for plan in tqdm(plans, desc=f"{'verify ' + kind:<14}", unit="shard", file=sys.stderr, disable=not progress):
-        verify_shard(plan, runner, references, chains, kind, minimum)
+        verify_shard(plan, runner, references, chains, kind, minimum, stages)
     return final_cosines(plans, chains, references, kind, minimum)
 
 
 def verify_shard(plan: PlannedShard, runner: RunShard, references: list[dict[str, np.ndarray]],
-                 chains: list[dict[str, np.ndarray]], kind: str, minimum: float) -> None:
+                 chains: list[dict[str, np.ndarray]], kind: str, minimum: float,
+                 stages: list[StageSpec] | None = None) -> None:
     """One shard on every image: alone on the exact reference input (its own error) and on the chain so far (the
     accumulated error, whose outputs feed the next shard). Records both worst cosines in plan.stats."""
+    uses = [(stage, part) for stage in stages or () if stage.gather is not None
+            for part in stage.parts if part.shard == plan.spec.name]
+    if uses:
+        _verify_parts(plan, uses, runner, references, chains, kind, minimum)
+        return
     alone, chained = 1.0, 1.0
     for reference, chain in zip(references, chains, strict=True):
         for source, sink in ((reference, None), (chain, chain)):
@@ -150,6 +199,28 @@ def verify_shard(plan: PlannedShard, runner: RunShard, references: list[dict[str
     plan.stats[f"{kind}_chain_cos"] = chained
     if _below(alone, minimum):
         raise VerificationError(f"shard {plan.spec.name} ({_describe(plan)}): {kind} output vs fp32 reference cos "
+                                f"{alone:.7f} < {minimum} (run alone on the exact reference input)")
+
+
+def _verify_parts(plan: PlannedShard, uses: list[tuple[StageSpec, PartSpec]], runner: RunShard,
+                  references: list[dict[str, np.ndarray]], chains: list[dict[str, np.ndarray]], kind: str,
+                  minimum: float) -> None:
+    """A gathered stage's shard, run as each part that uses it: its rows alone (on the exact reference input) and
+    chained (on the chain's gathered input, written into the chain's gathered output) against the reference rows."""
+    alone, chained = 1.0, 1.0
+    for reference, chain in zip(references, chains, strict=True):
+        for stage, part in uses:
+            assert stage.gather is not None
+            truth = reference[stage.gather.name][:, part.start:part.stop]
+            alone = _worst(alone, cosine(run_part(plan.spec, part, runner, reference), truth))
+            rows = run_part(plan.spec, part, runner, chain)
+            target = chain.setdefault(stage.gather.name, np.zeros(stage.gather.shape, np.float32))
+            target[:, part.start:part.stop] = rows
+            chained = _worst(chained, cosine(rows, truth))
+    plan.stats[f"{kind}_cos"] = alone
+    plan.stats[f"{kind}_chain_cos"] = chained
+    if _below(alone, minimum):
+        raise VerificationError(f"shard {plan.spec.name} ({_describe(plan)}): {kind} rows vs fp32 reference cos "
                                 f"{alone:.7f} < {minimum} (run alone on the exact reference input)")
 
 

@@ -23,9 +23,12 @@ examples:
   build_shards --model ./siglip-checkpoint --out shards/seed --profile seed
   build_shards --model random:tiny --out /tmp/tiny --formats onnx      (seconds; no checkpoint needed)
   build_shards --model ./siglip-checkpoint --out shards/default --text  (+ text tower: labels, encode_text, search_bag)
+  build_shards --model ./siglip-checkpoint --out shards/split --profile split   (for --mode split: lowest latency)
 
 profiles: pipeline3 = 3 MAC-balanced shards, one per NPU core (default); seed = 26 shards (embedding, 12 attention
-halves, 12 MLP halves, norm + head) with 32-token attention tiles and the poison-pill barrier; whole = one graph.
+halves, 12 MLP halves, norm + head) with 32-token attention tiles and the poison-pill barrier; whole = one graph;
+split = every layer cut by query tokens into one part per NPU core (--shards N parts, default 3), run by the
+encoder's split mode on all cores at once with a host all-gather per layer: one frame's latency, not throughput.
 exit status: 0 built and verified, 1 verification or compilation failed, 2 bad arguments or model."""
 
 
@@ -38,7 +41,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="shard set folder to create")
     parser.add_argument("--profile", choices=PROFILES, default=DEFAULTS.profile, help="how to cut the graph (default: "
                         "%(default)s)")
-    parser.add_argument("--shards", type=int, metavar="N", help="override the profile's shard count (MAC-balanced)")
+    parser.add_argument("--shards", type=int, metavar="N", help="override the profile's shard count (MAC-balanced); "
+                        "for split: parts per layer (default 3, one per NPU core)")
     parser.add_argument("--tile", type=int, metavar="T", help="attention query tile size in tokens, 0 = off "
                         "(default: 32 for seed, off otherwise)")
     parser.add_argument("--barrier", choices=BARRIERS, help="fusion barrier keeping tiles apart (default: poison for "
