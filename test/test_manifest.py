@@ -190,7 +190,7 @@ def test_pixel_shape_must_match_preprocess_size(toy):
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("format", "something_else", "not an rk_siglip_ros shard manifest"),
-    ("version", 2, "manifest version 2 is not supported"),
+    ("version", 3, "manifest version 3 is not supported"),
 ])
 def test_wrong_format_or_version_is_rejected(toy, key, value, expected):
     _edit_manifest(toy, lambda d: d.update({key: value}))
