@@ -19,11 +19,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rk_siglip_ros.manifest import PIXEL_INPUT, PartSpec, ShardSpec, StageSpec, TensorSpec
 from rk_siglip_ros.builder.models import VisionTower
 from rk_siglip_ros.builder.shard_modules import EmbeddingBlock, FinalBlock, PlannedShard
 from rk_siglip_ros.builder.shard_plan import ATTENTION, EMBEDDING, FINAL, MLP, Block, encoder_blocks
 from rk_siglip_ros.builder.tiling import attention
+from rk_siglip_ros.manifest import PIXEL_INPUT, PartSpec, ShardSpec, StageSpec, TensorSpec
 
 SPLIT = "split"
 DEFAULT_PARTS = 3  # one per RK3588 NPU core
