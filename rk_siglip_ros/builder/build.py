@@ -25,7 +25,7 @@ from rk_siglip_ros.builder.models import ModelSourceError, VisionTower, load_vis
 from rk_siglip_ros.builder.options import BuildInputError, BuildOptions
 from rk_siglip_ros.builder.scale_fold import fold_host_scale
 from rk_siglip_ros.builder.shard_modules import PlannedShard, ShardModule
-from rk_siglip_ros.builder.shard_plan import FINAL, Block, encoder_blocks, plan_shards
+from rk_siglip_ros.builder.shard_plan import ATTENTION, FINAL, Block, encoder_blocks, plan_shards
 from rk_siglip_ros.builder.split_layers import DEFAULT_PARTS, SPLIT, plan_split
 from rk_siglip_ros.builder.text_tower import TextTower, build_text_side, load_text_tower
 from rk_siglip_ros.builder.tiling import check_tile
@@ -192,7 +192,8 @@ def _plan(tower: VisionTower, folded: VisionTower, groups: list[list[Block]],
             outputs = [TensorSpec(f"hidden_{index}", stream_shape, "float32", 1.0 / scale)]
         layers = sorted({block.layer for block in group if block.layer is not None})
         spec = ShardSpec(name=f"s{index}", inputs=inputs, outputs=outputs, layers=layers,
-                         macs=sum(block.macs for block in group), blocks=[block.label for block in group])
+                         macs=sum(block.macs for block in group), blocks=[block.label for block in group],
+                         attention_macs=sum(2 * tokens * tokens * width for block in group if block.kind == ATTENTION))
         module = ShardModule(folded, group, options.tile, uses_poison(options.barrier)).eval()
         plans.append(PlannedShard(spec, group, module, ShardModule(tower, group).eval()))
     return plans

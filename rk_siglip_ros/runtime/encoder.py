@@ -1,8 +1,9 @@
 """SiglipEncoder: the one encoder API for the node, the bag tool, the benchmarks and users' own code.
 
 It ties the pieces together: the manifest (what to run), the preprocessor (image -> pixel tensor), a backend (one
-runner per (shard, core)), the scheduler (which core runs what, when) and the host-side scales and pooling between
-and after the shards. Example::
+runner per (shard, core)), the scheduler (which core runs what, when) and the host-side scales, token rotations,
+all-gathers and pooling between and after the shards. The scheduler sees calls: each part of each of the manifest's
+stages (for a chain of shards, each shard). Example::
 
     with SiglipEncoder.open("shards/siglip-b16-512", backend="auto", mode="pipeline") as encoder:
         vector = encoder.encode(rgb_uint8_image)          # (D,) float32, L2-normalised
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from rk_siglip_ros.errors import RunFailedError
-from rk_siglip_ros.manifest import Manifest, ManifestError, load_manifest, verify_files
+from rk_siglip_ros.manifest import Manifest, ManifestError, PartSpec, StageSpec, load_manifest, verify_files
 from rk_siglip_ros.runtime.backends import Backend, ShardRunner, create_backend, resolve_backend_name
 from rk_siglip_ros.runtime.backends.base import NPU_CORES
 from rk_siglip_ros.runtime.postprocess import pooled_embedding, token_matrix
@@ -38,6 +39,7 @@ from rk_siglip_ros.runtime.scheduler import (
     StuckCall,
     check_mode,
 )
+from rk_siglip_ros.runtime.stages import GatherBuffer, part_feed
 
 DEFAULT_CORES = NPU_CORES
 # A host scale pair multiplying to 1 within this tolerance is skipped: the tensor goes to the next shard untouched.
@@ -82,14 +84,47 @@ class _HostTotals:
     postprocess_s: float = 0.0
 
 
-class _FrameState:
-    __slots__ = ("tensors", "submitted", "want_tokens", "last_call")
+def mode_problem(mode: str, manifest: Manifest) -> str | None:
+    """Why ``mode`` cannot run this shard set (None: it can). Split mode needs stages of parallel parts."""
+    if mode == "split" and not any(stage.gather is not None for stage in manifest.stages):
+        return (f"mode split runs the parts of a split shard set on all cores at once, and this shard set was built "
+                f"with --profile {manifest.profile}: build one with `build_shards --profile split`, or pick another "
+                "mode")
+    return None
 
-    def __init__(self, tensors: dict[str, tuple[np.ndarray, float]], submitted: float, want_tokens: bool) -> None:
-        self.tensors = tensors  # name -> (array, factor): the true value is array * factor
+
+@dataclass(frozen=True)
+class _Call:
+    """One call the scheduler runs: a part of a stage (a whole shard, in a chain)."""
+
+    stage: int
+    part: PartSpec
+    shard: int  # index into manifest.shards
+    gather: StageSpec | None  # the stage, when its parts' rows are gathered
+    name: str  # a shard's name, with the rows it computes in a gathered stage: "l3[342:683]"
+
+
+def _calls(manifest: Manifest) -> list[_Call]:
+    index = {shard.name: k for k, shard in enumerate(manifest.shards)}
+    calls = []
+    for number, stage in enumerate(manifest.execution_stages()):
+        for part in stage.parts:
+            name = part.shard if stage.gather is None else f"{part.shard}[{part.start}:{part.stop}]"
+            calls.append(_Call(number, part, index[part.shard], stage if stage.gather is not None else None, name))
+    return calls
+
+
+class _FrameState:
+    __slots__ = ("tensors", "submitted", "want_tokens", "last_call", "lock", "left")
+
+    def __init__(self, tensors: dict[str, tuple[np.ndarray | GatherBuffer, float]], submitted: float,
+                 want_tokens: bool, stage_sizes: list[int]) -> None:
+        self.tensors = tensors  # name -> (array or gather buffer, factor): the true value is array * factor
         self.submitted = submitted
         self.want_tokens = want_tokens
-        self.last_call = (-1, -1)  # (shard, core) of the latest shard call, to name it in output errors
+        self.last_call = (-1, -1)  # (call, core) of the latest call, to name it in output errors
+        self.lock = threading.Lock()  # split mode: a stage's parts run at once on different cores
+        self.left = list(stage_sizes)  # per stage, calls not yet returned: the last one frees the stage's inputs
 
 
 class SiglipEncoder:
@@ -106,19 +141,29 @@ class SiglipEncoder:
             self._preprocess = Preprocessor(manifest.preprocess, manifest.pixel_input.scale)
         except ValueError as error:  # an unsupported resample/color/layout: the shard set's problem, not a bug
             raise ManifestError(f"{manifest.root or 'manifest'}: {error}") from None
+        problem = mode_problem(mode, manifest)
+        if problem is not None:
+            raise ManifestError(f"{manifest.root or 'manifest'}: {problem}")
         self._pixel_factor = 1.0 / manifest.pixel_input.scale
-        self._last_use = _last_uses(manifest)
+        self._calls = _calls(manifest)
+        stages = manifest.execution_stages()
+        self._stage_sizes = [len(stage.parts) for stage in stages]
+        self._last_use = _last_uses(manifest, stages)
         self._host_lock = threading.Lock()
         self._host = _HostTotals()
         self._runners: dict[tuple[int, int], ShardRunner] = {}
         self._closed = False
-        costs = [backend.estimated_cost(manifest, shard) for shard in manifest.shards]
+        costs = [backend.estimated_cost(manifest, manifest.shards[call.shard]) for call in self._calls]
+        groups: list[list[int]] = [[] for _ in stages]
+        for number, call in enumerate(self._calls):
+            groups[call.stage].append(number)
         self._scheduler = Scheduler(mode, self.cores, costs, self._run_shard, self._finish, queue_slots=queue_slots,
-                                    trace=trace, call_timeout_s=call_timeout_s)
+                                    trace=trace, call_timeout_s=call_timeout_s, stages=groups)
         try:
             backend.set_concurrency(len(self._scheduler.plan))
             for assignment in self._scheduler.plan:
-                for shard, core in assignment:
+                for number, core in assignment:
+                    shard = self._calls[number].shard  # a rotated layer graph serves all its parts on one core
                     if (shard, core) not in self._runners:
                         self._runners[(shard, core)] = backend.load(manifest, manifest.shards[shard], core)
         except BaseException:
@@ -193,7 +238,8 @@ class SiglipEncoder:
         submitted = time.perf_counter()
         pixels = self._preprocess(image)
         self._add_host(1, time.perf_counter() - submitted, 0.0, 0.0)
-        state = _FrameState({self.manifest.pixel_input.name: (pixels, self._pixel_factor)}, submitted, tokens)
+        state = _FrameState({self.manifest.pixel_input.name: (pixels, self._pixel_factor)}, submitted, tokens,
+                            self._stage_sizes)
         return self._scheduler.submit(state)
 
     def encode(self, image: np.ndarray) -> np.ndarray:
@@ -225,8 +271,12 @@ class SiglipEncoder:
         return self._scheduler.stuck_calls()
 
     def shard_times(self) -> dict[str, float]:
-        """Mean seconds per call of each shard so far."""
-        return {self.manifest.shards[k].name: mean for k, (_, mean) in self._scheduler.shard_times().items()}
+        """Mean seconds per call of each shard so far; for a gathered stage, of each part (``l3[342:683]``)."""
+        return {self._calls[k].name: mean for k, (_, mean) in self._scheduler.shard_times().items()}
+
+    def call_shard(self, call: int) -> tuple[str, int]:
+        """The name of scheduler call ``call`` (as in :meth:`shard_times`) and the index of the shard it runs."""
+        return self._calls[call].name, self._calls[call].shard
 
     def host_times(self) -> HostTimes:
         with self._host_lock:
@@ -275,21 +325,35 @@ class SiglipEncoder:
     # ---------------------------------------------------------------------------------------- worker callbacks
 
     def _run_shard(self, index: int, core: Core, state: _FrameState) -> _FrameState:
-        shard = self.manifest.shards[index]
+        call = self._calls[index]
+        shard = self.manifest.shards[call.shard]
         start = time.perf_counter()
         feed = {}
         for spec in shard.inputs:
-            array, factor = state.tensors[spec.name]
+            value, factor = state.tensors[spec.name]
+            array = part_feed(call.part, value)  # rotated so the part's rows come first (a view of a gather buffer)
             multiplier = factor * spec.scale
             feed[spec.name] = array if abs(multiplier - 1.0) <= _UNIT else array * np.float32(multiplier)
         scaled = time.perf_counter()
         state.last_call = (index, core)
-        outputs = self._runners[(index, core)].run(feed)
-        for spec in shard.outputs:
-            state.tensors[spec.name] = (outputs[spec.name], spec.scale)
-        for name in self._last_use.get(index, ()):
-            state.tensors.pop(name, None)
-        self._add_host(0, 0.0, scaled - start, 0.0)
+        outputs = self._runners[(call.shard, core)].run(feed)
+        gathered = time.perf_counter()
+        if call.gather is not None:
+            gather = call.gather.gather
+            with state.lock:  # the stage's first part to return makes the buffer
+                if gather.name not in state.tensors:
+                    state.tensors[gather.name] = (GatherBuffer(gather), gather.scale)
+                buffer = state.tensors[gather.name][0]
+            buffer.put(call.part, outputs[shard.outputs[0].name])  # disjoint rows: no lock needed
+        else:
+            for spec in shard.outputs:
+                state.tensors[spec.name] = (outputs[spec.name], spec.scale)
+        with state.lock:
+            state.left[call.stage] -= 1
+            if state.left[call.stage] == 0:  # the stage is complete: what no later stage reads goes
+                for name in self._last_use.get(call.stage, ()):
+                    state.tensors.pop(name, None)
+        self._add_host(0, 0.0, scaled - start + time.perf_counter() - gathered, 0.0)
         return state
 
     def _finish(self, state: _FrameState) -> EncodeResult:
@@ -306,8 +370,8 @@ class SiglipEncoder:
 
     def _check_output(self, state: _FrameState, embedding: np.ndarray, tokens: np.ndarray | None) -> None:
         """Never hand out NaN/inf or a wrong width: an NPU fault or a broken shard fails the frame instead."""
-        shard, core = state.last_call
-        where = f"last shard {self.manifest.shards[shard].name} on core {core}" if shard >= 0 else "no shard ran"
+        call, core = state.last_call
+        where = f"last shard {self._calls[call].name} on core {core}" if call >= 0 else "no shard ran"
         if embedding.shape != (self.embedding_dim,):
             raise EncoderOutputError(f"the embedding has shape {embedding.shape}, the manifest declares "
                                      f"({self.embedding_dim},) ({where}); the shard set does not match its manifest")
@@ -320,7 +384,8 @@ class SiglipEncoder:
     def _value(state: _FrameState, name: str | None) -> np.ndarray | None:
         if name is None:
             return None
-        array, factor = state.tensors[name]
+        value, factor = state.tensors[name]
+        array = value.value if isinstance(value, GatherBuffer) else value
         return array if abs(factor - 1.0) <= _UNIT else array * np.float32(factor)
 
     def _add_host(self, frames: int, preprocess: float, scales: float, postprocess: float) -> None:
@@ -331,18 +396,21 @@ class SiglipEncoder:
             self._host.postprocess_s += postprocess
 
 
-def _last_uses(manifest: Manifest) -> dict[int, list[str]]:
-    """For each shard index, the tensors no later shard (nor the final outputs) needs once it has run."""
+def _last_uses(manifest: Manifest, stages: list[StageSpec]) -> dict[int, list[str]]:
+    """For each stage index, the tensors no later stage (nor the final outputs) needs once it is complete."""
     keep = {name for name in manifest.outputs.values() if name is not None}
     last: dict[str, int] = {manifest.pixel_input.name: 0}
-    for index, shard in enumerate(manifest.shards):
-        for spec in shard.inputs:
-            last[spec.name] = index
-        for spec in shard.outputs:
+    for index, stage in enumerate(stages):
+        shards = [manifest.shard(part.shard) for part in stage.parts]
+        for shard in shards:
+            for spec in shard.inputs:
+                last[spec.name] = index
+        produced = [stage.gather] if stage.gather is not None else [spec for s in shards for spec in s.outputs]
+        for spec in produced:
             last.setdefault(spec.name, index)
-    by_shard: dict[int, list[str]] = {}
+    by_stage: dict[int, list[str]] = {}
     for name, index in last.items():
         if name not in keep:
-            by_shard.setdefault(index, []).append(name)
-    return by_shard
+            by_stage.setdefault(index, []).append(name)
+    return by_stage
 

@@ -1,7 +1,8 @@
 """Per-core workers that keep the NPU's three cores busy at once.
 
 The scheduler knows nothing about images or models: it moves opaque frame states through ``run_shard(shard, core,
-state)`` calls and hands the final state to ``finish(state)``. Four modes:
+state)`` calls and hands the final state to ``finish(state)``. A "shard" here is one call: a whole shard of a chain,
+or one part of a stage of parts (``stages``: calls that may run at once). Five modes:
 
 - ``sequential``: one frame at a time, shard k on core k % N (the seed's behaviour: one core busy at any moment).
 - ``pipeline``: the shard chain is cut into up to N contiguous stages of balanced cost, one worker thread per core;
@@ -11,6 +12,9 @@ state)`` calls and hands the final state to ``finish(state)``. Four modes:
 - ``allcores``: the vendor's latency option: one frame at a time, every shard in one context spanning all the cores
   (core = the tuple of cores; RKNN core mask NPU_CORE_0_1_2). The runtime splits only some ops across the cores
   (on RK3588 the conv-type projections; attention stays on one core), so latency drops by less than N.
+- ``split``: the latency mode for stages of parallel parts (the split profile): one frame at a time; each stage's
+  parts run on all cores at once (part k on core k % N, one context per core), and the next stage starts when every
+  part of this one has returned (the host's all-gather). A failing or stuck part fails the frame.
 
 Admission is bounded (``capacity`` frames in flight; ``submit`` blocks beyond that), results resolve in submission
 order, an exception in a shard fails only that frame's future, and ``close`` drains (or cancels) what is in flight
@@ -35,7 +39,7 @@ from rk_siglip_ros.errors import RunFailedError
 from rk_siglip_ros.runtime.backends.base import Core, core_indices, format_core
 from rk_siglip_ros.runtime.partitioning import min_max_partition
 
-MODES = ("sequential", "pipeline", "replicas", "allcores")
+MODES = ("sequential", "pipeline", "replicas", "allcores", "split")
 # Consecutive failed frames after which a replicas core leaves the rotation (never the last core in rotation).
 RETIRE_AFTER = 5
 # close() waits this long by default for frames in flight and running shard calls; then it returns regardless.
@@ -141,8 +145,10 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
-def plan_workers(mode: str, cores: Sequence[int], costs: Sequence[float]) -> list[list[tuple[int, Core]]]:
-    """Each worker's (shard, core) assignment for ``mode``. Pipeline workers are listed in stage order."""
+def plan_workers(mode: str, cores: Sequence[int], costs: Sequence[float],
+                 stages: Sequence[Sequence[int]] | None = None) -> list[list[tuple[int, Core]]]:
+    """Each worker's (shard, core) assignment for ``mode``. Pipeline workers are listed in stage order; split mode
+    has one worker (lane) per core, holding the parts that core runs, in order."""
     check_mode(mode)
     if not cores:
         raise ValueError("at least one core is needed")
@@ -155,19 +161,61 @@ def plan_workers(mode: str, cores: Sequence[int], costs: Sequence[float]) -> lis
         return [[(k, core) for k in shards] for core in cores]
     if mode == "allcores":
         return [[(k, tuple(cores)) for k in shards]]
+    if mode == "split":
+        lanes: dict[int, list[tuple[int, Core]]] = {core: [] for core in cores}
+        for stage in split_stages(cores, len(costs), stages):
+            for shard, core in stage:
+                lanes[int(core)].append((shard, core))
+        return [lanes[core] for core in cores]
     return [[(k, core) for k in stage] for stage, core in zip(balanced_stages(costs, len(cores)), cores, strict=False)]
+
+
+def split_stages(cores: Sequence[int], calls: int,
+                 stages: Sequence[Sequence[int]] | None) -> list[list[tuple[int, Core]]]:
+    """Split mode's (shard, core) pairs per stage: part k of a stage on core k % N (None: one shard per stage)."""
+    groups = [list(stage) for stage in stages] if stages is not None else [[k] for k in range(calls)]
+    if sorted(k for group in groups for k in group) != list(range(calls)):
+        raise ValueError(f"stages {groups} must list every shard 0..{calls - 1} exactly once")
+    return [[(shard, cores[k % len(cores)]) for k, shard in enumerate(group)] for group in groups]
+
+
+class _Latch:
+    """Counts a stage's lanes down; holds the first error any of them raised."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self._done = threading.Condition()
+        self.error: BaseException | None = None
+
+    def count_down(self, error: BaseException | None) -> None:
+        with self._done:
+            self._count -= 1
+            if error is not None and self.error is None:
+                self.error = error
+            self._done.notify_all()
+
+    def wait(self, frame: _Frame) -> None:
+        """Until every lane is done, or the frame was given up (the watchdog, close(), its owner cancelled it)."""
+        with self._done:
+            while self._count > 0 and not frame.abandoned and not frame.future.done():
+                self._done.wait(0.05)
 
 
 class Scheduler:
     def __init__(self, mode: str, cores: Sequence[int], costs: Sequence[float], run_shard: RunShard,
                  finish: Finish, queue_slots: int = 0, trace: bool = False, retire_after: int = RETIRE_AFTER,
-                 call_timeout_s: float | None = CALL_TIMEOUT_S) -> None:
+                 call_timeout_s: float | None = CALL_TIMEOUT_S, stages: Sequence[Sequence[int]] | None = None) -> None:
+        """``stages``: groups of shard indices (in order) whose calls may run at once; only split mode runs them at
+        once, the other modes run the shards in index order."""
         self.mode = mode
         self.cores = tuple(cores)
-        self.plan = plan_workers(mode, self.cores, costs)
+        self.plan = plan_workers(mode, self.cores, costs, stages)
+        self._split_plan = split_stages(self.cores, len(costs), stages) if mode == "split" else []
+        self._lanes: dict[int, _Worker] = {}
         self._run_shard = run_shard
         self._finish = finish
-        self.capacity = len(self.plan) + max(0, queue_slots)
+        # split runs one frame at a time whatever its number of lanes
+        self.capacity = (1 if mode == "split" else len(self.plan)) + max(0, queue_slots)
         self._lock = threading.Lock()
         self._slots = threading.Condition(self._lock)
         self._free = self.capacity
@@ -314,6 +362,16 @@ class Scheduler:
 
     def _start_workers(self) -> list[_Worker]:
         workers: list[_Worker] = []
+        if self.mode == "split":
+            workers = [_Worker("siglip-split", [], queue.Queue(), None)]  # takes frames; hands parts to the lanes
+            workers += [_Worker(f"siglip-core{core}", a, queue.Queue(), None) for core, a in zip(self.cores, self.plan,
+                                                                                                  strict=True)]
+            self._lanes = dict(zip(self.cores, workers[1:], strict=True))
+            targets = [self._coordinate] + [self._lane] * len(self.plan)
+            for worker, target in zip(workers, targets, strict=True):
+                worker.thread = threading.Thread(target=target, args=(worker,), name=worker.name, daemon=True)
+                worker.thread.start()
+            return workers
         if self.mode == "replicas":
             shared: queue.Queue = queue.Queue()
             workers = [_Worker(f"siglip-core{a[0][1]}", a, shared, None) for a in self.plan]
@@ -351,6 +409,44 @@ class Scheduler:
             self._done(frame)
             if self.mode == "replicas" and not frame.future.cancelled() and self._count_outcome(worker, frame.error):
                 return  # this core left the rotation; the others keep taking frames from the shared queue
+
+    def _coordinate(self, worker: _Worker) -> None:
+        """Split mode: one frame at a time, stage by stage; each stage's parts go to their cores' lanes at once and
+        the next stage starts when all have returned. A failed part fails the frame; a stuck one too (watchdog)."""
+        while True:
+            frame = worker.inbox.get()
+            if frame is _STOP:
+                for lane in self._lanes.values():
+                    lane.inbox.put(_STOP)
+                return
+            for stage in self._split_plan:
+                if frame.future.cancelled() or frame.abandoned or frame.error is not None:
+                    break
+                by_core: dict[int, list[tuple[int, Core]]] = {}
+                for shard, core in stage:
+                    by_core.setdefault(int(core), []).append((shard, core))
+                latch = _Latch(len(by_core))
+                for core, calls in by_core.items():
+                    self._lanes[core].inbox.put((frame, calls, latch))
+                latch.wait(frame)
+                if latch.error is not None and not frame.abandoned:
+                    frame.error = latch.error
+            if not frame.abandoned:  # the watchdog resolves the frames it gives up
+                self._done(frame)
+
+    def _lane(self, worker: _Worker) -> None:
+        """Split mode: one core's calls of a stage, in order, then count the stage's latch down."""
+        while True:
+            item = worker.inbox.get()
+            if item is _STOP:
+                return
+            frame, calls, latch = item
+            error = None
+            try:
+                self._run(worker, frame, calls)
+            except BaseException as caught:  # noqa: BLE001 - a lane never dies; the frame carries the error
+                error = caught
+            latch.count_down(error)
 
     def _count_outcome(self, worker: _Worker, error: BaseException | None) -> bool:
         """Track a replicas core's consecutive failures; True when it must leave the rotation now."""
@@ -409,8 +505,8 @@ class Scheduler:
                           "; core out of rotation, serving on the other cores" if retired else "")
                 self._done(frame)
 
-    def _run(self, worker: _Worker, frame: _Frame) -> None:
-        for shard, core in worker.assignment:
+    def _run(self, worker: _Worker, frame: _Frame, calls: list[tuple[int, Core]] | None = None) -> None:
+        for shard, core in worker.assignment if calls is None else calls:
             if frame.future.cancelled() or frame.abandoned:
                 return
             start = time.perf_counter()

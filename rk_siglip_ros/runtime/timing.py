@@ -128,8 +128,11 @@ def shard_gmacs(manifest: Manifest, shard: ShardSpec) -> tuple[float, float]:
     if shard.macs <= 0:
         raise TimingProfileError(f"shard {shard.name} records no MAC count; the timing model needs the builder's "
                                  "per-shard `macs` (rebuild the shard set)")
-    tokens, width = manifest.model.num_tokens, manifest.model.hidden_size
-    attention = min(float(shard.macs), attention_blocks(shard) * 2.0 * tokens * tokens * width)
+    if shard.attention_macs is not None:  # recorded by the builder (manifest v2): exact for parts of a layer too
+        attention = min(float(shard.macs), float(shard.attention_macs))
+    else:
+        tokens, width = manifest.model.num_tokens, manifest.model.hidden_size
+        attention = min(float(shard.macs), attention_blocks(shard) * 2.0 * tokens * tokens * width)
     return (shard.macs - attention) / 1e9, attention / 1e9
 
 
