@@ -104,10 +104,24 @@ def test_smolvlm_full_vlm_layout_is_found(tmp_path):
     torch.testing.assert_close(tower.reference(pixels)[1], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_image_size_not_divisible_by_patch_size(tmp_path):
+def test_siglip_image_size_with_a_remainder_drops_it_like_transformers(tmp_path):
+    """So400m/14 at 384 px is such a checkpoint: the patch conv drops the last pixels (27 x 27 patches)."""
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    SiglipVisionModel(SiglipVisionConfig(**{**TINY_VISION, "image_size": 60})).save_pretrained(tmp_path / "bad")
+    from rk_siglip_ros.builder.build import build_shards
+
+    SiglipVisionModel(SiglipVisionConfig(**{**TINY_VISION, "image_size": 60})).save_pretrained(tmp_path / "ckpt")
+    assert load_vision_tower(str(tmp_path / "ckpt")).num_tokens == 7 * 7
+    manifest = build_shards(str(tmp_path / "ckpt"), tmp_path / "set", profile="whole", formats=("onnx",),
+                            progress=False)
+    assert manifest.verification["onnx_vs_fp32_cos"] >= 0.99999
+
+
+def test_smolvlm_image_size_not_divisible_by_patch_size(tmp_path):
+    from transformers import SmolVLMVisionConfig
+    from transformers.models.smolvlm.modeling_smolvlm import SmolVLMVisionTransformer
+
+    SmolVLMVisionTransformer(SmolVLMVisionConfig(**{**TINY_VISION, "image_size": 60})).save_pretrained(tmp_path / "bad")
     with pytest.raises(ModelSourceError, match="not divisible by patch size"):
         load_vision_tower(str(tmp_path / "bad"))
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from rk_siglip_ros.builder.barrier import uses_poison
 from rk_siglip_ros.builder.export_onnx import export_onnx
-from rk_siglip_ros.builder.models import ModelSourceError, VisionTower, load_vision_tower
+from rk_siglip_ros.builder.models import ModelSourceError, VisionTower, load_vision_tower, shape_only_tower
 from rk_siglip_ros.builder.options import BuildInputError, BuildOptions
 from rk_siglip_ros.builder.scale_fold import fold_host_scale
 from rk_siglip_ros.builder.shard_modules import PlannedShard, ShardModule
@@ -48,6 +48,8 @@ from rk_siglip_ros.manifest import (
     ShardSpec,
     StageSpec,
     TensorSpec,
+    manifest_to_dict,
+    parse_manifest,
     record_hashes,
     save_manifest,
 )
@@ -119,20 +121,7 @@ def _move_into_place(staging: Path, out: Path, force: bool) -> None:
 
 def _build_into(tower: VisionTower, source: str, folder: Path, options: BuildOptions, progress: bool,
                 text_tower: TextTower | None = None) -> Manifest:
-    folded = fold_host_scale(tower, options.scale)
-    stages: list[StageSpec] = []
-    if options.profile == SPLIT:
-        try:
-            plans, stages = plan_split(tower, folded, options.shards or DEFAULT_PARTS, options.scale, options.tile,
-                                       uses_poison(options.barrier))
-        except ValueError as error:
-            raise BuildInputError(str(error)) from None
-    else:
-        try:
-            groups = plan_shards(encoder_blocks(tower), options.profile, options.shards)
-        except ValueError as error:
-            raise BuildInputError(str(error)) from None
-        plans = _plan(tower, folded, groups, options)
+    folded, plans, stages = _plan_all(tower, options)
     manifest = _manifest(tower, source, plans, options, stages)
     images = verification_images(tower)
     if stages:
@@ -171,6 +160,40 @@ def _build_into(tower: VisionTower, source: str, folder: Path, options: BuildOpt
     record_hashes(manifest, folder)
     save_manifest(manifest, folder)
     return manifest
+
+
+def _plan_all(tower: VisionTower, options: BuildOptions) -> tuple[VisionTower, list[PlannedShard], list[StageSpec]]:
+    """The scale-folded tower, every shard (spec and module) and, for the split profile, the stages."""
+    folded = fold_host_scale(tower, options.scale)
+    try:
+        if options.profile == SPLIT:
+            plans, stages = plan_split(tower, folded, options.shards or DEFAULT_PARTS, options.scale, options.tile,
+                                       uses_poison(options.barrier))
+            return folded, plans, stages
+        groups = plan_shards(encoder_blocks(tower), options.profile, options.shards)
+    except ValueError as error:
+        raise BuildInputError(str(error)) from None
+    return folded, _plan(tower, folded, groups, options), []
+
+
+def planned_manifest(model: str, **options: Any) -> Manifest:
+    """The manifest ``build_shards`` would write for ``random:<preset>`` (shards, stages, MACs, tensor shapes), with
+    no file built and no weights made: the tower lives on torch's meta device. What the timing simulation of a
+    full-size checkpoint needs (the sim backend reads no files) in a second instead of a build's minutes. Its
+    ``root`` is unset and its file names name nothing yet."""
+    checked = BuildOptions(**{**options, "formats": ("onnx",), "verify": False}).checked()
+    tower = shape_only_tower(model)
+    if checked.tile is not None:
+        try:
+            check_tile(checked.tile, tower.num_tokens)
+        except ValueError as error:
+            raise BuildInputError(str(error)) from None
+    _, plans, stages = _plan_all(tower, checked)
+    for plan in plans:
+        plan.spec.onnx = f"{plan.spec.name}.onnx"
+    manifest = _manifest(tower, model, plans, checked, stages)
+    manifest.toolchain = {}
+    return parse_manifest(manifest_to_dict(manifest), source=f"planned {model}")  # validated like a saved one
 
 
 def _plan(tower: VisionTower, folded: VisionTower, groups: list[list[Block]],
@@ -227,4 +250,4 @@ def toolchain_versions(with_rknn: bool) -> dict[str, str]:
 
 
 __all__ = ["BuildInputError", "BuildOptions", "ModelSourceError", "VerificationError", "build_shards",
-           "verification_images"]
+           "planned_manifest", "verification_images"]

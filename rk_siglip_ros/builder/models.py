@@ -27,6 +27,9 @@ RANDOM_SEED = 0
 # seconds; the 512 presets are the shapes we ship for (SigLIP-B/16@512 is also SmolVLM-256M/500M's tower).
 _SIGLIP_B16_512 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                        image_size=512, patch_size=16)
+_B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16)
+_L16 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=16)
+_SO400M14 = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, patch_size=14)
 _TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              image_size=64, patch_size=8)
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -36,6 +39,15 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-12": ("siglip", {**_TINY, "num_hidden_layers": 12}),
     "siglip-base-patch16-512": ("siglip", _SIGLIP_B16_512),
     "smolvlm-vision-512": ("smolvlm", _SIGLIP_B16_512),
+    # The shapes of the published SigLIP checkpoints a robot would pick from (the model table in benchmarks/): same
+    # graph, random weights. So400m/14 at 384 px has 27 x 27 patches (the patch conv drops the last 6 pixels).
+    "siglip-base-patch16-224": ("siglip", {**_B16, "image_size": 224}),
+    "siglip-base-patch16-256": ("siglip", {**_B16, "image_size": 256}),
+    "siglip-base-patch16-384": ("siglip", {**_B16, "image_size": 384}),
+    "siglip-large-patch16-256": ("siglip", {**_L16, "image_size": 256}),
+    "siglip-large-patch16-384": ("siglip", {**_L16, "image_size": 384}),
+    "siglip-so400m-patch14-224": ("siglip", {**_SO400M14, "image_size": 224}),
+    "siglip-so400m-patch14-384": ("siglip", {**_SO400M14, "image_size": 384}),
 }
 
 # PIL resample codes as stored in Hugging Face preprocessor_config.json.
@@ -165,7 +177,14 @@ def hf_image_processor(tower: VisionTower) -> Any:
     )
 
 
-def _random_tower(source: str) -> VisionTower:
+def shape_only_tower(source: str) -> VisionTower:
+    """A ``random:<preset>`` tower whose tensors live on torch's meta device: every shape, no memory and no weights.
+    What planning a full-size shard set needs (its shards, stages and MACs) without building it."""
+    with torch.device("meta"):
+        return _random_tower(source, randomise=False)
+
+
+def _random_tower(source: str, randomise: bool = True) -> VisionTower:
     name = source[len(RANDOM_PREFIX):]
     if name not in PRESETS:
         raise ModelSourceError(f"--model {source!r}: unknown random preset; choose one of "
@@ -183,7 +202,8 @@ def _random_tower(source: str) -> VisionTower:
 
         config = SmolVLMVisionConfig(**sizes)
         module = SmolVLMVisionTransformer(config)
-    _randomise_norms(module)
+    if randomise:
+        _randomise_norms(module)
     return _finish(architecture, source, module, config, siglip_preprocess(config.image_size))
 
 
@@ -289,7 +309,9 @@ def _finish(architecture: str, source: str, module: nn.Module, config: Any, prep
     if hasattr(module, "config"):
         # eager attention: the exported graph must be plain matmul/softmax that ONNX and the RKNN compiler fuse.
         module.config._attn_implementation = "eager"
-    if config.image_size % config.patch_size:
+    # SigLIP's patch conv drops a remainder (So400m/14 at 384 px: 27 x 27 patches, as transformers counts them);
+    # SmolVLM's bucketed position ids assume whole patches.
+    if config.image_size < config.patch_size or (architecture == "smolvlm" and config.image_size % config.patch_size):
         raise ModelSourceError(f"{source}: image size {config.image_size} is not divisible by patch size "
                                f"{config.patch_size}; the encoder needs a whole number of patches")
     return VisionTower(architecture, source, module, config, preprocess, checkpoint)

@@ -41,10 +41,13 @@ def _position_table(tower: VisionTower) -> torch.Tensor:
     captured: list[torch.Tensor] = []
     handle = tower.embeddings.position_embedding.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
-        pixels = torch.zeros(1, 3, tower.image_size, tower.image_size)
+        # on the tower's device: a shape-only tower (meta device, for planning) has no real tensors
+        device = tower.embeddings.patch_embedding.weight.device
+        pixels = torch.zeros(1, 3, tower.image_size, tower.image_size, device=device)
         if tower.architecture == "smolvlm":
             side = tower.image_size // tower.patch_size
-            tower.embeddings(pixels, patch_attention_mask=torch.ones(1, side, side, dtype=torch.bool))
+            mask = torch.ones(1, side, side, dtype=torch.bool, device=pixels.device)
+            tower.embeddings(pixels, patch_attention_mask=mask)
         else:
             tower.embeddings(pixels)
     finally:
