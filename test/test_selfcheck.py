@@ -39,7 +39,8 @@ def test_selfcheck_on_the_sim_writes_a_profile_params_files_and_a_report(sim_set
     printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     results = report["results"]
-    assert {(r["shards"], r["mode"]) for r in results} == {(str(s), m) for s in sim_sets for m in MODES}
+    # split mode runs split shard sets only: skipped for these
+    assert {(r["shards"], r["mode"]) for r in results} == {(str(s), m) for s in sim_sets for m in MODES if m != "split"}
     # what this machine does not expose is reported as unknown, not guessed
     assert report["board"]["librknnrt"] == UNKNOWN and f"librknnrt {UNKNOWN}" in printed
 

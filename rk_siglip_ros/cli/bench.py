@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from rk_siglip_ros.manifest import load_manifest
-    from rk_siglip_ros.runtime.encoder import SiglipEncoder
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder, mode_problem
 
     modes, cores = args.modes, args.cores
 
@@ -118,6 +118,9 @@ def _run(args: argparse.Namespace) -> int:
                 # One manifest per shard set: the first open() hashes the files its backend loads, later modes
                 # reuse that verification instead of hashing the (large) shard files again.
                 manifest = manifest or load_manifest(shards, verify=())
+                if mode_problem(mode, manifest) is not None:  # split mode needs a split shard set
+                    print(f"  {shards} x {mode}: skipped (built with --profile {manifest.profile})", file=sys.stderr)
+                    continue
                 encoder = SiglipEncoder.open(manifest, backend=args.backend, mode=mode, cores=cores,
                                              timing_profile=timing, time_scale=time_scale)
                 with encoder:

@@ -222,7 +222,7 @@ def run_selfcheck(shard_dirs: Sequence[str | Path], out: Path, backend: str = "a
     ``latency.params.yaml`` and ``report.json`` into ``out``."""
     from rk_siglip_ros.manifest import load_manifest
     from rk_siglip_ros.runtime.backends import resolve_backend_name
-    from rk_siglip_ros.runtime.encoder import SiglipEncoder
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder, mode_problem
 
     manifests = {str(Path(d)): load_manifest(d, verify=()) for d in shard_dirs}
     out.mkdir(parents=True, exist_ok=True)  # an unusable --out is found now, not after minutes of measuring
@@ -241,6 +241,8 @@ def run_selfcheck(shard_dirs: Sequence[str | Path], out: Path, backend: str = "a
     sdk_version = None
     for label, manifest in manifests.items():
         for mode in modes:
+            if mode_problem(mode, manifest) is not None:  # split mode runs split shard sets only
+                continue
             if progress:
                 progress(f"{label}: {mode} with the encoder kept full")
             with SiglipEncoder.open(manifest, backend=backend, mode=mode, cores=cores, timing_profile=sim_profile,
