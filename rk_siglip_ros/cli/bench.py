@@ -75,6 +75,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="sim: run this much faster than real time (results are reported unscaled)")
     parser.add_argument("--json", type=Path, help="write all results as JSON here")
+    parser.add_argument("--shard-times", action="store_true",
+                        help="also print each configuration's mean time per shard call (per part for split sets)")
     parser.add_argument("--plot", type=Path, help="write a throughput/latency chart (PNG) here (needs matplotlib)")
     args = parser.parse_args(argv)
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
@@ -131,6 +133,10 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"  {result.label:<40} {result.frames_per_s:7.2f} frames/s  p50 "
                       f"{result.latency_p50_ms:8.1f} ms", file=sys.stderr, flush=True)
     print(format_table(results))
+    if args.shard_times:
+        for result in results:
+            calls = ", ".join(f"{name} {ms:.1f}" for name, ms in result.shard_ms.items())
+            print(f"  {result.label}: ms per call: {calls}")
     print(verdict(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
