@@ -37,8 +37,6 @@ LAUNCH_ARGUMENTS = ("shards", "image_topics", "backend", "mode")
 EMBEDDINGS_TOPIC = "siglip/embeddings"
 PATCH_EMBEDDINGS_TOPIC = "siglip/patch_embeddings"
 LABELS_TOPIC = "siglip/labels"
-# Latched (transient_local) vision_msgs/VisionInfo: which model and shard set made the embeddings.
-VISION_INFO_TOPIC = "siglip/vision_info"
 # `encoder_node --managed` (launch: managed:=true) runs it as a lifecycle node.
 MANAGED_FLAG = "--managed"
 

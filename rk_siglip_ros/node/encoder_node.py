@@ -17,6 +17,8 @@ import threading
 from typing import Any
 
 from rk_siglip_ros.errors import EXIT_USAGE, ExplainedError, one_line
+from rk_siglip_ros.messages.vision_info import embedding_kind, vision_info_fields, vision_info_topic
+from rk_siglip_ros.model_identity import ModelIdentity
 from rk_siglip_ros.node.camera_cdr import camera_deserializer
 from rk_siglip_ros.node.config import (
     COMPRESSED_TYPE,
@@ -57,11 +59,17 @@ if rclpy is not None:
         from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
         from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
         from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind, qos_profile_sensor_data
+        from rclpy.qos import (
+            DurabilityPolicy,
+            QoSProfile,
+            ReliabilityPolicy,
+            qos_policy_name_from_kind,
+            qos_profile_sensor_data,
+        )
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import CompressedImage, Image
         from std_msgs.msg import Header
-        from vision_msgs.msg import Classification, ObjectHypothesis
+        from vision_msgs.msg import Classification, ObjectHypothesis, VisionInfo
     except ImportError as missing:
         MISSING_ROS_PACKAGE = missing.name or str(missing)
     try:  # Iron and later; Humble has it as rclpy.qos_event
@@ -85,6 +93,7 @@ class _EncoderParts:
     _service: Any = None
     _stop_forwarding_logs: Any = None
     _updater: Any = None
+    _vision_info_publisher: Any = None
 
     def _set_up(self, serialized: bool) -> None:
         """Declare the parameters (a value of the wrong type: ConfigError) and the run-time change hook."""
@@ -111,6 +120,7 @@ class _EncoderParts:
                                             warn=logger.warning, error=logger.error,
                                             open_labels_publisher=self._open_labels_publisher, info=logger.info,
                                             deserialize=deserialize)
+            self._publish_vision_info(config)
             self._updater = diagnostic_updater.Updater(_UpdaterHost(self), period=config.diagnostic_period)
             self._updater.setHardwareID(self._service.hardware_id)
             self._updater.add("siglip encoder", self._diagnose)
@@ -127,6 +137,9 @@ class _EncoderParts:
             summary = service.close(drain=drain)
             if summary is not None:
                 self.get_logger().info(summary.line())
+        vision_info, self._vision_info_publisher = self._vision_info_publisher, None
+        if vision_info is not None:
+            self.destroy_publisher(vision_info)  # a late subscriber must not learn of a model no longer loaded
         updater, self._updater = self._updater, None
         if updater is not None:
             self.destroy_timer(updater.timer)
@@ -137,6 +150,20 @@ class _EncoderParts:
         stop_forwarding_logs, self._stop_forwarding_logs = self._stop_forwarding_logs, None
         if stop_forwarding_logs is not None:
             stop_forwarding_logs()
+
+    def _publish_vision_info(self, config: NodeConfig) -> None:
+        """The model identity, latched beside the embeddings (siglip/vision_info): published once, every subscriber
+        that comes later still gets it (transient_local). A plain publisher even in a lifecycle node: while the
+        node is configured, the identity holds whether it is active or not."""
+        manifest = self._service.encoder.manifest
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._vision_info_publisher = self.create_publisher(VisionInfo, vision_info_topic(config.output_topic),
+                                                            latched)
+        msg = VisionInfo(**vision_info_fields(ModelIdentity.of(manifest), embedding_kind(manifest),
+                                              str(config.shards.resolve())))
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._vision_info_publisher.publish(msg)
 
     def _subscribe_cameras(self) -> None:
         config = self._service.config

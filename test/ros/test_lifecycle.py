@@ -145,10 +145,9 @@ def encode_while_active(client: ros_support.RosClient, lifecycle: Lifecycle, cam
     assert ros_support.probe_until_answered({CAMERA: (camera, ros_support.as_probe(probe, CAMERA))},
                                             client.answered_probes, ros_support.wait_until), launch.output
     start = len(embeddings)
-    for message in frames:
-        camera.publish(message)
-        count = len(embeddings) + 1
-        assert ros_support.wait_until(lambda: len(embeddings) >= count), launch.output
+    for sent, message in enumerate(frames, start=1):
+        camera.publish(message)  # one at a time: the newest-frame mailbox replaces nothing
+        assert ros_support.wait_until(lambda count=start + sent: len(embeddings) >= count), launch.output
     return {ros_support.stamp_key(message.header): embedding_from_message(message)[0]
             for _, message in embeddings[start:]}
 
