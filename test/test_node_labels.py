@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 from outboxes import RecordingOutbox, wait_until
-from test_node_core import TOPICS, Publishers, camera_messages
+from test_node_service import TOPICS, Publishers, camera_messages
 
 from rk_siglip_ros.messages.camera_frames import image_from_message
 from rk_siglip_ros.node.config import ConfigError, check_labels, check_top_k, validate
