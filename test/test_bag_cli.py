@@ -154,7 +154,7 @@ def test_force_replaces_an_earlier_output(tmp_path, camera_bag, shards, capsys):
     assert sorted(p.name for p in out.iterdir()) != first  # now an sqlite3 bag
     with Reader(out) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
-    assert counts == {"/notes": 3, "/camera/image_raw": 3, EMBEDDING_TOPIC: 3}
+    assert counts == {"/notes": 3, "/camera/image_raw": 3, EMBEDDING_TOPIC: 3, "/siglip/vision_info": 1}
     assert not list(tmp_path.glob(".out.*"))  # no staging or backup folders left behind
 
 

@@ -185,7 +185,9 @@ def ros2_problems(command: list[str], shown: str) -> list[str]:
         return problems
     if verb == "topic" and arguments[:1] and arguments[0] in TOPIC_VERBS and len(arguments) > 1:
         topic = arguments[1]
-        ours = {spec.default for name, spec in PARAMETERS.items() if name.endswith("_topic")} | {"/diagnostics"}
+        # The node's topics are relative: with no namespace they resolve to /siglip/...
+        ours = {"/" + spec.default.lstrip("/") for name, spec in PARAMETERS.items() if name.endswith("_topic")} | {
+            "/siglip/vision_info", "/diagnostics"}
         if topic.startswith("/siglip") and topic not in ours:
             return [f"{shown}: the node publishes no {topic}"]
     return []

@@ -34,7 +34,8 @@ def test_defaults_resolve_the_installed_shard_set(shards):
     config = validate({}, share_dir=share)
     assert config.shards == default_shards_dir(share) == shards
     assert (config.backend, config.mode, config.cores, config.qos) == ("auto", "pipeline", (0, 1, 2), "sensor_data")
-    assert config.image_topics == ("/camera/image_raw",) and config.output_topic == "/siglip/embeddings"
+    assert config.image_topics == ("/camera/image_raw",) and config.output_topic == "siglip/embeddings"
+    assert (config.labels_topic, config.patch_tokens_topic) == ("siglip/labels", "siglip/patch_embeddings")
     assert config.max_rate_hz == 0.0 and config.timing_profile is None and not config.publish_patch_tokens
 
 

@@ -67,18 +67,18 @@ def offer_and_wait(core, outbox, messages, expected):
 def test_every_frame_gets_its_top_k_labels_with_the_source_header(text_shards, types):
     embedder = CountingEmbedder(text_shards)
     core, publishers, label_topics = make_core(text_shards, types, embedder, labels=LABELS, labels_top_k=3)
-    embeddings = publishers.outboxes["/siglip/embeddings"]
+    embeddings = publishers.outboxes["siglip/embeddings"]
     sent = []
     try:
         for sec in (10, 11):
             messages = camera_messages(types, sec)
             offer_and_wait(core, embeddings, messages, len(sent))
             sent += list(messages.values())
-        assert label_topics["/siglip/labels"].wait_for(len(sent))
+        assert label_topics["siglip/labels"].wait_for(len(sent))
     finally:
         core.close()
     assert embedder.runs == 1  # once at start, never per frame
-    published = label_topics["/siglip/labels"].messages
+    published = label_topics["siglip/labels"].messages
     with SiglipEncoder.open(text_shards, backend="onnxruntime") as encoder, TextEncoder.open(text_shards) as text:
         label_set = text.label_set(LABELS)
         for source, (header, results) in zip(sent, published, strict=True):
@@ -94,7 +94,7 @@ def test_every_frame_gets_its_top_k_labels_with_the_source_header(text_shards, t
 def test_labels_change_at_run_time_and_turn_off(text_shards, types):
     embedder = CountingEmbedder(text_shards)
     core, publishers, label_topics = make_core(text_shards, types, embedder)
-    embeddings = publishers.outboxes["/siglip/embeddings"]
+    embeddings = publishers.outboxes["siglip/embeddings"]
     try:
         assert label_topics == {} and embedder.runs == 0  # off by default: no topic, no text tower
         count = offer_and_wait(core, embeddings, camera_messages(types, 1), 0)
@@ -103,7 +103,7 @@ def test_labels_change_at_run_time_and_turn_off(text_shards, types):
         core.set_labels_top_k(10)  # more than there are labels: all of them
         assert embedder.runs == 1 and dict(core.diagnostics().values)["labels"] == "2"
         count = offer_and_wait(core, embeddings, camera_messages(types, 2), count)
-        outbox = label_topics["/siglip/labels"]
+        outbox = label_topics["siglip/labels"]
         assert outbox.wait_for(3)
         assert all(sorted(label for label, _ in results) == ["a cat", "a dog"] for _, results in outbox.messages)
         with pytest.raises(ConfigError, match=r"labels\[1\] 'a cat' repeats labels\[0\]"):

@@ -89,7 +89,7 @@ def make_service(tiny_shards, types, deserialize=None, environ=None, **parameter
 
 def test_one_embedding_per_frame_with_the_source_header(tiny_shards, types):
     service, embeddings, _, warnings, errors, publishers = make_service(tiny_shards, types)
-    assert list(publishers.outboxes) == ["/siglip/embeddings"]  # no patch-token topic unless publish_patch_tokens
+    assert list(publishers.outboxes) == ["siglip/embeddings"]  # no patch-token topic unless publish_patch_tokens
     sent = []
     try:
         for sec in (100, 101):
@@ -174,7 +174,7 @@ def test_patch_tokens_are_published_with_the_same_header(tiny_shards, types):
         assert embeddings.wait_for(1) and tokens.wait_for(1)
     finally:
         service.close()
-    assert list(publishers.outboxes) == ["/siglip/embeddings", "/test/tokens"]
+    assert list(publishers.outboxes) == ["siglip/embeddings", "/test/tokens"]
     published = tokens.messages[0]
     grid = embedding_from_message(published)
     assert grid.shape == (service.encoder.manifest.model.num_tokens, service.encoder.manifest.model.hidden_size)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rosbags.interfaces import Connection
+from rosbags.interfaces import Connection, Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import Writer, WriterError
 
 from rk_siglip_ros.bag.errors import BagError
@@ -50,6 +50,15 @@ from rk_siglip_ros.messages.labels_msg import (
     classification,
     register_classification,
 )
+from rk_siglip_ros.messages.vision_info import (
+    VISION_INFO_MSG_TYPE,
+    embedding_kind,
+    register_vision_info,
+    vision_info_fields,
+    vision_info_message,
+    vision_info_topic,
+)
+from rk_siglip_ros.model_identity import ModelIdentity
 from rk_siglip_ros.runtime.encoder import EncoderOutputError
 
 if TYPE_CHECKING:
@@ -69,6 +78,13 @@ META_EMBEDDING_DIM = "rk_siglip_ros.embedding_dim"
 META_EMBEDDING_TOPIC = "rk_siglip_ros.embedding_topic"
 META_LABELS = "rk_siglip_ros.labels"  # JSON list
 META_LABELS_TOPIC = "rk_siglip_ros.labels_topic"
+# The VisionInfo beside the embeddings is recorded as the node offers it: latched, so `ros2 bag play` republishes it
+# to late subscribers too. rosbag2's "infinite" duration (its default deadline, lifespan and lease).
+_FOREVER = QosTime(sec=2147483647, nsec=4294967295)
+LATCHED_QOS = Qos(history=QosHistory.KEEP_LAST, depth=1, reliability=QosReliability.RELIABLE,
+                  durability=QosDurability.TRANSIENT_LOCAL, deadline=_FOREVER, lifespan=_FOREVER,
+                  liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=_FOREVER,
+                  avoid_ros_namespace_conventions=False)
 
 
 # One unusable encoder output (NaN/inf, wrong width) costs that frame, as in the node; this many in a row point at
@@ -131,8 +147,9 @@ def check_request(in_path: str | Path, out_path: str | Path, *, topics: Sequence
     resources = ExitStack()
     try:
         bag = resources.enter_context(open_bag(in_path, typestore))
-        if any(c.topic == embedding_topic for c in bag.reader.connections):
-            raise BagError(f"the input already has {embedding_topic}; pass --embedding-topic to write elsewhere")
+        for written in (embedding_topic, vision_info_topic(embedding_topic)):
+            if any(c.topic == written for c in bag.reader.connections):
+                raise BagError(f"the input already has {written}; pass --embedding-topic to write elsewhere")
         if labels_topic is not None:
             if labels_topic == embedding_topic:
                 raise BagError(f"--labels-topic {labels_topic} is the embedding topic; choose another")
@@ -185,6 +202,7 @@ def replay(plan: ReplayPlan, encoder: SiglipEncoder, progress: bool = False,
     with (staged_output(plan.output, summary.removed_stale_outputs) as stage,
           Writer(stage, version=Writer.VERSION_LATEST, storage_plugin=STORAGES[summary.storage]) as writer):
         _record_provenance(writer, encoder, summary, plan)
+        _write_vision_info(writer, bag, encoder, plan)
         _replay(bag, list(bag.reader.connections), plan, writer, encoder, summary, progress, max_image_pixels)
     summary.wall_s = time.perf_counter() - started
     return summary
@@ -206,6 +224,26 @@ def _record_provenance(writer: Writer, encoder: SiglipEncoder, summary: ReplaySu
     if plan.labels is not None:
         writer.set_custom_data(META_LABELS, json.dumps(list(plan.labels.labels)))
         writer.set_custom_data(META_LABELS_TOPIC, plan.labels_topic)
+
+
+def _write_vision_info(writer: Writer, bag: OpenBag, encoder: SiglipEncoder, plan: ReplayPlan) -> None:
+    """The VisionInfo the node latches, beside the embedding topic, once, at the bag's start: what a consumer of the
+    bag (search_bag, encode_text --for-bag, the user's own code) checks before comparing its embeddings."""
+    manifest = getattr(encoder, "manifest", None)
+    if manifest is None:  # an encoder without a shard set (a test double): nothing to name
+        return
+    store = bag.typestore
+    register_vision_info(store)
+    start_ns = bag.reader.start_time if bag.reader.message_count else 0
+    header = store.types["std_msgs/msg/Header"](
+        stamp=store.types["builtin_interfaces/msg/Time"](sec=start_ns // 10**9, nanosec=start_ns % 10**9),
+        frame_id="")
+    shards = str(manifest.root.resolve()) if manifest.root is not None else ""
+    message = vision_info_message(store, header, vision_info_fields(ModelIdentity.of(manifest),
+                                                                    embedding_kind(manifest), shards))
+    connection = writer.add_connection(vision_info_topic(plan.embedding_topic), VISION_INFO_MSG_TYPE,
+                                       typestore=store, offered_qos_profiles=[LATCHED_QOS])
+    writer.write(connection, start_ns, store.serialize_cdr(message, VISION_INFO_MSG_TYPE))
 
 
 def _warm_up(store: Typestore, msgtypes: set[str]) -> None:

@@ -21,7 +21,8 @@ sheet PNG of the top frames (thumbnails from the bag's image topics, matched by 
 
 EPILOG = """\
 The queries are embedded with the text tower of the shard set that made the embeddings: the one encode_bag
-recorded in the bag's metadata, or --shards DIR (needed for bags recorded from the node; built with --text).
+recorded in the bag's metadata or the node's /siglip/vision_info names, or --shards DIR (built with --text).
+Embeddings of another model than the shard set's (the bag's VisionInfo says which) are refused.
 A bad request is one line and writes nothing.
 
 """ + EXIT_STATUS_HELP
@@ -52,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from rk_siglip_ros.bag.errors import BagError
     from rk_siglip_ros.bag.io import open_bag
+    from rk_siglip_ros.bag.model import bag_vision_info, check_bag_model, recorded_shards
     from rk_siglip_ros.bag.search import (
         check_same_shard_set,
         format_hits,
@@ -71,8 +73,10 @@ def _run(args: argparse.Namespace) -> int:
         raise BagError(f"--sheet {args.sheet}: expected a .png file name")
     with open_bag(args.bag, args.typestore) as bag:
         embeddings = read_embeddings(bag, args.embedding_topic)
-        manifest = load_manifest(shards_for(embeddings, args.shards), verify=())
+        vision_info = bag_vision_info(bag, embeddings.topic)
+        manifest = load_manifest(shards_for(embeddings, args.shards or recorded_shards(vision_info)), verify=())
         build_note = check_same_shard_set(embeddings, manifest)
+        check_bag_model(vision_info, manifest, embeddings.topic)  # another model's embeddings: refused, one line
         with TextEncoder.open(manifest) as text, text_progress(len(queries), "search_bag: queries") as progress:
             label_set = text.label_set(queries, limit=None, progress=progress)
         hits = rank(embeddings, label_set, args.top)

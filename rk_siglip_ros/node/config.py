@@ -31,6 +31,14 @@ BUILD_HINT = "build_shards --model google/siglip-base-patch16-512 --out {path}"
 DIAGNOSTIC_PERIOD = "diagnostic_updater.period"
 # encoder.launch.py's arguments that map onto node parameters (params_file is the parameter file itself).
 LAUNCH_ARGUMENTS = ("shards", "image_topics", "backend", "mode")
+# The node's outputs are relative names: with no namespace they resolve to /siglip/..., under a namespace (launch
+# argument `namespace`, PushRosNamespace, --ros-args -r __ns:=...) they move with it, and remaps apply to them.
+# Camera topics are used as given: "/camera/image_raw" stays absolute, "camera/image_raw" follows the namespace.
+EMBEDDINGS_TOPIC = "siglip/embeddings"
+PATCH_EMBEDDINGS_TOPIC = "siglip/patch_embeddings"
+LABELS_TOPIC = "siglip/labels"
+# `encoder_node --managed` (launch: managed:=true) runs it as a lifecycle node.
+MANAGED_FLAG = "--managed"
 
 
 @dataclass(frozen=True)
@@ -59,9 +67,10 @@ PARAMETERS: dict[str, Parameter] = {
                              read_only=False, number=True),
     "max_image_pixels": Parameter(DEFAULT_MAX_IMAGE_PIXELS, "Frames declaring more pixels are refused before "
                                                             "decoding (bad frame); 0 = no limit"),
-    "output_topic": Parameter("/siglip/embeddings", "Embedding topic (sensor_msgs/Image, 32FC1, 1 x dim)"),
+    "output_topic": Parameter(EMBEDDINGS_TOPIC, "Embedding topic (sensor_msgs/Image, 32FC1, 1 x dim); relative "
+                                                "names follow the node's namespace"),
     "publish_patch_tokens": Parameter(False, "Also publish the patch tokens (tokens x width, 32FC1)"),
-    "patch_tokens_topic": Parameter("/siglip/patch_embeddings", "Topic for the patch tokens"),
+    "patch_tokens_topic": Parameter(PATCH_EMBEDDINGS_TOPIC, "Topic for the patch tokens"),
     # diagnostic_updater's own name for its period (every node using it has this parameter): one setting, not two.
     DIAGNOSTIC_PERIOD: Parameter(1.0, "Seconds between /diagnostics updates", number=True),
     # [""] rather than []: a ROS 2 parameter needs a typed default, and an empty list has no element type.
@@ -69,7 +78,7 @@ PARAMETERS: dict[str, Parameter] = {
                               "[] or [''] = off. Changing them runs the text tower once", read_only=False),
     "labels_top_k": Parameter(5, "How many of the most probable labels each Classification carries",
                               read_only=False),
-    "labels_topic": Parameter("/siglip/labels", "Label topic (vision_msgs/Classification, header = the frame's)"),
+    "labels_topic": Parameter(LABELS_TOPIC, "Label topic (vision_msgs/Classification, header = the frame's)"),
 }
 
 

@@ -24,4 +24,5 @@ def test_installed_launch_description_declares_the_documented_arguments(
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     names = {entity.name for entity in description.entities if hasattr(entity, "default_value")}
-    assert names == {"shards", "image_topics", "backend", "mode", "params_file", "dds_config"}
+    assert names == {"shards", "image_topics", "backend", "mode", "params_file", "dds_config", "namespace", "node_name",
+                     "managed"}
