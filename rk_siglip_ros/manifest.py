@@ -575,13 +575,7 @@ def _check_chain(manifest: Manifest, source: str) -> None:
     _check_pixel_input(manifest, source)
     for index, shard in enumerate(manifest.shards):
         for spec in shard.inputs if index else ():
-            produced = available.get(spec.name)
-            if produced is None:
-                raise ManifestError(f"{source}: shard {shard.name} input {spec.name!r} is not produced by any earlier "
-                                    f"shard (earlier outputs: {sorted(available)})")
-            if tuple(produced.shape) != tuple(spec.shape):
-                raise ManifestError(f"{source}: shape mismatch: shard {shard.name} input {spec.name!r} expects "
-                                    f"{list(spec.shape)} but the earlier shard produces {list(produced.shape)}")
+            _check_input(spec, available, f"{source}: shard {shard.name}", "any earlier shard")
         for spec in shard.outputs:
             if spec.name in available or spec.name == PIXEL_INPUT:
                 raise ManifestError(f"{source}: tensor {spec.name!r} is produced twice (shard {shard.name})")
@@ -589,6 +583,17 @@ def _check_chain(manifest: Manifest, source: str) -> None:
     for role, name in manifest.outputs.items():
         if name is not None and name not in available:
             raise ManifestError(f"{source}: outputs.{role} names {name!r}, which no shard produces")
+
+
+def _check_input(spec: TensorSpec, available: dict[str, TensorSpec], where: str, producer: str) -> None:
+    """A shard input must be a tensor already produced (by ``producer``), of the shape the shard expects."""
+    produced = available.get(spec.name)
+    if produced is None:
+        raise ManifestError(f"{where} input {spec.name!r} is not produced by {producer} (available: "
+                            f"{sorted(available)})")
+    if tuple(produced.shape) != tuple(spec.shape):
+        raise ManifestError(f"{where}: shape mismatch: input {spec.name!r} expects {list(spec.shape)} but it is "
+                            f"produced as {list(produced.shape)}")
 
 
 def _check_stages(manifest: Manifest, source: str) -> None:
@@ -610,13 +615,7 @@ def _check_stages(manifest: Manifest, source: str) -> None:
             raise ManifestError(f"{where} has no parts; {REBUILD_HINT}")
         for part in stage.parts:
             for spec in shards[part.shard].inputs:
-                produced = available.get(spec.name)
-                if produced is None:
-                    raise ManifestError(f"{where}: shard {part.shard} input {spec.name!r} is not produced by an "
-                                        f"earlier stage (available: {sorted(available)})")
-                if tuple(produced.shape) != tuple(spec.shape):
-                    raise ManifestError(f"{where}: shape mismatch: shard {part.shard} input {spec.name!r} expects "
-                                        f"{list(spec.shape)} but it is produced as {list(produced.shape)}")
+                _check_input(spec, available, f"{where}: shard {part.shard}", "an earlier stage")
         produces = _check_gather(stage, shards, available, where) if stage.gather else _chain_step(stage, shards, where)
         for spec in produces:
             if spec.name in available:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from rknn_simulator import simulator_chain
 
 from rk_siglip_ros.builder.models import load_vision_tower
-from rk_siglip_ros.builder.verify import cosine, run_chain
+from rk_siglip_ros.builder.verify import cosine
 from rk_siglip_ros.manifest import load_manifest
 
 pytest.importorskip("rknn.api", reason="rknn-toolkit2 is not installed (x86_64/aarch64 workstation only)")
@@ -15,21 +16,11 @@ pytest.importorskip("rknn.api", reason="rknn-toolkit2 is not installed (x86_64/a
 
 def _simulator_chain_cos(folder, model: str) -> dict[str, float]:
     """Recompile each shard from its ONNX file and run the chain on the simulator, independently of the build."""
-    from rk_siglip_ros.builder.rknn_compile import compile_shard
-
     manifest = load_manifest(folder)
     tower = load_vision_tower(model)
     pixels = np.random.default_rng(21).normal(0.0, 0.6, (1, 3, tower.image_size, tower.image_size))
     pixels = pixels.astype(np.float32)
-    compiled = {}
-    try:
-        for shard in manifest.shards:
-            compiled[shard.name] = compile_shard(manifest.path(shard, "onnx"), folder / f"check-{shard.name}.rknn",
-                                                 manifest.target, "fp16", None, [], shard)
-        tensors = run_chain(manifest, lambda shard, feeds: compiled[shard.name].run(feeds), pixels)
-    finally:
-        for shard in compiled.values():
-            shard.release()
+    tensors = simulator_chain(manifest, folder, pixels)
     pooled, tokens = tower.reference(torch.from_numpy(pixels))
     result = {"tokens": cosine(tensors["tokens"], tokens.numpy())}
     if manifest.outputs["pooled"]:

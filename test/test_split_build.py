@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from rknn_simulator import simulator_chain
 from skimage import data as photos
 
 from rk_siglip_ros.builder.build import BuildInputError, build_shards
@@ -152,7 +153,6 @@ def test_a_version_1_manifest_still_loads(shard_factory, tmp_path):
 
 def test_split_compiles_and_verifies_on_the_rknn_simulator(checkpoint, tmp_path):
     pytest.importorskip("rknn.api", reason="rknn-toolkit2 is not installed (x86_64/aarch64 workstation only)")
-    from rk_siglip_ros.builder.rknn_compile import compile_shard
 
     manifest = build_shards(str(checkpoint), tmp_path / "set", profile="split", formats=("onnx", "rknn"),
                             progress=False)
@@ -160,14 +160,6 @@ def test_split_compiles_and_verifies_on_the_rknn_simulator(checkpoint, tmp_path)
     assert all(entry["rknn_sim_cos"] >= 0.999 for entry in manifest.verification["per_shard"])
     # independently of the build: recompile every graph and run the stages on the simulator against transformers
     pixels, pooled, tokens = transformers_outputs(checkpoint, [photos.chelsea()])
-    compiled = {}
-    try:
-        for shard in manifest.shards:
-            compiled[shard.name] = compile_shard(manifest.path(shard, "onnx"), tmp_path / f"{shard.name}.rknn",
-                                                 manifest.target, "fp16", None, [], shard)
-        ours = run_chain(manifest, lambda shard, feeds: compiled[shard.name].run(feeds), pixels)
-    finally:
-        for shard in compiled.values():
-            shard.release()
+    ours = simulator_chain(manifest, tmp_path, pixels)
     assert cosine(ours["pooled"], pooled[0]) >= 0.999 and cosine(ours["tokens"], tokens[0]) >= 0.999
     assert np.isfinite(ours["tokens"]).all()
