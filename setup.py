@@ -43,9 +43,11 @@ setup(
     ],
     # install_requires stays minimal on purpose: on a ROS 2 robot numpy/OpenCV/Pillow come from apt (rosdep), which
     # pip's metadata does not see, and setuptools' generated console scripts would refuse to start over "missing"
-    # distributions. Off ROS: pip install ".[runtime]" (the encoder, encode_bag, encode_images), ".[build]" (builder).
+    # distributions. Off ROS: pip install ".[runtime]" (the encoder, encode_bag, encode_images), ".[build]" (builder),
+    # ".[fleet]" (index_bags, search_index: LanceDB, Ray).
     install_requires=["setuptools"],
-    extras_require={"runtime": requirements("runtime"), "build": requirements("runtime") + requirements("build")},
+    extras_require={"runtime": requirements("runtime"), "build": requirements("runtime") + requirements("build"),
+                    "fleet": requirements("runtime") + requirements("fleet")},
     zip_safe=True,
     maintainer="rk_siglip_ros maintainers",
     maintainer_email="maintainers@rk-siglip-ros.dev",
@@ -59,6 +61,8 @@ setup(
             f"encode_bag = {PACKAGE}.cli.encode_bag:main",
             f"encode_text = {PACKAGE}.cli.encode_text:main",
             f"search_bag = {PACKAGE}.cli.search_bag:main",
+            f"index_bags = {PACKAGE}.cli.index_bags:main",
+            f"search_index = {PACKAGE}.cli.search_index:main",
             f"bench = {PACKAGE}.cli.bench:main",
             f"selfcheck = {PACKAGE}.cli.selfcheck:main",
         ],

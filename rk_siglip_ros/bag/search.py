@@ -10,7 +10,7 @@ decodes only the frames it shows.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -259,9 +259,11 @@ def sheet_layout(rows: int, columns: int) -> SheetLayout:
 
 
 def write_contact_sheet(path: Path, queries: Sequence[str], hits: list[list[Hit]],
-                        images: dict[FrameKey, np.ndarray]) -> SheetLayout:
+                        images: Mapping[FrameKey, np.ndarray] | Callable[[Hit], np.ndarray | None]) -> SheetLayout:
     """A PNG with one row per query (its text on the left) and one thumbnail per hit, captioned with its rank and
-    probability; written whole or not at all. Returns the layout (tiles of queries with fewer hits stay empty)."""
+    probability; written whole or not at all. ``images``: by frame key, or a function of the hit (the fleet index,
+    whose frames from different bags can share a key). Returns the layout (tiles of queries with fewer hits stay
+    empty)."""
     from PIL import Image, ImageDraw, ImageOps
 
     columns = max((len(row) for row in hits), default=0)
@@ -273,7 +275,7 @@ def write_contact_sheet(path: Path, queries: Sequence[str], hits: list[list[Hit]
         draw.multiline_text((MARGIN, top), _wrap(query, 28), fill=(0, 0, 0))
         for column, hit in enumerate(query_hits):
             left, top, right, bottom = layout.tiles[row * columns + column]
-            image = images.get(hit.frame.key)
+            image = images(hit) if callable(images) else images.get(hit.frame.key)
             tile = Image.new("RGB", TILE, (200, 200, 200))
             if image is not None:
                 thumbnail = ImageOps.contain(Image.fromarray(image), TILE)  # up or down, aspect kept
