@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("build_bench.py", "runtime_bench.py", "model_table.py", "fault_bench.py", "text_bench.py", "ros_bench.py")
+BENCHMARKS = ("build_bench.py", "runtime_bench.py", "model_table.py", "fault_bench.py", "text_bench.py",
+              "fleet_bench.py", "ros_bench.py")
 NEEDS_ROS = {"ros_bench.py"}
 SHARED = Path(os.environ.get("RK_SIGLIP_SHARED") or HERE.parent.parent / "shared")
 ROS_TREE = Path(os.environ.get("RK_SIGLIP_ROS_TREE") or SHARED / "ros2-humble")

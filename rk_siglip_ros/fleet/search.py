@@ -96,7 +96,8 @@ def nearest(index: FleetIndex, query: np.ndarray, scorer: Scorer, top: int, filt
     else:
         builder = builder.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
     columns = COLUMNS + (["thumbnail"] if thumbnails else [])
-    table = builder.select(columns).limit(top + SPARE_CANDIDATES).to_arrow()
+    # _distance asked for by name: LanceDB warns on every query that leaves it to be added implicitly.
+    table = builder.select([*columns, "_distance"]).limit(top + SPARE_CANDIDATES).to_arrow()
     if table.num_rows == 0:
         return []
     vectors = np.asarray(table["vector"].combine_chunks().flatten(), np.float32).reshape(table.num_rows, -1)
