@@ -69,7 +69,7 @@ def search_size(rows: int, work: Path) -> dict[str, float]:
 
     generator = np.random.default_rng(rows)
     centres = unit_rows(generator.standard_normal((max(10, rows // 1000), DIM), dtype=np.float32))
-    identity = ModelIdentity("synthetic", "", DIM)
+    identity = ModelIdentity("synthetic", "siglip", DIM, "0" * 64)
     uri = str(work / f"n{rows}.lance")
     index = FleetIndex.open_for_writing(uri, identity, "")
     schema = frames_schema(identity, "")
@@ -157,8 +157,9 @@ def write_bags(folder: Path, bags: int, frames: int) -> list[Path]:
 
 
 def encoding(model: str, work: Path, bags: int, frames: int) -> None:
-    sys.path.insert(0, str(ROOT))
-    from rk_siglip_ros.builder.reuse import reuse_or_build
+    sys.path.insert(0, str(ROOT / "tools"))  # developer-only modules, not installed with the package
+    from shard_reuse import reuse_or_build
+
     from rk_siglip_ros.fleet.distributed import start_local_cluster
     from rk_siglip_ros.fleet.indexing import EncoderOptions, index_bags
 

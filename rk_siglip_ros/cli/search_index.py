@@ -136,7 +136,7 @@ def _queries(manifest: object, texts: list[str], images: list[Path]) -> tuple[li
             vectors.append(label_set.embeddings[column])
     if images:
         from rk_siglip_ros.cli.encode_images import read_image
-        from rk_siglip_ros.encoder import SiglipEncoder
+        from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
         with SiglipEncoder.open(manifest, backend="auto", mode="pipeline") as encoder:
             for path in images:

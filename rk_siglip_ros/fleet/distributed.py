@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from rk_siglip_ros.bag.errors import one_line
+from rk_siglip_ros.errors import RunFailedError, one_line
 from rk_siglip_ros.fleet import FleetError
 
 if TYPE_CHECKING:
@@ -95,8 +95,8 @@ class BagEncoderWorker:
     """What runs inside one Ray actor: an encoder opened once, then one bag at a time."""
 
     def __init__(self, shards: str, options: EncoderOptions, identity: ModelIdentity, sampling: Sampling) -> None:
-        from rk_siglip_ros.encoder import SiglipEncoder
         from rk_siglip_ros.manifest import load_manifest
+        from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
         threads = options.threads or WORKER_THREADS
         self._encoder = SiglipEncoder.open(load_manifest(shards, verify=()), backend=options.backend,
@@ -143,4 +143,4 @@ def _result(ray: Any, reference: Any) -> Any:
     try:
         return ray.get(reference)
     except ray.exceptions.RayActorError as error:  # the worker died (its encoder did not open, or it was killed)
-        raise FleetError(f"a Ray worker died: {one_line(error)}") from None
+        raise RunFailedError(f"a Ray worker died: {one_line(error)}") from None

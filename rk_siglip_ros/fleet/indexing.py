@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rk_siglip_ros.bag.errors import one_line
+from rk_siglip_ros.errors import one_line
 from rk_siglip_ros.fleet.ann import ANN_MIN_ROWS, ensure_ann_index
 from rk_siglip_ros.fleet.fingerprint import fingerprint
 from rk_siglip_ros.fleet.rows import Sampling, bag_rows, frames_in
@@ -166,7 +166,7 @@ def encode_one(path: str, digest: str, encoder: Any, identity: ModelIdentity, sa
 def _encode_in_process(todo: list[tuple[str, str]], manifest: Manifest, identity: ModelIdentity,
                        sampling: Sampling, options: EncoderOptions,
                        on_frames: Callable[[int], object]) -> Iterator[EncodedBag]:
-    from rk_siglip_ros.encoder import SiglipEncoder
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     with SiglipEncoder.open(manifest, backend=options.backend, mode=options.mode, cores=options.cores,
                             threads=options.threads) as encoder:

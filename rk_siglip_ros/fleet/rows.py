@@ -26,17 +26,17 @@ from rk_siglip_ros.bag.io import OpenBag, image_connections, open_bag
 from rk_siglip_ros.bag.replay import EMBEDDING_MSG_TYPE, EMBEDDING_TOPIC, META_EMBEDDING_TOPIC, META_MODEL
 from rk_siglip_ros.bag.sampling import FrameSampler
 from rk_siglip_ros.bag.search import FrameKey, custom_data, header_of, read_embeddings
-from rk_siglip_ros.camera_frames import IMAGE_MSG_TYPES, BadFrame, image_from_message
-from rk_siglip_ros.encoder import EncoderOutputError
 from rk_siglip_ros.fleet.fingerprint import fingerprint
 from rk_siglip_ros.fleet.schema import SOURCE_EMBEDDINGS, SOURCE_ENCODED, BagRows, FrameRow
 from rk_siglip_ros.fleet.thumbnails import THUMBNAIL_SIDE, thumbnail_jpeg
-from rk_siglip_ros.image_header import DEFAULT_MAX_IMAGE_PIXELS
+from rk_siglip_ros.messages.camera_frames import IMAGE_MSG_TYPES, BadFrame, image_from_message
+from rk_siglip_ros.messages.image_header import DEFAULT_MAX_IMAGE_PIXELS
 from rk_siglip_ros.model_identity import ModelIdentity
-from rk_siglip_ros.postprocess import l2_normalise_rows
+from rk_siglip_ros.runtime.encoder import EncoderOutputError
+from rk_siglip_ros.runtime.postprocess import l2_normalise_rows
 
 if TYPE_CHECKING:
-    from rk_siglip_ros.encoder import EncodeResult, SiglipEncoder
+    from rk_siglip_ros.runtime.encoder import EncodeResult, SiglipEncoder
 
 FrameCallback = Callable[[int], object]  # called with a count of frames done (a progress bar's update)
 

@@ -2,7 +2,7 @@
 
 ``frames``: one row per encoded camera frame. ``bags``: one row per bag, the marker that says whether all of a bag's
 frame rows are in (``state`` ``done``) or a run stopped between writing them and saying so (``writing``). The model
-identity (checkpoint, manifest hash, width, database version) sits in the frames table's schema metadata, so an index
+identity (checkpoint, architecture, width, shard-set hash) sits in the frames table's schema metadata, so an index
 says which model made it without any row, and on every row, so a row says it alone.
 """
 

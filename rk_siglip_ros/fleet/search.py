@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rk_siglip_ros.bag.search import Frame, Hit
+from rk_siglip_ros.bag.search import EmbeddedFrame, Hit
 from rk_siglip_ros.fleet import FleetError
 from rk_siglip_ros.fleet.ann import METRIC, NPROBES, REFINE_FACTOR, vector_index
 from rk_siglip_ros.fleet.store import FleetIndex, sql_string
@@ -75,7 +75,7 @@ class IndexHit:
     def as_bag_hit(self) -> Hit:
         """The same hit as ``search_bag`` names one (for its contact sheet)."""
         sec, nanosec = divmod(self.stamp_ns, 1_000_000_000)
-        return Hit(self.rank, Frame(sec, nanosec, self.frame_id, self.topic), self.score)
+        return Hit(self.rank, EmbeddedFrame(sec, nanosec, self.frame_id, self.topic), self.score)
 
     def image(self) -> np.ndarray | None:
         return decode_thumbnail(self.thumbnail)

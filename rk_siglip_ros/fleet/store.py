@@ -107,16 +107,13 @@ class FleetIndex:
         return cls(uri, db, db.open_table(FRAMES_TABLE), db.open_table(BAGS_TABLE))
 
     def check_model(self, identity: ModelIdentity, doing: str) -> None:
-        """ModelMismatchError when ``identity`` embeds unlike the index's model (another checkpoint, width or
-        database version). Another build of the same checkpoint embeds alike and is accepted."""
-        mine = self.identity
-        if (mine.checkpoint, mine.embedding_dim, mine.database_version) != \
-                (identity.checkpoint, identity.embedding_dim, identity.database_version):
+        """ModelMismatchError when ``identity``'s model is not the index's (checkpoint, architecture, width).
+        Another build of the same checkpoint embeds alike and is accepted."""
+        if not self.identity.same_model(identity):
             raise ModelMismatchError(
-                f"{self.uri} holds {mine.embedding_dim}-wide embeddings of {mine.checkpoint} (database version "
-                f"{mine.database_version}); the shard set given makes {identity.embedding_dim}-wide ones of "
-                f"{identity.checkpoint} (version {identity.database_version}): cannot {doing}. Pass --shards with a "
-                f"shard set of {mine.checkpoint}, or use another index")
+                f"{self.uri} holds embeddings of {self.identity.describe()}; the shard set given is "
+                f"{identity.describe()}: cannot {doing}, embeddings of different models do not compare. Pass --shards "
+                f"with a shard set of {self.identity.checkpoint}, or use another index")
 
     # -------------------------------------------------------------------------------------------- bags
 
