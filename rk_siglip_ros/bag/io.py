@@ -6,6 +6,7 @@ The bag's own message definitions win over a distro's, so bags from any ROS 2 di
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ TYPESTORES = {
 FALLBACK_TYPESTORE = "humble"
 ROS1_BAG_MAGIC = b"#ROSBAG V2.0"
 _IDL_SEPARATOR = "=" * 80 + "\n"
+FrameKey = tuple[int, int, str]  # header stamp sec, nanosec, frame_id
 
 
 @dataclass
@@ -202,3 +204,21 @@ def connection_definition(connection: Connection, store: Typestore) -> tuple[str
 def connection_qos(connection: Connection) -> list[Any]:
     ext = connection.ext
     return list(ext.offered_qos_profiles) if isinstance(ext, ConnectionExtRosbag2) else []
+
+
+def header_of(raw: bytes | memoryview) -> FrameKey:
+    """(sec, nanosec, frame_id) of a serialised message whose first field is a std_msgs/Header (Image,
+    CompressedImage), read from the CDR bytes without deserialising the pixels."""
+    little = raw[1] == 1  # encapsulation CDR_LE (0x0001) or CDR_BE (0x0000)
+    order = "<" if little else ">"
+    sec, nanosec, length = struct.unpack_from(f"{order}iII", raw, 4)  # struct.error when too short
+    frame_id = bytes(raw[16:16 + max(0, length - 1)]).decode("utf-8", "replace")  # length counts the NUL
+    return sec, nanosec, frame_id
+
+
+def header_or_none(raw: bytes | memoryview) -> FrameKey | None:
+    """:func:`header_of`, or None for a message too short to hold a header."""
+    try:
+        return header_of(raw)
+    except (struct.error, IndexError):  # a truncated message: not a frame anyone can be shown
+        return None

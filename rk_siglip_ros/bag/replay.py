@@ -36,8 +36,16 @@ from rosbags.interfaces import Connection, Qos, QosDurability, QosHistory, QosLi
 from rosbags.rosbag2 import Writer, WriterError
 
 from rk_siglip_ros.bag.errors import BagError
-from rk_siglip_ros.bag.io import OpenBag, connection_definition, connection_qos, image_connections, open_bag
+from rk_siglip_ros.bag.io import (
+    OpenBag,
+    connection_definition,
+    connection_qos,
+    header_or_none,
+    image_connections,
+    open_bag,
+)
 from rk_siglip_ros.bag.output import STORAGES, check_output, staged_output
+from rk_siglip_ros.bag.sampling import FrameSampler
 from rk_siglip_ros.bag.summary import ReplaySummary, SkippedFrame, progress_bar
 from rk_siglip_ros.errors import one_line
 from rk_siglip_ros.manifest import MANIFEST_NAME, file_sha256
@@ -116,6 +124,7 @@ class ReplayPlan:
     labels: LabelSet | None = None  # scored on every embedding and written to labels_topic when set
     labels_topic: str = LABELS_TOPIC
     labels_top_k: int = DEFAULT_TOP_K
+    every_s: float = 0.0  # at most one frame per topic every this many seconds of header time (0: every frame)
 
     @property
     def image_topics(self) -> list[str]:
@@ -169,8 +178,10 @@ def encode_bag(in_path: str | Path, out_path: str | Path, encoder: SiglipEncoder
                topics: Sequence[str] | None = None, storage: str | None = None, typestore: str = "auto",
                embedding_topic: str = EMBEDDING_TOPIC, force: bool = False, progress: bool = False,
                max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, labels: LabelSet | None = None,
-               labels_topic: str = LABELS_TOPIC, labels_top_k: int = DEFAULT_TOP_K) -> ReplaySummary:
+               labels_topic: str = LABELS_TOPIC, labels_top_k: int = DEFAULT_TOP_K,
+               every_s: float = 0.0) -> ReplaySummary:
     """Replay ``in_path`` through ``encoder`` into a new bag at ``out_path``; see the module docstring.
+    ``every_s``: encode at most one frame per topic every this many seconds of header time (0: every frame).
 
     :func:`check_request` then :func:`replay`, for callers that already have an encoder (and, for labels, a
     LabelSet from the same shard set's text tower).
@@ -178,7 +189,7 @@ def encode_bag(in_path: str | Path, out_path: str | Path, encoder: SiglipEncoder
     with check_request(in_path, out_path, topics=topics, storage=storage, typestore=typestore,
                        embedding_topic=embedding_topic, force=force,
                        labels_topic=labels_topic if labels is not None else None) as plan:
-        plan.labels, plan.labels_top_k = labels, labels_top_k
+        plan.labels, plan.labels_top_k, plan.every_s = labels, labels_top_k, every_s
         return replay(plan, encoder, progress=progress, max_image_pixels=max_image_pixels)
 
 
@@ -194,7 +205,7 @@ def replay(plan: ReplayPlan, encoder: SiglipEncoder, progress: bool = False,
     summary = ReplaySummary(output=plan.output, storage=plan.storage, typestore=bag.typestore_name,
                             image_topics=plan.image_topics, embedding_topic=plan.embedding_topic,
                             embedding_dim=encoder.embedding_dim,
-                            unparsed_definitions=dict(bag.unparsed_definitions))
+                            unparsed_definitions=dict(bag.unparsed_definitions), every_s=plan.every_s)
     if plan.labels is not None:
         summary.labels, summary.labels_topic, summary.labels_top_k = (len(plan.labels), plan.labels_topic,
                                                                       plan.labels_top_k)
@@ -280,6 +291,7 @@ def _replay(bag: OpenBag, connections: list[Connection], plan: ReplayPlan, write
         labels_out = writer.add_connection(plan.labels_topic, CLASSIFICATION_MSG_TYPE, typestore=store)
     image_class = store.types[EMBEDDING_MSG_TYPE]
     chosen_ids = {c.id for c in chosen}
+    sampler = FrameSampler(plan.every_s)
     window = max(1, int(encoder.capacity))
     pending: deque[_Pending] = deque()
 
@@ -319,6 +331,10 @@ def _replay(bag: OpenBag, connections: list[Connection], plan: ReplayPlan, write
                 summary.copied_messages += 1
             if connection.id not in chosen_ids:
                 continue
+            if not _due(sampler, connection.topic, raw, log_time_ns):
+                summary.left_out += 1
+                bar.update(1)
+                continue
             while pending and (len(pending) >= window or pending[0].future.done()):
                 finish_one()
             submitted = _submit(store, connection, log_time_ns, raw, encoder, summary, max_image_pixels)
@@ -336,6 +352,12 @@ def _replay(bag: OpenBag, connections: list[Connection], plan: ReplayPlan, write
         for item in pending:
             item.future.cancel()
         bar.close()
+
+
+def _due(sampler: FrameSampler, topic: str, raw: bytes, log_time_ns: int) -> bool:
+    """Whether --every keeps this frame (a frame without a readable header is kept: decoding it says what is wrong)."""
+    key = header_or_none(raw)
+    return key is None or sampler.keep(topic, key[0] * 1_000_000_000 + key[1], log_time_ns)
 
 
 def _submit(store: Typestore, connection: Connection, log_time_ns: int, raw: bytes, encoder: SiglipEncoder,

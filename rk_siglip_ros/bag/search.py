@@ -9,7 +9,6 @@ decodes only the frames it shows.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from rk_siglip_ros.atomic_file import write_atomically
 from rk_siglip_ros.bag.errors import BagError
-from rk_siglip_ros.bag.io import OpenBag
+from rk_siglip_ros.bag.io import FrameKey, OpenBag, header_of, header_or_none
 from rk_siglip_ros.bag.replay import (
     EMBEDDING_MSG_TYPE,
     EMBEDDING_TOPIC,
@@ -45,7 +44,6 @@ LABEL_W = 220
 MARGIN = 8
 BACKGROUND = (255, 255, 255)
 
-FrameKey = tuple[int, int, str]  # header stamp sec, nanosec, frame_id
 
 
 @dataclass(frozen=True)
@@ -91,23 +89,6 @@ class Hit:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def header_of(raw: bytes | memoryview) -> FrameKey:
-    """(sec, nanosec, frame_id) of a serialised message whose first field is a std_msgs/Header (Image,
-    CompressedImage), read from the CDR bytes without deserialising the pixels."""
-    little = raw[1] == 1  # encapsulation CDR_LE (0x0001) or CDR_BE (0x0000)
-    order = "<" if little else ">"
-    sec, nanosec, length = struct.unpack_from(f"{order}iII", raw, 4)  # struct.error when too short
-    frame_id = bytes(raw[16:16 + max(0, length - 1)]).decode("utf-8", "replace")  # length counts the NUL
-    return sec, nanosec, frame_id
-
-
-def _header_or_none(raw: bytes | memoryview) -> FrameKey | None:
-    try:
-        return header_of(raw)
-    except (struct.error, IndexError):  # a truncated message: not a frame anyone can be shown
-        return None
-
-
 def custom_data(reader: object) -> dict[str, str]:
     """metadata.yaml's custom_data of an open rosbags Reader ({} for a bare .mcap/.db3 or an older bag)."""
     metadata = getattr(getattr(reader, "storage", None), "metadata", None)
@@ -145,7 +126,7 @@ def read_embeddings(bag: OpenBag, topic: str | None = None) -> BagEmbeddings:
             keys.append((int(message.header.stamp.sec), int(message.header.stamp.nanosec),
                          str(message.header.frame_id)))
         else:
-            key = _header_or_none(raw)
+            key = header_or_none(raw)
             if key is not None:
                 image_topics.setdefault(key, connection.topic)
     if not rows:
@@ -239,7 +220,7 @@ def frame_images(bag: OpenBag, keys: set[FrameKey], embedding_topic: str) -> dic
     images: dict[FrameKey, np.ndarray] = {}
     connections = [c for c in bag.reader.connections if c.msgtype in IMAGE_MSG_TYPES and c.topic != embedding_topic]
     for connection, _, raw in bag.reader.messages(connections):
-        key = _header_or_none(raw)
+        key = header_or_none(raw)
         if key is None or key not in keys or key in images:
             continue
         try:

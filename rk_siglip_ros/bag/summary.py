@@ -30,6 +30,8 @@ class ReplaySummary:
     frames: int = 0
     copied_messages: int = 0
     skipped: list[SkippedFrame] = field(default_factory=list)
+    left_out: int = 0  # frames --every did not ask for (not encoded, still copied through)
+    every_s: float = 0.0
     dropped_topics: dict[str, str] = field(default_factory=dict)  # topic -> why it could not be copied
     # msgtype -> why the bag's own definition did not parse (the typestore's definition was used instead)
     unparsed_definitions: dict[str, str] = field(default_factory=dict)
@@ -59,6 +61,7 @@ def format_summary(summary: ReplaySummary) -> str:
         *([f"  labels           {summary.labels} -> {summary.labels_topic} (vision_msgs/Classification, top "
            f"{summary.labels_top_k} per frame)"] if summary.labels else []),
         f"  copied through   {summary.copied_messages} messages",
+        *([f"  left out         {summary.left_out} frames (--every {summary.every_s:g} s)"] if summary.every_s else []),
         f"  skipped frames   {len(summary.skipped)}",
     ]
     by_topic = Counter(f"{frame.topic}: {frame.reason}" for frame in summary.skipped)

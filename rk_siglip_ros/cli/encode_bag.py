@@ -22,6 +22,7 @@ from rk_siglip_ros.bag import (
     format_summary,
     replay,
 )
+from rk_siglip_ros.bag.errors import BagError
 from rk_siglip_ros.bag.replay import DEFAULT_TOP_K
 from rk_siglip_ros.cli.common import (
     EXIT_FAILED,
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="labels per Classification, most probable first (default: %(default)s)")
     parser.add_argument("--labels-topic", default=LABELS_TOPIC, help="output topic for the labels (default: "
                         "%(default)s)")
+    parser.add_argument("--every", type=float, default=0.0, metavar="SECONDS",
+                        help="encode at most one frame per topic every SECONDS of header time; the others are "
+                             "copied through without an embedding (default: 0 = every frame)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists (only a bag or a file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary still prints)")
     add_max_image_pixels_option(parser)
@@ -104,6 +108,8 @@ def _run(args: argparse.Namespace) -> int:
         check_texts(args.labels, "labels")
         if args.labels_top_k < 1:
             raise TextError(f"--labels-top-k {args.labels_top_k}: need at least 1")
+    if args.every < 0:
+        raise BagError(f"--every {args.every}: need 0 (every frame) or more seconds")
     try:
         # Everything about the bags is checked, once, before the (slower) encoder starts; the plan keeps IN open.
         plan = check_request(args.input, args.output, topics=args.topics, storage=args.storage,
@@ -113,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         print("encode_bag: interrupted; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
     with plan:
+        plan.every_s = args.every
         return _encode(plan, args)
 
 

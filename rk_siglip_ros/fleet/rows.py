@@ -11,7 +11,6 @@ Used alike in-process and inside a Ray worker (:mod:`.distributed`), so both mak
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -22,10 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rk_siglip_ros.bag.errors import BagError
-from rk_siglip_ros.bag.io import OpenBag, image_connections, open_bag
+from rk_siglip_ros.bag.io import FrameKey, OpenBag, header_or_none, image_connections, open_bag
 from rk_siglip_ros.bag.replay import EMBEDDING_MSG_TYPE, EMBEDDING_TOPIC, META_EMBEDDING_TOPIC, META_MODEL
 from rk_siglip_ros.bag.sampling import FrameSampler
-from rk_siglip_ros.bag.search import FrameKey, custom_data, header_of, read_embeddings
+from rk_siglip_ros.bag.search import custom_data, read_embeddings
 from rk_siglip_ros.fleet.fingerprint import fingerprint
 from rk_siglip_ros.fleet.schema import SOURCE_EMBEDDINGS, SOURCE_ENCODED, BagRows, FrameRow
 from rk_siglip_ros.fleet.thumbnails import THUMBNAIL_SIDE, thumbnail_jpeg
@@ -132,7 +131,7 @@ def _camera_frames(bag: OpenBag, keys: set[FrameKey], embedding_topic: str,
     for connection, log_time, raw in bag.reader.messages(connections):
         index = counters.get(connection.topic, 0)
         counters[connection.topic] = index + 1
-        key = _key_or_none(raw)
+        key = header_or_none(raw)
         if key is None or key not in keys or key in found:
             continue
         try:
@@ -143,13 +142,6 @@ def _camera_frames(bag: OpenBag, keys: set[FrameKey], embedding_topic: str,
             thumbnail = b""
         found[key] = (connection.topic, index, log_time, thumbnail)
     return found
-
-
-def _key_or_none(raw: bytes | memoryview) -> FrameKey | None:
-    try:
-        return header_of(raw)
-    except (struct.error, IndexError):  # a truncated message has no usable header
-        return None
 
 
 # ------------------------------------------------------------------------------------------------ encoding
@@ -178,7 +170,7 @@ def _rows_from_frames(bag: OpenBag, path: str, digest: str, encoder: SiglipEncod
     for connection, log_time, raw in bag.reader.messages(chosen):
         index = counters.get(connection.topic, 0)
         counters[connection.topic] = index + 1
-        key = _key_or_none(raw)
+        key = header_or_none(raw)
         stamp = key[0] * 1_000_000_000 + key[1] if key else 0
         if key is None or not sampler.keep(connection.topic, stamp, log_time):
             result.skipped += key is None
