@@ -6,7 +6,7 @@
     to its centre ~0.8, to a row of the same cluster ~0.64: a recording's scene seen 1000 times, as video frames of
     one place are). 100 queries are drawn the same way (not rows of the table). For each N: search latency p50/p95
     of the exact scan (LanceDB, flat) and of the IVF-PQ index that index_bags builds (rk_siglip_ros.fleet.ann:
-    partitions ~sqrt(N), 96 sub-vectors, 32 probes, refine x10), both through rk_siglip_ros.fleet.search.nearest,
+    partitions ~sqrt(N), 96 sub-vectors, 32 probes, refine x50), both through rk_siglip_ros.fleet.search.nearest,
     as search_index runs them; recall@10 of each against numpy's exact top 10; the index's build time; the size on
     disk before and after it. Goal at 10^6 rows: recall@10 >= 0.95 and p50 <= 50 ms.
 (b) Encoding. 4 bags of 4 camera frames (640x480) through index_bags with SigLIP-B/16@512 (random weights, full

@@ -185,6 +185,17 @@ def test_contact_sheet_comes_from_thumbnails_without_the_bags(bags, tiny_text_sh
         assert np.abs(image[top:bottom, left:right] - expected).mean() < min(others)
 
 
+def test_an_image_query_finds_its_own_frame(two_bag_index, tmp_path):
+    query = tmp_path / "chelsea.png"
+    Image.fromarray(photo("chelsea")).save(query)  # bag a holds these very pixels, raw rgb8, at stamp 2
+    done = run("search_index", str(two_bag_index), "--image", str(query), "--top", "2")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("  ") and line.split()[0].isdigit()]
+    assert rows[0][3] == "1700000002.000002000" and float(rows[0][-1]) > 0.9999
+    assert float(rows[1][-1]) < float(rows[0][-1])
+    assert f"query '{query}':" in done.stdout and "cosine" in done.stdout
+
+
 def test_another_models_index_is_refused(two_bag_index, bags, shard_factory, tmp_path):
     other = shard_factory("random:tiny")
     for tool, arguments in (("search_index", [str(two_bag_index), "a cat", "--shards", str(other)]),
@@ -268,6 +279,15 @@ def test_killed_mid_bag_then_resumed(bags, tiny_text_shards, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ Ray
+
+
+def test_index_bags_ray_local_equals_in_process(two_bag_index, bags, tiny_text_shards, tmp_path):
+    """The CLI's own private cluster (started before anything imports ray, so it stays on 127.0.0.1)."""
+    index = tmp_path / "ray.lance"
+    done = run("index_bags", str(index), str(bags["a"]), str(bags["b"]), "--shards", str(tiny_text_shards),
+               "--backend", "onnxruntime", "--ray", "local", "--ray-workers", "2", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert table_rows(index) == table_rows(two_bag_index)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ content fingerprint), image topic, header stamp, frame_id, message index, a smal
 (checkpoint and shard-set hash). Bags made by encode_bag with the same model are not encoded again: their
 embeddings are taken as they are. Incremental: a bag already in the index is skipped, so re-running over a growing
 folder indexes only the new bags; an interrupted run resumes where it stopped, without duplicate or half-written
-rows. Past 100000 rows the index gets an IVF-PQ index for fast approximate search."""
+rows. Past 50000 rows the index gets an IVF-PQ index for fast approximate search."""
 
 EPILOG = """\
 examples:

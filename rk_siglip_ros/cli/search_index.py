@@ -27,7 +27,7 @@ examples:
   search_index fleet.lance "a person" --topic /front/image_raw --since 2026-11-01 --until 2026-11-30T18:00
   search_index fleet.lance --image door.jpg --sheet doors.png
 Texts are embedded with the text tower of the shard set that built the index (recorded in it), or --shards DIR:
-a shard set of the same model, built with --text; another model's is refused. Past 100000 rows the index has an
+a shard set of the same model, built with --text; another model's is refused. Past 50000 rows the index has an
 IVF-PQ index (built by index_bags) and the candidates are approximate; --exact scans every row.
 
 """ + EXIT_STATUS_HELP

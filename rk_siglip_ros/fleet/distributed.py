@@ -19,9 +19,13 @@ A process that already called ``ray.init`` is used as it is and left running.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rk_siglip_ros.errors import RunFailedError, one_line
@@ -42,8 +46,6 @@ WORKER_THREADS = 1
 def start_local_cluster(num_cpus: int | None = None) -> None:
     """ray.init of a private cluster on 127.0.0.1, no dashboard. Sets :data:`LOCAL_CLUSTER_ENV` first: it must run
     before anything in this process imported ray, or Ray keeps the machine's network address (FleetError)."""
-    import sys
-
     if "ray" in sys.modules:
         from ray._private import ray_constants
 
@@ -58,33 +60,38 @@ def start_local_cluster(num_cpus: int | None = None) -> None:
              log_to_driver=False, configure_logging=False)
 
 
+def existing_cluster() -> bool:
+    """Whether ``ray.init(address="auto")`` would find a cluster: RAY_ADDRESS, or the file ``ray start`` leaves
+    (checked without importing ray, whose import fixes which address a private cluster would use)."""
+    return bool(os.environ.get("RAY_ADDRESS")) or (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").exists()
+
+
 @contextmanager
 def ray_session(address: str) -> Iterator[Any]:
     """The ray module, connected as ``address`` says (module docstring); disconnects (and stops a cluster it
     started) at the end."""
-    if address not in ("local", "auto") and not address:
+    if not address:
         raise FleetError("--ray needs local, auto or a cluster address")
-    if address != "local":
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    try:
-        import ray
-    except ImportError:
-        raise FleetError("--ray needs ray: pip install 'rk_siglip_ros[fleet]'") from None
-    if ray.is_initialized():
-        yield ray
+    if importlib.util.find_spec("ray") is None:
+        raise FleetError("--ray needs ray: pip install 'rk_siglip_ros[fleet]'")
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        yield sys.modules["ray"]  # the caller's own session: used as it is, left running
         return
+    if address == "auto":
+        address = "auto" if existing_cluster() else "local"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address == "local":
         start_local_cluster()
-    elif address == "auto":
-        try:
-            ray.init(address="auto", log_to_driver=False, configure_logging=False)
-        except ConnectionError:
-            start_local_cluster()
     else:
+        import ray
+
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, ValueError, RuntimeError) as error:
-            raise FleetError(f"--ray {address}: cannot connect to a Ray cluster there ({one_line(error)})") from None
+            raise FleetError(f"--ray {address}: no Ray cluster to connect to there ({one_line(error)}); start one "
+                             "with `ray start --head`, or use --ray local") from None
+    import ray
+
     try:
         yield ray
     finally:
