@@ -23,6 +23,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,8 +57,12 @@ def start_local_cluster(num_cpus: int | None = None) -> None:
     os.environ.update(LOCAL_CLUSTER_ENV)
     import ray
 
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, configure_logging=False)
+    with warnings.catch_warnings():
+        # ray.init starts its processes with subprocess (fork, then exec at once): lancedb's warning about state
+        # shared across a fork does not apply to a child that execs.
+        warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False, configure_logging=False)
 
 
 def existing_cluster() -> bool:
