@@ -41,6 +41,8 @@ PYTHON_IMPORTS: dict[str, str | None] = {
     "rknnlite": None,  # Rockchip's rknn-toolkit-lite2 wheel (aarch64): pip
     "sentencepiece": None,  # no rosdep key (Debian/Ubuntu have python3-sentencepiece, rosdistro does not): pip
     "matplotlib": None,  # `bench --plot` only, a development tool
+    # The fleet extra (index_bags, search_index): a workstation's or a cluster's, never the robot's; pip ".[fleet]".
+    "lancedb": None, "pyarrow": None, "ray": None,
 }
 # Declared without a direct import, on purpose (none at present).
 INDIRECT_EXEC_DEPENDS: set[str] = set()
