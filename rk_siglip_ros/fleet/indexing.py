@@ -114,6 +114,8 @@ def index_bags(uri: str, paths: Sequence[str | Path], manifest: Manifest, sampli
                 bars.bag_done(outcome.frames + outcome.skipped)
         finally:
             bars.close()
+    if summary.count(INDEXED):
+        index.compact()
     summary.ann_note = ensure_ann_index(index.frames, identity.embedding_dim, ann_min_rows)
     summary.rows = index.count_rows()
     summary.wall_s = time.perf_counter() - started

@@ -152,5 +152,11 @@ class FleetIndex:
                          "source": [bag.source], "frames": [len(bag.rows)], "skipped": [bag.skipped]},
                         schema=BAGS_SCHEMA)
 
+    def compact(self) -> None:
+        """Merge the small files one commit per bag leaves (hundreds of bags: hundreds of fragments, each a seek per
+        scan) and fold new rows into an existing vector index; versions older than LanceDB's default (a week) go."""
+        self.frames.optimize()
+        self.bags.optimize()
+
     def count_rows(self) -> int:
         return int(self.frames.count_rows())
