@@ -44,5 +44,5 @@ def test_encode_bag_every_encodes_the_due_frames_and_copies_all(shard_factory, t
         counts = {c.topic: c.msgcount for c in reader.connections}
         stamps = [STORE.deserialize_cdr(raw, c.msgtype).header.stamp.sec
                   for c, _, raw in reader.messages([c for c in reader.connections if c.topic == "/siglip/embeddings"])]
-    assert counts == {"/cam0/image_raw": 6, "/siglip/embeddings": 3}
+    assert counts == {"/cam0/image_raw": 6, "/siglip/embeddings": 3, "/siglip/vision_info": 1}
     assert [stamp - 1_700_000_000 for stamp in stamps] == [0, 2, 4]

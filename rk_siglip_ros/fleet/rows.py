@@ -22,15 +22,17 @@ import numpy as np
 
 from rk_siglip_ros.bag.errors import BagError
 from rk_siglip_ros.bag.io import FrameKey, OpenBag, header_or_none, image_connections, open_bag
+from rk_siglip_ros.bag.model import bag_vision_info
 from rk_siglip_ros.bag.replay import EMBEDDING_MSG_TYPE, EMBEDDING_TOPIC, META_EMBEDDING_TOPIC, META_MODEL
 from rk_siglip_ros.bag.sampling import FrameSampler
 from rk_siglip_ros.bag.search import custom_data, read_embeddings
+from rk_siglip_ros.errors import one_line
 from rk_siglip_ros.fleet.fingerprint import fingerprint
 from rk_siglip_ros.fleet.schema import SOURCE_EMBEDDINGS, SOURCE_ENCODED, BagRows, FrameRow
 from rk_siglip_ros.fleet.thumbnails import THUMBNAIL_SIDE, thumbnail_jpeg
 from rk_siglip_ros.messages.camera_frames import IMAGE_MSG_TYPES, BadFrame, image_from_message
 from rk_siglip_ros.messages.image_header import DEFAULT_MAX_IMAGE_PIXELS
-from rk_siglip_ros.model_identity import ModelIdentity
+from rk_siglip_ros.model_identity import ModelIdentity, ModelMismatchError
 from rk_siglip_ros.runtime.encoder import EncoderOutputError
 from rk_siglip_ros.runtime.postprocess import l2_normalise_rows
 
@@ -98,11 +100,22 @@ def _has_embeddings(bag: OpenBag) -> bool:
 
 
 def _embeddings_unusable(bag: OpenBag, identity: ModelIdentity) -> str | None:
-    recorded = custom_data(bag.reader).get(META_MODEL)
-    if recorded is None:
-        return "the bag does not record which model made them"
-    if recorded != identity.checkpoint:
-        return f"made by {recorded}, the index holds {identity.checkpoint}"
+    """Why the bag's embeddings cannot go into an index of ``identity``'s model (None: they can). The VisionInfo
+    beside them says which model made them (encode_bag writes it, a recording of the node holds the node's); an
+    older encode_bag output says it in its metadata only."""
+    try:
+        content = bag_vision_info(bag, _embedding_topic(bag))
+    except (BagError, ModelMismatchError) as error:  # two models in one bag, or an unreadable VisionInfo
+        return one_line(error)
+    if content is not None:
+        recorded = ModelIdentity(**content.identity_fields())
+        return None if recorded.same_model(identity) else \
+            f"made by {recorded.describe()}, the index holds {identity.describe()}"
+    checkpoint = custom_data(bag.reader).get(META_MODEL)
+    if checkpoint is None:
+        return "the bag does not say which model made them"
+    if checkpoint != identity.checkpoint:
+        return f"made by {checkpoint}, the index holds {identity.checkpoint}"
     return None
 
 
