@@ -1,8 +1,8 @@
 """When the index gets an approximate nearest-neighbour index, and its parameters.
 
 Below ``ANN_MIN_ROWS`` rows an exact (brute-force) scan is quick enough and never misses: it reads every vector
-(3 KB a row at 768-d), about 30 ms at 10^4 rows and over half a second at 10^5 on 2 busy cores (benchmarks/
-fleet_bench.py, benchmarks/RESULTS.md); the IVF-PQ index answers in about 10 ms at either size. From there on
+(3 KB a row at 768-d): 20-30 ms at 10^4 rows, 0.4-0.65 s at 10^5 and 4.3 s at 10^6 on 2 busy cores, where the
+IVF-PQ index answers in 15-25 ms (benchmarks/fleet_bench.py, benchmarks/RESULTS.md). From there on
 ``index_bags`` builds LanceDB's IVF-PQ index (cosine), and folds later rows into it; a search probes
 ``NPROBES`` partitions and re-ranks ``REFINE_FACTOR`` x top candidates on their full vectors (50: at 10 it missed
 one true top-10 frame in six on clustered data, benchmarks/fleet_bench.py), so the scores it prints
