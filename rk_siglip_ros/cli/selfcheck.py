@@ -54,11 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from rk_siglip_ros.manifest import load_manifest
     from rk_siglip_ros.measure.bench import format_table, set_names
     from rk_siglip_ros.measure.selfcheck import per_core_ratios, run_selfcheck, step_count
 
-    bar = tqdm(total=step_count(len(args.shards), len(args.cores), len(args.modes)), unit="step", desc="selfcheck",
-               file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
+    # The manifests are read (not verified) twice, here and in run_selfcheck: a few kB of JSON each, so that the
+    # bar's total leaves out the modes a shard set cannot run.
+    steps = step_count([load_manifest(folder, verify=()) for folder in args.shards], len(args.cores), args.modes)
+    bar = tqdm(total=steps, unit="step", desc="selfcheck", file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
     started = [False]
 
     def progress(line: str) -> None:

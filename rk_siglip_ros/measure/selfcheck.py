@@ -42,9 +42,18 @@ _LIBRKNNRT_VERSION = re.compile(rb"librknnrt version: ?(\d+\.\d+\.\d+[^\x00\n]*)
 Progress = Callable[[str], None]  # called once per step with what starts now
 
 
-def step_count(shard_sets: int, cores: int, modes: int) -> int:
-    """How many progress steps run_selfcheck takes: per shard set, each core alone (+ all cores), then each mode."""
-    return shard_sets * (cores + (1 if cores > 1 else 0) + modes)
+def runnable_modes(manifest: Manifest, modes: Sequence[str]) -> list[str]:
+    """The ``modes`` this shard set can run (split mode runs split shard sets only)."""
+    from rk_siglip_ros.runtime.encoder import mode_problem
+
+    return [mode for mode in modes if mode_problem(mode, manifest) is None]
+
+
+def step_count(manifests: Sequence[Manifest], cores: int, modes: Sequence[str]) -> int:
+    """How many progress steps run_selfcheck takes: per shard set, each core alone (+ all cores), then each mode
+    the set can run."""
+    calls = cores + (1 if cores > 1 else 0)
+    return sum(calls + len(runnable_modes(manifest, modes)) for manifest in manifests)
 
 
 @dataclass
@@ -222,7 +231,7 @@ def run_selfcheck(shard_dirs: Sequence[str | Path], out: Path, backend: str = "a
     ``latency.params.yaml`` and ``report.json`` into ``out``."""
     from rk_siglip_ros.manifest import load_manifest
     from rk_siglip_ros.runtime.backends import resolve_backend_name
-    from rk_siglip_ros.runtime.encoder import SiglipEncoder, mode_problem
+    from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     manifests = {str(Path(d)): load_manifest(d, verify=()) for d in shard_dirs}
     out.mkdir(parents=True, exist_ok=True)  # an unusable --out is found now, not after minutes of measuring
@@ -240,9 +249,7 @@ def run_selfcheck(shard_dirs: Sequence[str | Path], out: Path, backend: str = "a
     results: list[BenchResult] = []
     sdk_version = None
     for label, manifest in manifests.items():
-        for mode in modes:
-            if mode_problem(mode, manifest) is not None:  # split mode runs split shard sets only
-                continue
+        for mode in runnable_modes(manifest, modes):
             if progress:
                 progress(f"{label}: {mode} with the encoder kept full")
             with SiglipEncoder.open(manifest, backend=backend, mode=mode, cores=cores, timing_profile=sim_profile,

@@ -141,3 +141,16 @@ def predicted_ms(profile: TimingProfile, manifest: Manifest, shard: ShardSpec, c
     """Time ``profile`` predicts for one call of ``shard`` on one core (or one context spanning ``cores`` cores)."""
     dense, attention = shard_gmacs(manifest, shard)
     return profile.shard_ms(dense, attention, attention_is_tiled(manifest), cores=cores)
+
+
+def predicted_frame_ms(profile: TimingProfile, manifest: Manifest, cores_per_call: int = 1) -> float:
+    """NPU time of one frame alone on idle cores: each stage as long as its slowest part, stages one after another.
+
+    ``cores_per_call`` 1 is a chain on one core or a split set's parts each on its own core; the vendor's all-cores
+    context (mode allcores) is ``profile.all_cores``. Host work between calls is not counted: the gap between this and
+    a measured frame is the host's share.
+    """
+    return sum(max(predicted_ms(profile, manifest, manifest.shard(part.shard), cores=cores_per_call)
+                   for part in stage.parts)
+               for stage in manifest.execution_stages())
+
