@@ -19,8 +19,9 @@ STAGES = {
     "manifest": 1,
     "runtime": 2, "messages": 2, "model_identity": 2,
     "text": 3, "measure": 3,
-    "builder": 4, "bag": 4, "node": 4, "fleet": 4,
-    "cli": 5,
+    "builder": 4, "bag": 4, "node": 4,
+    "fleet": 5,  # many bags: builds on bag
+    "cli": 6,
 }
 
 
