@@ -46,6 +46,8 @@ CAMERAS = 3
 RATE_HZ = 30.0
 SIZES = {"640x480": (480, 640), "1920x1080": (1080, 1920)}
 SHIPPED_CONFIG = ROOT / "config" / "cyclonedds_large_images.xml"
+FASTDDS_CONFIG = ROOT / "config" / "fastdds_large_images.xml"
+CYCLONE_RMW = "rmw_cyclonedds_cpp"
 DDS_CONFIGS = ("default", "shipped")
 # Node kinds: typed / serialized (raw, the node's way) subscriptions, both as encoder_node.main runs them (with
 # frame_memory.keep_frame_buffers), and raw with glibc's malloc defaults.
@@ -77,14 +79,43 @@ STARTUP_TIMEOUT_S = 60.0
 # ------------------------------------------------------------------------------------------- child processes
 
 
-def ros_environment(dds_config: str | None) -> dict[str, str]:
-    """The environment of every ROS process here: loopback only, Cyclone, the DDS config under test, and the
+def ros_environment(dds_config: str | Path | None, rmw: str = CYCLONE_RMW) -> dict[str, str]:
+    """The environment of every ROS process here: loopback only (Jazzy's way on Jazzy), the middleware ``rmw`` with
+    the DDS config under test (a Cyclone or Fast DDS XML file, None = the middleware's defaults), and the
     ROS_DOMAIN_ID orchestrate() claimed (in os.environ, so its children inherit it)."""
-    env = dict(os.environ, ROS_LOCALHOST_ONLY="1", RMW_IMPLEMENTATION="rmw_cyclonedds_cpp")
-    env.pop("CYCLONEDDS_URI", None)
+    from rk_siglip_ros.node.dds import CYCLONE, CYCLONEDDS_URI, FASTDDS_PROFILES_FILE, config_family
+
+    env = dict(os.environ, RMW_IMPLEMENTATION=rmw, **localhost_only())
+    env.pop(CYCLONEDDS_URI, None)
+    env.pop(FASTDDS_PROFILES_FILE, None)
     if dds_config is not None:
-        env["CYCLONEDDS_URI"] = f"file://{dds_config}"
+        if config_family(Path(dds_config)) == CYCLONE:
+            env[CYCLONEDDS_URI] = f"file://{dds_config}"
+        else:
+            env[FASTDDS_PROFILES_FILE] = str(dds_config)
     return env
+
+
+def localhost_only() -> dict[str, str]:
+    """DDS on the loopback only: ROS_LOCALHOST_ONLY=1 up to Humble, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST from
+    Jazzy on (where ROS_LOCALHOST_ONLY is deprecated and makes every process log two warnings)."""
+    if os.environ.get("ROS_DISTRO", "humble") in ("foxy", "galactic", "humble", "iron"):
+        return {"ROS_LOCALHOST_ONLY": "1"}
+    return {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+
+
+def fastdds_rmw() -> str | None:
+    """The Fast DDS RMW this ROS 2 has: rmw_fastrtps_cpp (binary installs, Jazzy tree), else
+    rmw_fastrtps_dynamic_cpp (the Humble tree here has only that one); None without Fast DDS."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    for name in ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp"):
+        try:
+            get_package_prefix(name)
+        except PackageNotFoundError:
+            continue
+        return name
+    return None
 
 
 def run_publisher(args: argparse.Namespace) -> int:
@@ -104,8 +135,10 @@ def run_publisher(args: argparse.Namespace) -> int:
     msg.header.frame_id = args.topic.strip("/").split("/")[0]
     msg.data = np.random.default_rng(0).integers(0, 256, args.height * args.width * 3, dtype=np.uint8).tobytes()
     template = bytearray(serialize_message(msg))
-    # Camera drivers publish best effort (the sensor_data profile); the node's default subscription matches it.
-    publisher = node.create_publisher(Image, args.topic, qos_profile_sensor_data)
+    # (a)/(b): best effort, as the sensor_data profile; (c) also reliable (depth 10), as many camera drivers and
+    # image_transport publish by default.
+    qos = qos_profile_sensor_data if args.qos == "best_effort" else 10
+    publisher = node.create_publisher(Image, args.topic, qos)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while publisher.get_subscription_count() < 1:
         if time.monotonic() > deadline:
@@ -294,27 +327,29 @@ class Rig:
     defaults)."""
 
     def __init__(self, *, prefix: str, subscription: str, dds: str, shards: Path, profile: Path, size: str,
-                 cameras: int) -> None:
+                 cameras: int, rmw: str = CYCLONE_RMW, qos: str = "sensor_data", camera_qos: str = "best_effort",
+                 name: str | None = None) -> None:
         height, width = SIZES[size]
         self.output_topic = f"{prefix}/embeddings"
         self.encoder_node = subscription not in REFERENCES  # references publish no diagnostics
         # Two rigs run side by side: their node names (and so their diagnostics) must differ.
-        self.name = f"{'encoder' if self.encoder_node else 'reference'}_{subscription}"
+        self.name = name or f"{'encoder' if self.encoder_node else 'reference'}_{subscription}"
         topics = [f"{prefix}/cam{i}/image_raw" for i in range(cameras)]
         ros_args = ["-r", f"__node:={self.name}", "-p", f"shards:={shards}", "-p", "backend:=sim",
                     "-p", "mode:=pipeline", "-p", f"timing_profile:={profile}",
-                    "-p", f"image_topics:=[{','.join(topics)}]", "-p", f"output_topic:={self.output_topic}"]
-        config = str(SHIPPED_CONFIG) if dds == "shipped" else None
+                    "-p", f"image_topics:=[{','.join(topics)}]", "-p", f"output_topic:={self.output_topic}",
+                    "-p", f"qos:={qos}"]
+        config = shipped_config(rmw) if dds == "shipped" else None
         self.node = subprocess.Popen([sys.executable, __file__, "node", "--subscription", subscription,
-                                      "--ros-args", *ros_args], env=ros_environment(config),
+                                      "--ros-args", *ros_args], env=ros_environment(config, rmw),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.publishers: list[Any] = []
         try:
             for topic in topics:
                 self.publishers.append(subprocess.Popen(
                     [sys.executable, __file__, "publish", "--topic", topic, "--width", str(width), "--height",
-                     str(height), "--rate", str(RATE_HZ if cameras > 1 else LATENCY_RATE_HZ)],
-                    env=ros_environment(None), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+                     str(height), "--rate", str(RATE_HZ if cameras > 1 else LATENCY_RATE_HZ), "--qos", camera_qos],
+                    env=ros_environment(None, rmw), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             for publisher in self.publishers:
                 line = publisher.stdout.readline().strip()
                 if line != "ready":
@@ -367,42 +402,54 @@ def delivery_runs(observer: Observer, *, pair: str, size: str, dds: str, shards:
     frames in alternating blocks (so machine load hits both alike). Per node: CPU idle (cameras connected, silent)
     and while its cameras publish, frames offered and received."""
     kinds = PAIRS[pair]
-    rigs = {kind: Rig(prefix=f"/bench_{kind}", subscription=kind, dds=dds, shards=shards, profile=profile,
-                      size=size, cameras=CAMERAS) for kind in kinds}
+    rigs = {kind: (lambda kind=kind: Rig(prefix=f"/bench_{kind}", subscription=kind, dds=dds, shards=shards,
+                                         profile=profile, size=size, cameras=CAMERAS)) for kind in kinds}
+    runs = side_by_side(observer, rigs, seconds)
+    return [{"pair": pair, "size": size, "dds": dds, "subscription": kind, **runs[kind]} for kind in kinds]
+
+
+def side_by_side(observer: Observer, rigs: dict[str, Any], seconds: float) -> dict[str, dict[str, Any]]:
+    """Rigs (name -> a function that starts one) run side by side, offered frames in alternating blocks so machine
+    load hits all alike. Per rig: node CPU idle (cameras connected, silent) and while its cameras publish, frames
+    offered and received (from the node's diagnostics; None for a reference process), UDP drops meanwhile, and the
+    node's own latency figures of its last diagnostics."""
     from rk_siglip_ros.node.dds import udp_receive_buffer_errors
 
-    runs = {kind: {"pair": pair, "size": size, "dds": dds, "subscription": kind, "offered": 0, "seconds": 0.0,
-                   "busy_cpu": 0.0, "dds_cpu": 0.0, "udp_drops": 0} for kind in kinds}
+    started: dict[str, Rig] = {}
+    runs = {name: {"offered": 0, "seconds": 0.0, "busy_cpu": 0.0, "dds_cpu": 0.0, "udp_drops": 0} for name in rigs}
     try:
-        for rig in [rig for rig in rigs.values() if rig.encoder_node]:  # references are ready once matched
+        for name, start in rigs.items():
+            started[name] = start()
+        for rig in [rig for rig in started.values() if rig.encoder_node]:  # references are ready once matched
             if observer.wait_for_diagnostics(rig.name, after=time.monotonic(), timeout_s=STARTUP_TIMEOUT_S) is None:
                 raise RuntimeError(f"the encoder node {rig.name} published no diagnostics")
-        for kind, rig in rigs.items():
-            _, runs[kind]["idle_cpu"], _ = rig.cpu_percent(lambda: time.sleep(IDLE_S))
+        for name, rig in started.items():
+            _, runs[name]["idle_cpu"], _ = rig.cpu_percent(lambda: time.sleep(IDLE_S))
         for _ in range(DELIVERY_BLOCKS):
-            for kind, rig in rigs.items():
+            for name, rig in started.items():
                 time.sleep(SETTLE_S)
                 drops = udp_receive_buffer_errors() or 0
                 summary, cpu, dds_cpu = rig.cpu_percent(lambda rig=rig: rig.offer(seconds / DELIVERY_BLOCKS))
-                runs[kind]["udp_drops"] += (udp_receive_buffer_errors() or 0) - drops
-                runs[kind]["offered"] += summary["offered"]
-                runs[kind]["seconds"] += summary["seconds"]
-                runs[kind]["busy_cpu"] += cpu / DELIVERY_BLOCKS
-                runs[kind]["dds_cpu"] += dds_cpu / DELIVERY_BLOCKS
+                runs[name]["udp_drops"] += (udp_receive_buffer_errors() or 0) - drops
+                runs[name]["offered"] += summary["offered"]
+                runs[name]["seconds"] += summary["seconds"]
+                runs[name]["busy_cpu"] += cpu / DELIVERY_BLOCKS
+                runs[name]["dds_cpu"] += dds_cpu / DELIVERY_BLOCKS
         time.sleep(0.5)  # frames still in the encoder finish; then a diagnostics period that covers them
-        for kind, rig in rigs.items():
+        for name, rig in started.items():
             if rig.encoder_node:
                 values = observer.wait_for_diagnostics(rig.name, after=time.monotonic()) or {}
-                runs[kind]["received"] = int(values.get("total received", 0))
+                runs[name]["received"] = int(values.get("total received", 0))
+                runs[name]["diagnostics"] = values
             else:
-                runs[kind]["received"] = None  # nothing counts what a reference process receives
-            runs[kind]["offered_hz"] = runs[kind]["offered"] / runs[kind]["seconds"]
+                runs[name]["received"] = None  # nothing counts what a reference process receives
+            runs[name]["offered_hz"] = runs[name]["offered"] / runs[name]["seconds"]
     finally:
-        for rig in rigs.values():
-            rig.interrupt()  # both drain at once
-        for rig in rigs.values():
+        for rig in started.values():
+            rig.interrupt()  # all drain at once
+        for rig in started.values():
             rig.close()
-    return list(runs.values())
+    return runs
 
 
 def prepare(out: Path) -> tuple[Path, Path, Path]:
@@ -534,6 +581,99 @@ def print_latency(samples: dict[str, list[float]]) -> None:
               f"p95 {n95 - a95:.2f} ms{goal}{beyond}")
 
 
+# (c) the two middlewares side by side: (camera publisher QoS, node subscription QoS). A reliable node cannot match a
+# best-effort camera (DDS refuses the pair; the node warns), so that pairing is not measured.
+MIDDLEWARE_QOS = (("best_effort", "sensor_data"), ("reliable", "sensor_data"), ("reliable", "reliable"))
+
+
+def middlewares(fastdds: str) -> dict[str, str]:
+    return {"Cyclone DDS": CYCLONE_RMW, "Fast DDS": fastdds}
+
+
+def shipped_config(rmw: str) -> Path | None:
+    """The node's dds_config:=large_images file for ``rmw`` (as the launch file picks it; None where none ships)."""
+    path = FASTDDS_CONFIG if "fastrtps" in rmw else SHIPPED_CONFIG
+    return path if path.is_file() else None
+
+
+def middleware_rig(label: str, rmw: str, *, dds: str, size: str, shards: Path, profile: Path, camera_qos: str,
+                   qos: str, cameras: int = CAMERAS) -> Any:
+    short = "".join(ch for ch in label.lower() if ch.isalnum())
+    return lambda: Rig(prefix=f"/mw_{short}", subscription="raw", dds=dds, shards=shards, profile=profile, size=size,
+                       cameras=cameras, rmw=rmw, qos=qos, camera_qos=camera_qos, name=f"encoder_{short}")
+
+
+def middleware_runs(observer: Observer, *, fastdds: str, shards: Path, slow: Path, fast: Path,
+                    seconds: float) -> list[dict[str, Any]]:
+    """(c): the node (raw subscriptions, as it runs) on Cyclone DDS and on Fast DDS side by side, each with its own
+    cameras on its own middleware and its dds_config:=large_images file: delivery and CPU per camera/node QoS
+    pairing and size; Fast DDS with its defaults beside Fast DDS with the shipped profile; then latency."""
+    results = []
+    for size in SIZES:
+        for camera_qos, qos in MIDDLEWARE_QOS:
+            print(f"  run: {size}, cameras {camera_qos}, node {qos}: Cyclone DDS and Fast DDS side by side ...",
+                  flush=True)
+            rigs = {label: middleware_rig(label, rmw, dds="shipped", size=size, shards=shards, profile=slow,
+                                          camera_qos=camera_qos, qos=qos)
+                    for label, rmw in middlewares(fastdds).items()}
+            runs = side_by_side(observer, rigs, seconds)
+            results += [{"part": "delivery", "size": size, "middleware": label, "dds": "shipped",
+                         "camera_qos": camera_qos, "qos": qos, **run} for label, run in runs.items()]
+        if FASTDDS_CONFIG.is_file():
+            for camera_qos, qos in MIDDLEWARE_QOS[:2]:
+                print(f"  run: {size}, cameras {camera_qos}, node {qos}: Fast DDS defaults and the shipped profile "
+                      "side by side ...", flush=True)
+                rigs = {f"Fast DDS {dds}": middleware_rig(f"fastdds {dds}", fastdds, dds=dds, size=size,
+                                                          shards=shards, profile=slow, camera_qos=camera_qos, qos=qos)
+                        for dds in DDS_CONFIGS}
+                runs = side_by_side(observer, rigs, seconds)
+                results += [{"part": "fastdds config", "size": size, "middleware": label,
+                             "dds": label.rsplit(" ", 1)[1], "camera_qos": camera_qos, "qos": qos, **run}
+                            for label, run in runs.items()]
+    for size in SIZES:
+        print(f"  run: latency {size}: Cyclone DDS and Fast DDS side by side ...", flush=True)
+        rigs = {label: middleware_rig(label, rmw, dds="shipped", size=size, shards=shards, profile=fast,
+                                      camera_qos="reliable", qos="sensor_data", cameras=1)
+                for label, rmw in middlewares(fastdds).items()}
+        runs = side_by_side(observer, rigs, seconds)
+        results += [{"part": "latency", "size": size, "middleware": label, "dds": "shipped",
+                     "camera_qos": "reliable", "qos": "sensor_data", **run} for label, run in runs.items()]
+    return results
+
+
+def diagnostic_ms(run: dict[str, Any], key: str) -> float | None:
+    try:
+        return float(run.get("diagnostics", {}).get(key, "n/a"))
+    except ValueError:
+        return None
+
+
+def print_middlewares(results: list[dict[str, Any]], fastdds: str) -> None:
+    print(f"\n(c) Cyclone DDS ({CYCLONE_RMW}) and Fast DDS ({fastdds}) side by side: the node with raw subscriptions "
+          f"and its dds_config:=large_images file ({SHIPPED_CONFIG.name} / {FASTDDS_CONFIG.name}), cameras on the same "
+          f"middleware; {CAMERAS} cameras x {RATE_HZ:.0f} Hz rgb8, encoder {1000 / SLOW_SHARD_MS:.1f} frames/s")
+    print(f"  {'size':<10} {'cameras':<12} {'node QoS':<12} {'middleware':<22} {'offered/s':>9} {'received':>15} "
+          f"{'received %':>10} {'CPU idle':>8} {'CPU busy':>8} {'CPU frames':>10} {'UDP drops':>9}")
+    for r in [r for r in results if r["part"] in ("delivery", "fastdds config")]:
+        received = f"{r['received']:>7}/{r['offered']:<7}"
+        print(f"  {r['size']:<10} {r['camera_qos']:<12} {r['qos']:<12} {r['middleware']:<22} {r['offered_hz']:>9.1f} "
+              f"{received} {100.0 * r['received'] / max(r['offered'], 1):>10.1f} {r['idle_cpu']:>8.1f} "
+              f"{r['busy_cpu']:>8.1f} {frames_cpu(r):>10.1f} {r['udp_drops']:>9}")
+    print(f"  latency, 1 camera x {LATENCY_RATE_HZ:.0f} Hz (reliable), node sensor_data, sim encoder "
+          f"{3 * FAST_SHARD_MS:.0f} ms; the node's own diagnostics: camera stamp -> embedding published, and of it "
+          "the encoder (the rest is DDS in, conversion, dispatch):")
+    for r in [r for r in results if r["part"] == "latency"]:
+        total50, total95 = diagnostic_ms(r, "latency stamp->publish p50 (ms)"), \
+            diagnostic_ms(r, "latency stamp->publish p95 (ms)")
+        encode50 = diagnostic_ms(r, "encode latency p50 (ms)")
+        if total50 is None or encode50 is None:
+            print(f"  {r['size']:<10} {r['middleware']:<22} no latency figures (received {r['received']})")
+            continue
+        print(f"  {r['size']:<10} {r['middleware']:<22} p50 {total50:.1f} ms, p95 {total95:.1f} ms; encoder p50 "
+              f"{encode50:.1f} ms; beyond the encoder p50 {total50 - encode50:.1f} ms "
+              f"(received {r['received']}/{r['offered']})")
+
+
 def frames_cpu(run: dict[str, Any]) -> float:
     """CPU the offered frames cost a process: busy minus idle, % of one core."""
     return float(run["busy_cpu"] - run["idle_cpu"])
@@ -553,11 +693,15 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("--width", type=int, required=True)
     publish.add_argument("--height", type=int, required=True)
     publish.add_argument("--rate", type=float, required=True)
+    publish.add_argument("--qos", choices=("best_effort", "reliable"), default="best_effort")
     node = sub.add_parser("node", help="(internal) the encoder node, or a reference process")
     node.add_argument("--subscription", choices=SUBSCRIPTIONS + REFERENCES, required=True)
     node.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[])
     parser.add_argument("--seconds", type=float, default=5.0, help="publishing time per run (default 5)")
     parser.add_argument("--out", type=Path, default=OUT, help="work folder (shards, timing profiles)")
+    parser.add_argument("--parts", default="a,b,c",
+                        help="which parts to run, comma-separated (default a,b,c): a = Cyclone delivery and CPU, "
+                             "b = latency, c = Cyclone DDS and Fast DDS side by side")
     args, _ = parser.parse_known_args(argv)  # run_all.py passes its own arguments to every benchmark
     if args.role == "publish":
         return run_publisher(args)
@@ -592,19 +736,28 @@ def orchestrate(args: argparse.Namespace) -> int:
     observer = Observer()
     started = time.perf_counter()
     try:
-        results = []
-        for size in SIZES:
-            for pair, dds in [("subscription", dds) for dds in DDS_CONFIGS] + [("malloc", "shipped"),
-                                                                                ("floor", "shipped")]:
-                print(f"  run: {size}, {dds} DDS config, {' and '.join(LABELS[k] for k in PAIRS[pair])} side by "
-                      "side ...", flush=True)
-                results += delivery_runs(observer, pair=pair, size=size, dds=dds, shards=shards, profile=slow,
-                                         seconds=args.seconds)
-        print_delivery(results)
-
-        print("  run: latency ...", flush=True)
-        samples = latency_runs(observer, shards, fast, seconds=max(args.seconds * 2, 8.0))
-        print_latency(samples)
+        parts = {part.strip() for part in args.parts.split(",")}
+        if "a" in parts:
+            results = []
+            for size in SIZES:
+                for pair, dds in [("subscription", dds) for dds in DDS_CONFIGS] + [("malloc", "shipped"),
+                                                                                    ("floor", "shipped")]:
+                    print(f"  run: {size}, {dds} DDS config, {' and '.join(LABELS[k] for k in PAIRS[pair])} side by "
+                          "side ...", flush=True)
+                    results += delivery_runs(observer, pair=pair, size=size, dds=dds, shards=shards, profile=slow,
+                                             seconds=args.seconds)
+            print_delivery(results)
+        if "b" in parts:
+            print("  run: latency ...", flush=True)
+            samples = latency_runs(observer, shards, fast, seconds=max(args.seconds * 2, 8.0))
+            print_latency(samples)
+        if "c" in parts:
+            fastdds = fastdds_rmw()
+            if fastdds is None:
+                print("\n(c) SKIP: this ROS 2 has no Fast DDS RMW (rmw_fastrtps_cpp / rmw_fastrtps_dynamic_cpp)")
+            else:
+                print_middlewares(middleware_runs(observer, fastdds=fastdds, shards=shards, slow=slow, fast=fast,
+                                                  seconds=args.seconds), fastdds)
         print(f"\nros_bench: {time.perf_counter() - started:.0f} s")
     finally:
         observer.close()

@@ -1,49 +1,105 @@
-"""Which DDS configuration the encoder node runs with, and what the kernel allows it; ROS-free.
+"""Which DDS configuration the encoder node runs with, for the middleware it runs on, and what the kernel allows it;
+ROS-free.
 
-Raw camera images are large (1920x1080 rgb8: 6.2 MB, ~100 UDP fragments). Cyclone DDS's default socket receive
-buffer (the kernel's ``net.core.rmem_default``, ~208 KB) overflows within one such frame, and over best effort a
-frame with a lost fragment is lost whole: 3 x 30 Hz of 1080p reach a subscriber at 0 frames/s, silently. The
-package ships ``config/cyclonedds_large_images.xml`` (a 64 MB request that the kernel caps at
-``net.core.rmem_max``, never a start-up failure); the launch file points ``CYCLONEDDS_URI`` of the node process at
-it through :func:`node_environment`.
+Raw camera images are large (1920x1080 rgb8: 6.2 MB). What a middleware needs for them differs:
+
+* Cyclone DDS (``rmw_cyclonedds_cpp``) sends a frame as ~100 UDP fragments even on one host. Its default socket
+  receive buffer (the kernel's ``net.core.rmem_default``, ~208 KB) overflows within one such frame, and over best
+  effort a frame with a lost fragment is lost whole: 3 x 30 Hz of 1080p reach a subscriber at 0 frames/s, silently.
+  The package ships ``config/cyclonedds_large_images.xml`` (a 64 MB request that the kernel caps at
+  ``net.core.rmem_max``, never a start-up failure) for ``CYCLONEDDS_URI``.
+* Fast DDS (``rmw_fastrtps_cpp``, ``rmw_fastrtps_dynamic_cpp``: Humble's and Jazzy's default) moves frames between
+  processes on one host through shared memory, where the publisher's segment holds a frame's fragments until the
+  subscriber takes them. Measured with the node (benchmarks/ros_bench.py part c): a best-effort subscription lost
+  65-77 % of 640x480 frames and 90-95 % of 1080p frames that a reliable one received (98 % at 640x480). What fixes
+  that is the subscription's reliability, not a setting of the node's own participant, so no Fast DDS file ships:
+  ``large_images`` adds nothing on Fast DDS, and the node's ``qos: auto`` (:func:`node_qos`) subscribes reliable
+  there. A Fast DDS XML file of the user's own goes in through ``dds_config:=<path>`` (its root element tells).
+
+The launch file (``dds_config:=large_images``, the default) gives the node's process the file of the middleware it
+runs on through :func:`node_environment`; the node's diagnostics name that middleware's fix when frames go missing
+(:func:`lost_frames_hint`).
 """
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
 
 from rk_siglip_ros.errors import UserError
 
 CYCLONEDDS_URI = "CYCLONEDDS_URI"
+# Fast DDS 2.x (Humble 2.6, Jazzy 2.14) reads one XML file of profiles from this variable.
+FASTDDS_PROFILES_FILE = "FASTRTPS_DEFAULT_PROFILES_FILE"
+RMW_IMPLEMENTATION = "RMW_IMPLEMENTATION"
+# lost_frames_hint reads the node's resolved subscription QoS from its environ argument under this key.
+NODE_QOS = "RK_SIGLIP_NODE_QOS"
+AUTO = "auto"
+BEST_AVAILABLE = "best_available"
 LARGE_IMAGES = "large_images"
 NONE = "none"
 DDS_CONFIG_CHOICES = (LARGE_IMAGES, NONE)
-LARGE_IMAGES_FILE = "cyclonedds_large_images.xml"
+CYCLONE = "cyclonedds"
+FASTDDS = "fastdds"
+# The shipped large-image file per middleware (none for Fast DDS: see above).
+LARGE_IMAGES_FILES = {CYCLONE: "cyclonedds_large_images.xml"}
+LARGE_IMAGES_FILE = LARGE_IMAGES_FILES[CYCLONE]  # the Cyclone file (the name older callers know)
 RMEM_MAX_PATH = Path("/proc/sys/net/core/rmem_max")
 UDP_SNMP_PATH = Path("/proc/net/snmp")
-# What the shipped config asks for; a kernel limit below this is worth a hint when large frames go missing.
+# What the shipped Cyclone config asks for; a kernel limit below this is worth a hint when large frames go missing.
 REQUESTED_RECEIVE_BUFFER = 64 * 1024 * 1024
 SYSCTL_HINT = f"sudo sysctl -w net.core.rmem_max={REQUESTED_RECEIVE_BUFFER}"
+# The XML root element that tells whose file a user's dds_config:=<path> is.
+ROOT_ELEMENTS = {"CycloneDDS": CYCLONE, "profiles": FASTDDS, "dds": FASTDDS}
 
 
 class DdsConfigError(UserError, ValueError):
     """A ``dds_config`` value that names no usable file; the message says what to pass instead."""
 
 
-def dds_config_file(choice: str, config_dir: str | Path) -> Path | None:
-    """The Cyclone XML file for a ``dds_config`` launch argument: ``large_images`` (or empty) = the shipped file in
-    ``config_dir``, ``none`` = no file (the environment's own DDS settings only), anything else = a path."""
-    choice = choice.strip()
-    if choice in ("", LARGE_IMAGES):
-        path = Path(config_dir) / LARGE_IMAGES_FILE
-    elif choice == NONE:
+def middleware_family(rmw: str | None) -> str | None:
+    """``cyclonedds`` / ``fastdds`` for an RMW implementation identifier (``rmw_cyclonedds_cpp``,
+    ``rmw_fastrtps_cpp``, ``rmw_fastrtps_dynamic_cpp``), None for any other (Zenoh, Connext, ...) or unknown."""
+    rmw = (rmw or "").strip()
+    if "cyclonedds" in rmw:
+        return CYCLONE
+    if "fastrtps" in rmw or "fastdds" in rmw:
+        return FASTDDS
+    return None
+
+
+def config_family(path: Path) -> str | None:
+    """Whose XML ``path`` is, by its root element (``<CycloneDDS>``: Cyclone; ``<profiles>`` / ``<dds>``: Fast DDS);
+    None when it is neither or not XML."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
         return None
+    return ROOT_ELEMENTS.get(root.tag.rsplit("}", 1)[-1])
+
+
+def dds_config_file(choice: str, config_dir: str | Path, rmw: str | None = "rmw_cyclonedds_cpp") -> Path | None:
+    """The XML file for a ``dds_config`` launch argument on middleware ``rmw``: ``large_images`` (or empty) = the
+    shipped file of that middleware in ``config_dir`` (None for a middleware the package has no file for),
+    ``none`` = no file (the environment's own DDS settings only), anything else = the path of a Cyclone DDS or Fast DDS
+    XML file."""
+    choice = choice.strip()
+    if choice == NONE:
+        return None
+    if choice in ("", LARGE_IMAGES):
+        family = middleware_family(rmw)
+        if family not in LARGE_IMAGES_FILES:
+            return None
+        path = Path(config_dir) / LARGE_IMAGES_FILES[family]
     else:
         path = Path(choice).expanduser()
     if not path.is_file():
         raise DdsConfigError(f"dds_config:={choice or LARGE_IMAGES}: {path} is not a file; pass "
-                             f"{' or '.join(DDS_CONFIG_CHOICES)}, or the path of a Cyclone DDS XML file")
+                             f"{' or '.join(DDS_CONFIG_CHOICES)}, or the path of a Cyclone DDS or Fast DDS XML file")
+    if choice not in ("", LARGE_IMAGES) and config_family(path) is None:
+        raise DdsConfigError(f"dds_config:={choice}: {path} is neither a Cyclone DDS (<CycloneDDS>) nor a Fast DDS "
+                             "(<profiles>) XML file")
     return path.resolve()
 
 
@@ -56,12 +112,40 @@ def cyclonedds_uri(config_file: Path, inherited: str | None = None) -> str:
     return f"{ours},{inherited}" if inherited else ours
 
 
-def node_environment(choice: str, config_dir: str | Path, environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment variables to add to the node process for ``dds_config:=choice`` (empty for ``none``)."""
-    config_file = dds_config_file(choice, config_dir)
+def node_environment(choice: str, config_dir: str | Path, environ: Mapping[str, str],
+                     rmw: str | None = "rmw_cyclonedds_cpp") -> dict[str, str]:
+    """The environment variables to add to the node process for ``dds_config:=choice`` on middleware ``rmw`` (empty
+    for ``none``, and for a middleware without a shipped file).
+
+    Fast DDS reads a single profiles file: one the user already exported in ``FASTRTPS_DEFAULT_PROFILES_FILE`` is
+    theirs and stays (``large_images`` then adds nothing); a path given as ``dds_config`` replaces it."""
+    config_file = dds_config_file(choice, config_dir, rmw)
     if config_file is None:
         return {}
-    return {CYCLONEDDS_URI: cyclonedds_uri(config_file, environ.get(CYCLONEDDS_URI))}
+    family = config_family(config_file) if choice.strip() not in ("", LARGE_IMAGES) else middleware_family(rmw)
+    if family == CYCLONE:
+        return {CYCLONEDDS_URI: cyclonedds_uri(config_file, environ.get(CYCLONEDDS_URI))}
+    if choice.strip() in ("", LARGE_IMAGES) and environ.get(FASTDDS_PROFILES_FILE, "").strip():
+        return {}
+    return {FASTDDS_PROFILES_FILE: str(config_file)}
+
+
+def node_qos(choice: str, rmw: str | None, best_available: bool) -> str:
+    """The subscription QoS for the node's ``qos`` parameter on middleware ``rmw``; ``best_available``: whether this
+    rclpy has ReliabilityPolicy.BEST_AVAILABLE (Iron and later: reliable with reliable publishers, best effort with
+    best-effort ones).
+
+    ``auto`` on Fast DDS, where a best-effort reader loses most large frames (see above): ``best_available`` where
+    rclpy has it (Jazzy), so reliable cameras are received reliably and best-effort cameras still match; ``reliable``
+    on Humble, where a best-effort camera then does not match and the node says so at once (a QoS warning naming
+    the parameter) instead of losing frames silently. ``auto`` elsewhere: ``sensor_data`` (best effort, matches
+    every camera; with Cyclone DDS and its large-image file it received 100 % of 640x480). ``sensor_data`` /
+    ``reliable`` are used as given."""
+    if choice != AUTO:
+        return choice
+    if middleware_family(rmw) != FASTDDS:
+        return "sensor_data"
+    return BEST_AVAILABLE if best_available else "reliable"
 
 
 def kernel_receive_buffer_limit(path: Path = RMEM_MAX_PATH) -> int | None:
@@ -92,11 +176,20 @@ def uses_large_image_config(environ: Mapping[str, str]) -> bool:
 
 def lost_frames_hint(environ: Mapping[str, str], rmem_max: int | None) -> str:
     """What to do when a camera topic has publishers of the right type and QoS but no frames arrive: the usual cause
-    is raw images larger than the DDS receive buffer (lost whole over best effort)."""
-    rmw = environ.get("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
-    if "cyclonedds" not in rmw:
-        return (f"large raw images are lost when the DDS receive buffer is too small: raise {rmw}'s socket receive "
-                f"buffer, and net.core.rmem_max ({SYSCTL_HINT})")
+    is raw images larger than what the middleware is set up for. ``environ["RMW_IMPLEMENTATION"]`` names the
+    middleware the node runs on (the node puts rclpy's own answer there)."""
+    rmw = environ.get(RMW_IMPLEMENTATION, "").strip()
+    family = middleware_family(rmw)
+    if family == FASTDDS:
+        return (f"{rmw} delivers large raw images whole only to a reliable subscription: keep qos: auto (reliable on "
+                "Fast DDS) or set qos: reliable, with a camera that publishes reliable (README: Large images and DDS)"
+                if environ.get(NODE_QOS, "").strip() not in ("reliable", BEST_AVAILABLE) else
+                f"{rmw} with a reliable subscription: check the publisher's side (ros2 topic info -v <topic>, "
+                "ros2 topic hz <topic>)")
+    if family is None:
+        name = rmw or "this middleware"
+        return (f"large raw images are lost when {name}'s receive buffers are too small: see its documentation for "
+                f"large data, and raise net.core.rmem_max ({SYSCTL_HINT})")
     if not uses_large_image_config(environ):
         return ("large raw images overflow Cyclone DDS's default receive buffer: launch with "
                 "dds_config:=large_images, or export CYCLONEDDS_URI=file://<share>/rk_siglip_ros/config/"

@@ -25,12 +25,8 @@ TOP_K = 3
 
 @pytest.fixture(scope="module")
 def text_shards(tmp_path_factory) -> Path:
-    """random:tiny with its text tower (ONNX)."""
-    from rk_siglip_ros.builder.build import build_shards
-
-    out = tmp_path_factory.mktemp("text-shards") / "tiny-text"
-    build_shards("random:tiny", out, profile="pipeline3", formats=("onnx",), text=True, progress=False)
-    return out
+    """random:tiny with its text tower (ONNX), built where a builder is (Jazzy's venv has none: ros_support)."""
+    return ros_support.build_shard_set(tmp_path_factory.mktemp("text-shards") / "tiny-text", text=True)
 
 
 def results(message: Classification) -> list[tuple[str, float]]:
