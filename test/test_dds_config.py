@@ -12,13 +12,18 @@ import pytest
 
 from rk_siglip_ros.node.dds import (
     CYCLONEDDS_URI,
+    FASTDDS_PROFILES_FILE,
     LARGE_IMAGES_FILE,
+    NODE_QOS,
     DdsConfigError,
+    config_family,
     cyclonedds_uri,
     dds_config_file,
     kernel_receive_buffer_limit,
     lost_frames_hint,
+    middleware_family,
     node_environment,
+    node_qos,
     udp_receive_buffer_errors,
     uses_large_image_config,
 )
@@ -113,3 +118,57 @@ def test_udp_receive_buffer_errors_from_procfs_format(tmp_path: Path) -> None:
     assert udp_receive_buffer_errors(tmp_path / "absent") is None
     if Path("/proc/net/snmp").is_file():  # this host's own counter reads as a count
         assert udp_receive_buffer_errors() >= 0
+
+
+# ---------------------------------------------------------------------------------------------------- per middleware
+
+FASTDDS_XML = ('<?xml version="1.0"?>\n<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">'
+               "<participant profile_name=\"p\" is_default_profile=\"true\"/></profiles>\n")
+
+
+def test_middleware_family_of_the_rmw_identifiers() -> None:
+    assert middleware_family("rmw_cyclonedds_cpp") == "cyclonedds"
+    assert middleware_family("rmw_fastrtps_cpp") == middleware_family("rmw_fastrtps_dynamic_cpp") == "fastdds"
+    assert middleware_family("rmw_zenoh_cpp") is None and middleware_family(None) is None
+
+
+def test_large_images_on_fastdds_adds_nothing_and_keeps_the_users_cyclone_uri_out_of_it() -> None:
+    """No Fast DDS file ships (the fix there is the subscription's reliability: node_qos); the Cyclone file is never
+    given to a Fast DDS node."""
+    for rmw in ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp", "rmw_zenoh_cpp"):
+        assert dds_config_file("large_images", CONFIG_DIR, rmw) is None
+        assert node_environment("large_images", CONFIG_DIR, {}, rmw) == {}
+    assert node_environment("large_images", CONFIG_DIR, {}, "rmw_cyclonedds_cpp") == {
+        CYCLONEDDS_URI: SHIPPED.resolve().as_uri()}
+
+
+def test_a_path_goes_to_the_middleware_its_root_element_names(tmp_path: Path) -> None:
+    fastdds = tmp_path / "robot_fastdds.xml"
+    fastdds.write_text(FASTDDS_XML)
+    assert config_family(fastdds) == "fastdds" and config_family(SHIPPED) == "cyclonedds"
+    assert node_environment(str(fastdds), CONFIG_DIR, {FASTDDS_PROFILES_FILE: "/etc/old.xml"}, "rmw_fastrtps_cpp") \
+        == {FASTDDS_PROFILES_FILE: str(fastdds.resolve())}
+    assert node_environment(str(SHIPPED), CONFIG_DIR, {}, "rmw_fastrtps_cpp") == {
+        CYCLONEDDS_URI: SHIPPED.resolve().as_uri()}
+    neither = tmp_path / "neither.xml"
+    neither.write_text("<launch/>")
+    with pytest.raises(DdsConfigError, match="neither a Cyclone DDS .* nor a Fast DDS"):
+        dds_config_file(str(neither), CONFIG_DIR, "rmw_fastrtps_cpp")
+
+
+def test_qos_auto_is_reliable_on_fastdds_and_sensor_data_elsewhere() -> None:
+    assert node_qos("auto", "rmw_fastrtps_cpp", best_available=True) == "best_available"
+    assert node_qos("auto", "rmw_fastrtps_dynamic_cpp", best_available=False) == "reliable"
+    assert node_qos("auto", "rmw_cyclonedds_cpp", best_available=True) == "sensor_data"
+    assert node_qos("auto", "rmw_zenoh_cpp", best_available=True) == "sensor_data"
+    assert node_qos("sensor_data", "rmw_fastrtps_cpp", best_available=True) == "sensor_data"
+
+
+def test_lost_frames_hint_names_the_fastdds_fix() -> None:
+    best_effort = lost_frames_hint({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", NODE_QOS: "sensor_data"}, 212992)
+    assert "reliable subscription" in best_effort and "qos: auto" in best_effort
+    assert "CYCLONEDDS_URI" not in best_effort and "dds_config:=large_images" not in best_effort
+    reliable = lost_frames_hint({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", NODE_QOS: "reliable"}, 212992)
+    assert "publisher's side" in reliable
+    other = lost_frames_hint({"RMW_IMPLEMENTATION": "rmw_zenoh_cpp"}, 212992)
+    assert "rmw_zenoh_cpp" in other and "Cyclone" not in other
