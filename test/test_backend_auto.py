@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rk_siglip_ros.manifest import load_manifest
 from rk_siglip_ros.runtime.backends import DEVICE_TREE_ENV, NpuUnavailableError, npu_soc, resolve_backend_name
 from rk_siglip_ros.runtime.encoder import SiglipEncoder
-from rk_siglip_ros.manifest import load_manifest
 
 # Real compatible lists: a Radxa ROCK 5B (RK3588), an Orange Pi 5 (RK3588S), a Raspberry Pi 4 (no NPU).
 ROCK_5B = ("radxa,rock-5b", "rockchip,rk3588")
