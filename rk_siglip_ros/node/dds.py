@@ -182,7 +182,7 @@ def lost_frames_hint(environ: Mapping[str, str], rmem_max: int | None) -> str:
     family = middleware_family(rmw)
     if family == FASTDDS:
         return (f"{rmw} delivers large raw images whole only to a reliable subscription: keep qos: auto (reliable on "
-                "Fast DDS) or set qos: reliable, with a camera that publishes reliable (README: Large images and DDS)"
+                "Fast DDS) or set qos: reliable, with a camera that publishes reliable (README: Middleware and large images)"
                 if environ.get(NODE_QOS, "").strip() not in ("reliable", BEST_AVAILABLE) else
                 f"{rmw} with a reliable subscription: check the publisher's side (ros2 topic info -v <topic>, "
                 "ros2 topic hz <topic>)")
@@ -193,7 +193,7 @@ def lost_frames_hint(environ: Mapping[str, str], rmem_max: int | None) -> str:
     if not uses_large_image_config(environ):
         return ("large raw images overflow Cyclone DDS's default receive buffer: launch with "
                 "dds_config:=large_images, or export CYCLONEDDS_URI=file://<share>/rk_siglip_ros/config/"
-                f"{LARGE_IMAGES_FILE} (docs/node.md: Large images and DDS)")
+                f"{LARGE_IMAGES_FILE} (docs/node.md: Middleware and large images)")
     if rmem_max is not None and rmem_max < REQUESTED_RECEIVE_BUFFER:
         return (f"the DDS config for large images is in use, but the kernel caps the receive buffer at "
                 f"net.core.rmem_max = {rmem_max} bytes: {SYSCTL_HINT}")

@@ -30,8 +30,15 @@ DOCUMENTED_KEYS = [
 ]
 
 
+# How long a daemon-less `ros2 param` spins to discover the node before asking it: the CLI's 0.5 s default is too
+# short for Fast DDS's discovery on a loaded machine (the listing came back empty).
+DISCOVERY_SPIN_S = "3"
+
+
 def ros2(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """The `ros2` CLI without its daemon (a daemon would outlive the test and serve other domains' sessions)."""
+    if "--no-daemon" in args:
+        args = (*args, "--spin-time", DISCOVERY_SPIN_S)
     return subprocess.run(["ros2", *args], env=env, capture_output=True, text=True, timeout=60)
 
 
