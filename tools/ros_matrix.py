@@ -101,7 +101,7 @@ def pytest_command(python: str, pytest_args: list[str]) -> str:
     """pytest on test/ros. The off-ROS modules beside it (test/test_*.py) are ignored outright: Jazzy's launch_testing
     plugin imports every file pytest looks at while collecting, and they need the builder (onnx, torch), which the
     Jazzy venv does not have."""
-    return " ".join([shlex.quote(python), "-m", "pytest", "-rs", "test/ros", "--ignore-glob=test/*.py",
+    return " ".join([shlex.quote(python), "-m", "pytest", "-rs", "test/ros", "--ignore-glob=test/test_*.py",
                      *map(shlex.quote, pytest_args)])
 
 
