@@ -49,6 +49,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import ros_workspace  # noqa: E402 -- tools/ros_workspace.py: domain claims, loopback-only DDS
+
 OUT = ROOT / "bench_out" / "ros"
 CAMERAS = 3
 RATE_HZ = 30.0
@@ -93,7 +96,8 @@ def ros_environment(dds_config: str | Path | None, rmw: str = CYCLONE_RMW) -> di
     ROS_DOMAIN_ID orchestrate() claimed (in os.environ, so its children inherit it)."""
     from rk_siglip_ros.node.dds import CYCLONE, CYCLONEDDS_URI, FASTDDS_PROFILES_FILE, config_family
 
-    env = dict(os.environ, RMW_IMPLEMENTATION=rmw, **localhost_only())
+    env = dict(os.environ, RMW_IMPLEMENTATION=rmw)
+    ros_workspace.keep_dds_on_loopback(env)
     env.pop(CYCLONEDDS_URI, None)
     env.pop(FASTDDS_PROFILES_FILE, None)
     if dds_config is not None:
@@ -102,14 +106,6 @@ def ros_environment(dds_config: str | Path | None, rmw: str = CYCLONE_RMW) -> di
         else:
             env[FASTDDS_PROFILES_FILE] = str(dds_config)
     return env
-
-
-def localhost_only() -> dict[str, str]:
-    """DDS on the loopback only: ROS_LOCALHOST_ONLY=1 up to Humble, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST from
-    Jazzy on (where ROS_LOCALHOST_ONLY is deprecated and makes every process log two warnings)."""
-    if os.environ.get("ROS_DISTRO", "humble") in ("foxy", "galactic", "humble", "iron"):
-        return {"ROS_LOCALHOST_ONLY": "1"}
-    return {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
 
 
 def fastdds_rmw() -> str | None:
@@ -737,9 +733,6 @@ def orchestrate(args: argparse.Namespace) -> int:
         print("SKIP ros_bench: no ROS 2 in this environment (source /opt/ros/<distro>/setup.bash; `make bench` "
               "sources its ROS_TREE, ../shared/ros2-humble, when it is there)")
         return 0
-    sys.path.insert(0, str(ROOT / "tools"))
-    import ros_workspace  # tools/ros_workspace.py, as the real-ROS tests and make ros-demo use it
-
     # A domain no other run here holds (the tests, a demo, another clone's benchmark), held until this process ends.
     domain, _domain_lock = ros_workspace.claim_domain_id()
     os.environ["ROS_DOMAIN_ID"] = str(domain)

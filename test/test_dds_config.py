@@ -157,11 +157,10 @@ def test_a_path_goes_to_the_middleware_its_root_element_names(tmp_path: Path) ->
 
 
 def test_qos_auto_is_reliable_on_fastdds_and_sensor_data_elsewhere() -> None:
-    assert node_qos("auto", "rmw_fastrtps_cpp", best_available=True) == "best_available"
-    assert node_qos("auto", "rmw_fastrtps_dynamic_cpp", best_available=False) == "reliable"
-    assert node_qos("auto", "rmw_cyclonedds_cpp", best_available=True) == "sensor_data"
-    assert node_qos("auto", "rmw_zenoh_cpp", best_available=True) == "sensor_data"
-    assert node_qos("sensor_data", "rmw_fastrtps_cpp", best_available=True) == "sensor_data"
+    assert node_qos("auto", "rmw_fastrtps_cpp") == node_qos("auto", "rmw_fastrtps_dynamic_cpp") == "reliable"
+    assert node_qos("auto", "rmw_cyclonedds_cpp") == node_qos("auto", "rmw_zenoh_cpp") == "sensor_data"
+    assert node_qos("sensor_data", "rmw_fastrtps_cpp") == "sensor_data"
+    assert node_qos("reliable", "rmw_cyclonedds_cpp") == "reliable"
 
 
 def test_lost_frames_hint_names_the_fastdds_fix() -> None:

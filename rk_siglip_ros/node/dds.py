@@ -36,7 +36,6 @@ RMW_IMPLEMENTATION = "RMW_IMPLEMENTATION"
 # lost_frames_hint reads the node's resolved subscription QoS from its environ argument under this key.
 NODE_QOS = "RK_SIGLIP_NODE_QOS"
 AUTO = "auto"
-BEST_AVAILABLE = "best_available"
 LARGE_IMAGES = "large_images"
 NONE = "none"
 DDS_CONFIG_CHOICES = (LARGE_IMAGES, NONE)
@@ -130,22 +129,19 @@ def node_environment(choice: str, config_dir: str | Path, environ: Mapping[str, 
     return {FASTDDS_PROFILES_FILE: str(config_file)}
 
 
-def node_qos(choice: str, rmw: str | None, best_available: bool) -> str:
-    """The subscription QoS for the node's ``qos`` parameter on middleware ``rmw``; ``best_available``: whether this
-    rclpy has ReliabilityPolicy.BEST_AVAILABLE (Iron and later: reliable with reliable publishers, best effort with
-    best-effort ones).
+def node_qos(choice: str, rmw: str | None) -> str:
+    """The subscription QoS for the node's ``qos`` parameter on middleware ``rmw``.
 
-    ``auto`` on Fast DDS, where a best-effort reader loses most large frames (see above): ``best_available`` where
-    rclpy has it (Jazzy), so reliable cameras are received reliably and best-effort cameras still match; ``reliable``
-    on Humble, where a best-effort camera then does not match and the node says so at once (a QoS warning naming
-    the parameter) instead of losing frames silently. ``auto`` elsewhere: ``sensor_data`` (best effort, matches
-    every camera; with Cyclone DDS and its large-image file it received 100 % of 640x480). ``sensor_data`` /
-    ``reliable`` are used as given."""
+    ``auto`` on Fast DDS, where a best-effort reader loses most large frames (see above): ``reliable``. A best-effort
+    camera then does not match, and the node says so at once (a QoS warning naming the parameter) instead of losing
+    frames silently. (Jazzy's "best available" reliability would match both, but it is resolved when the
+    subscription is created, from the publishers discovered by then: a node started before its cameras gets
+    reliable anyway, and a best-effort camera never matches, without a warning.) ``auto`` elsewhere:
+    ``sensor_data`` (best effort, matches every camera; on Cyclone DDS with its large-image file it received all
+    640x480 frames). ``sensor_data`` / ``reliable`` are used as given."""
     if choice != AUTO:
         return choice
-    if middleware_family(rmw) != FASTDDS:
-        return "sensor_data"
-    return BEST_AVAILABLE if best_available else "reliable"
+    return "reliable" if middleware_family(rmw) == FASTDDS else "sensor_data"
 
 
 def kernel_receive_buffer_limit(path: Path = RMEM_MAX_PATH) -> int | None:
@@ -182,8 +178,9 @@ def lost_frames_hint(environ: Mapping[str, str], rmem_max: int | None) -> str:
     family = middleware_family(rmw)
     if family == FASTDDS:
         return (f"{rmw} delivers large raw images whole only to a reliable subscription: keep qos: auto (reliable on "
-                "Fast DDS) or set qos: reliable, with a camera that publishes reliable (README: Middleware and large images)"
-                if environ.get(NODE_QOS, "").strip() not in ("reliable", BEST_AVAILABLE) else
+                "Fast DDS) or set qos: reliable, with a camera that publishes reliable (docs/node.md: Middleware "
+                "and large images)"
+                if environ.get(NODE_QOS, "").strip() != "reliable" else
                 f"{rmw} with a reliable subscription: check the publisher's side (ros2 topic info -v <topic>, "
                 "ros2 topic hz <topic>)")
     if family is None:

@@ -81,14 +81,7 @@ def claim_domain_id() -> int:
     return domain
 
 
-def localhost_only(distro: str | None = None) -> dict[str, str]:
-    """The environment that keeps DDS on the loopback: ROS_LOCALHOST_ONLY=1 up to Humble; from Jazzy on its
-    replacement ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (ROS_LOCALHOST_ONLY still works there but makes every process
-    log two deprecation warnings, which a robot on Jazzy does not see)."""
-    distro = distro if distro is not None else os.environ.get("ROS_DISTRO", "")
-    if distro in ("foxy", "galactic", "humble", "iron"):
-        return {"ROS_LOCALHOST_ONLY": "1"}
-    return {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+localhost_only = ros_workspace.localhost_only
 
 
 def isolate_dds() -> int:
@@ -97,9 +90,7 @@ def isolate_dds() -> int:
     distro's default): see :func:`rmw_implementation`."""
     domain = claim_domain_id()
     os.environ["ROS_DOMAIN_ID"] = str(domain)
-    if "ROS_LOCALHOST_ONLY" not in localhost_only():
-        os.environ.pop("ROS_LOCALHOST_ONLY", None)
-    os.environ.update(localhost_only())
+    ros_workspace.keep_dds_on_loopback(os.environ)
     # The nodes' log files go with the session's folder at exit (their output is captured and shown on failure).
     os.environ.setdefault("ROS_LOG_DIR", str(Path(_session_dir()) / "ros_log"))
     os.environ["PYTHONUNBUFFERED"] = "1"
@@ -117,12 +108,12 @@ def rmw_implementation() -> str:
 
 
 def camera_qos() -> Any:
-    """The QoS the tests' cameras publish with: best effort (qos_profile_sensor_data, as camera drivers commonly
-    publish) where the node's default subscription matches it; reliable on Humble with Fast DDS, where the node
-    subscribes reliable by default (node/dds.py node_qos) and a best-effort camera would not match."""
+    """The QoS the tests' cameras publish with, as the README tells a robot on this middleware: best effort
+    (qos_profile_sensor_data, what camera drivers commonly publish) on Cyclone DDS; reliable on Fast DDS, where the
+    node subscribes reliable by default (node/dds.py node_qos) and a best-effort camera would not match."""
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
-    if on_fastdds() and not hasattr(ReliabilityPolicy, "BEST_AVAILABLE"):
+    if on_fastdds():
         return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     return qos_profile_sensor_data
 
