@@ -57,7 +57,6 @@ CAMERAS = 3
 RATE_HZ = 30.0
 SIZES = {"640x480": (480, 640), "1920x1080": (1080, 1920)}
 SHIPPED_CONFIG = ROOT / "config" / "cyclonedds_large_images.xml"
-FASTDDS_CONFIG = ROOT / "config" / "fastdds_large_images.xml"
 CYCLONE_RMW = "rmw_cyclonedds_cpp"
 DDS_CONFIGS = ("default", "shipped")
 # Node kinds: typed / serialized (raw, the node's way) subscriptions, both as encoder_node.main runs them (with
@@ -601,6 +600,13 @@ def print_latency(samples: dict[str, list[float]]) -> None:
 # (c) the two middlewares side by side: (camera publisher QoS, node subscription QoS). A reliable node cannot match a
 # best-effort camera (DDS refuses the pair; the node warns), so that pairing is not measured.
 MIDDLEWARE_QOS = (("best_effort", "sensor_data"), ("reliable", "sensor_data"), ("reliable", "reliable"))
+AUTO = "auto"
+
+
+def node_qos(choice: str, rmw: str) -> str:
+    from rk_siglip_ros.node.dds import node_qos as resolve
+
+    return resolve(choice, rmw)
 
 
 def middlewares(fastdds: str) -> dict[str, str]:
@@ -608,9 +614,8 @@ def middlewares(fastdds: str) -> dict[str, str]:
 
 
 def shipped_config(rmw: str) -> Path | None:
-    """The node's dds_config:=large_images file for ``rmw`` (as the launch file picks it; None where none ships)."""
-    path = FASTDDS_CONFIG if "fastrtps" in rmw else SHIPPED_CONFIG
-    return path if path.is_file() else None
+    """The node's dds_config:=large_images file for ``rmw``, as the launch file picks it (none for Fast DDS)."""
+    return None if "fastrtps" in rmw else SHIPPED_CONFIG
 
 
 def middleware_rig(label: str, rmw: str, *, dds: str, size: str, shards: Path, profile: Path, camera_qos: str,
@@ -623,8 +628,8 @@ def middleware_rig(label: str, rmw: str, *, dds: str, size: str, shards: Path, p
 def middleware_runs(observer: Observer, *, fastdds: str, shards: Path, slow: Path, fast: Path,
                     seconds: float) -> list[dict[str, Any]]:
     """(c): the node (raw subscriptions, as it runs) on Cyclone DDS and on Fast DDS side by side, each with its own
-    cameras on its own middleware and its dds_config:=large_images file: delivery and CPU per camera/node QoS
-    pairing and size; Fast DDS with its defaults beside Fast DDS with the shipped profile; then latency."""
+    cameras on its own middleware and what dds_config:=large_images gives it: delivery and CPU per camera/node QoS
+    pairing and size; then latency with each node's default subscription."""
     results = []
     for size in SIZES:
         for camera_qos, qos in MIDDLEWARE_QOS:
@@ -636,25 +641,16 @@ def middleware_runs(observer: Observer, *, fastdds: str, shards: Path, slow: Pat
             runs = side_by_side(observer, rigs, seconds)
             results += [{"part": "delivery", "size": size, "middleware": label, "dds": "shipped",
                          "camera_qos": camera_qos, "qos": qos, **run} for label, run in runs.items()]
-        if FASTDDS_CONFIG.is_file():
-            for camera_qos, qos in MIDDLEWARE_QOS[:2]:
-                print(f"  run: {size}, cameras {camera_qos}, node {qos}: Fast DDS defaults and the shipped profile "
-                      "side by side ...", flush=True)
-                rigs = {f"Fast DDS {dds}": middleware_rig(f"fastdds {dds}", fastdds, dds=dds, size=size,
-                                                          shards=shards, profile=slow, camera_qos=camera_qos, qos=qos)
-                        for dds in DDS_CONFIGS}
-                runs = side_by_side(observer, rigs, seconds)
-                results += [{"part": "fastdds config", "size": size, "middleware": label,
-                             "dds": label.rsplit(" ", 1)[1], "camera_qos": camera_qos, "qos": qos, **run}
-                            for label, run in runs.items()]
     for size in SIZES:
         print(f"  run: latency {size}: Cyclone DDS and Fast DDS side by side ...", flush=True)
+        # Each node with its default subscription (qos: auto), reliable cameras (what Fast DDS needs).
         rigs = {label: middleware_rig(label, rmw, dds="shipped", size=size, shards=shards, profile=fast,
-                                      camera_qos="reliable", qos="sensor_data", cameras=1)
+                                      camera_qos="reliable", qos=node_qos(AUTO, rmw), cameras=1)
                 for label, rmw in middlewares(fastdds).items()}
         runs = side_by_side(observer, rigs, seconds)
         results += [{"part": "latency", "size": size, "middleware": label, "dds": "shipped",
-                     "camera_qos": "reliable", "qos": "sensor_data", **run} for label, run in runs.items()]
+                     "camera_qos": "reliable", "qos": node_qos(AUTO, middlewares(fastdds)[label]), **run}
+                    for label, run in runs.items()]
     return results
 
 
@@ -666,8 +662,9 @@ def diagnostic_ms(run: dict[str, Any], key: str) -> float | None:
 
 def print_middlewares(results: list[dict[str, Any]], fastdds: str) -> None:
     print(f"\n(c) Cyclone DDS ({CYCLONE_RMW}) and Fast DDS ({fastdds}) side by side: the node with raw subscriptions "
-          f"and its dds_config:=large_images file ({SHIPPED_CONFIG.name} / {FASTDDS_CONFIG.name}), cameras on the same "
-          f"middleware; {CAMERAS} cameras x {RATE_HZ:.0f} Hz rgb8, encoder {1000 / SLOW_SHARD_MS:.1f} frames/s")
+          f"and what dds_config:=large_images gives it (Cyclone: {SHIPPED_CONFIG.name}; Fast DDS: nothing), cameras on "
+          f"the same middleware; {CAMERAS} cameras x {RATE_HZ:.0f} Hz rgb8, encoder {1000 / SLOW_SHARD_MS:.1f} "
+          "frames/s")
     print(f"  {'size':<10} {'cameras':<12} {'node QoS':<12} {'middleware':<22} {'offered/s':>9} {'received':>15} "
           f"{'received %':>10} {'CPU idle':>8} {'CPU busy':>8} {'CPU frames':>10} {'UDP drops':>9}")
     for r in [r for r in results if r["part"] in ("delivery", "fastdds config")]:
@@ -675,7 +672,8 @@ def print_middlewares(results: list[dict[str, Any]], fastdds: str) -> None:
         print(f"  {r['size']:<10} {r['camera_qos']:<12} {r['qos']:<12} {r['middleware']:<22} {r['offered_hz']:>9.1f} "
               f"{received} {100.0 * r['received'] / max(r['offered'], 1):>10.1f} {r['idle_cpu']:>8.1f} "
               f"{r['busy_cpu']:>8.1f} {frames_cpu(r):>10.1f} {r['udp_drops']:>9}")
-    print(f"  latency, 1 camera x {LATENCY_RATE_HZ:.0f} Hz (reliable), node sensor_data, sim encoder "
+    print(f"  latency, 1 camera x {LATENCY_RATE_HZ:.0f} Hz (reliable), node qos: auto (Cyclone sensor_data, Fast DDS "
+          f"reliable), sim encoder "
           f"{3 * FAST_SHARD_MS:.0f} ms; the node's own diagnostics (median over its reports): camera stamp -> "
           "embedding published, and of it the encoder (the rest is DDS in, conversion, dispatch):")
     for r in [r for r in results if r["part"] == "latency"]:
