@@ -20,7 +20,8 @@
     Fast DDS (rmw_fastrtps_cpp where the ROS 2 has it, else rmw_fastrtps_dynamic_cpp), each with its own 3 cameras
     on its own middleware, for each pairing of camera QoS and node QoS that DDS matches (best-effort cameras /
     sensor_data node, reliable cameras / sensor_data node, reliable / reliable) and both sizes: delivery and CPU as
-    in (a); then latency, 1 camera at 10 Hz into the fast sim encoder, from the node's own diagnostics (camera stamp
+    in (a); Fast DDS with its defaults beside Fast DDS with config/fastdds_large_images*.xml in the cameras' and the
+    node's processes; then latency, 1 camera at 10 Hz into the fast sim encoder, from the node's own diagnostics (camera stamp
     -> embedding published, minus the encoder's own time).
 
 Every process runs with DDS on the loopback (ROS_LOCALHOST_ONLY=1; on Jazzy ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST)
@@ -343,7 +344,7 @@ class Rig:
 
     def __init__(self, *, prefix: str, subscription: str, dds: str, shards: Path, profile: Path, size: str,
                  cameras: int, rmw: str = CYCLONE_RMW, qos: str = "sensor_data", camera_qos: str = "best_effort",
-                 name: str | None = None) -> None:
+                 name: str | None = None, camera_dds: Path | None = None) -> None:
         height, width = SIZES[size]
         self.output_topic = f"{prefix}/embeddings"
         self.encoder_node = subscription not in REFERENCES  # references publish no diagnostics
@@ -364,7 +365,7 @@ class Rig:
                 self.publishers.append(subprocess.Popen(
                     [sys.executable, __file__, "publish", "--topic", topic, "--width", str(width), "--height",
                      str(height), "--rate", str(RATE_HZ if cameras > 1 else LATENCY_RATE_HZ), "--qos", camera_qos],
-                    env=ros_environment(None, rmw), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+                    env=ros_environment(camera_dds, rmw), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             for publisher in self.publishers:
                 line = publisher.stdout.readline().strip()
                 if line != "ready":
@@ -613,23 +614,29 @@ def middlewares(fastdds: str) -> dict[str, str]:
     return {"Cyclone DDS": CYCLONE_RMW, "Fast DDS": fastdds}
 
 
-def shipped_config(rmw: str) -> Path | None:
-    """The node's dds_config:=large_images file for ``rmw``, as the launch file picks it (none for Fast DDS)."""
-    return None if "fastrtps" in rmw else SHIPPED_CONFIG
+def shipped_config(rmw: str) -> Path:
+    """The node's dds_config:=large_images file for ``rmw``, as the launch file picks it (DDS stays on the loopback
+    here, so Fast DDS's loopback variant)."""
+    from rk_siglip_ros.node.dds import CYCLONE, large_images_file, middleware_family
+
+    family = middleware_family(rmw) or CYCLONE
+    return ROOT / "config" / large_images_file(family, ros_workspace.localhost_only())
 
 
 def middleware_rig(label: str, rmw: str, *, dds: str, size: str, shards: Path, profile: Path, camera_qos: str,
-                   qos: str, cameras: int = CAMERAS) -> Any:
+                   qos: str, cameras: int = CAMERAS, camera_dds: Path | None = None) -> Any:
     short = "".join(ch for ch in label.lower() if ch.isalnum())
     return lambda: Rig(prefix=f"/mw_{short}", subscription="raw", dds=dds, shards=shards, profile=profile, size=size,
-                       cameras=cameras, rmw=rmw, qos=qos, camera_qos=camera_qos, name=f"encoder_{short}")
+                       cameras=cameras, rmw=rmw, qos=qos, camera_qos=camera_qos, name=f"encoder_{short}",
+                       camera_dds=camera_dds)
 
 
 def middleware_runs(observer: Observer, *, fastdds: str, shards: Path, slow: Path, fast: Path,
                     seconds: float) -> list[dict[str, Any]]:
     """(c): the node (raw subscriptions, as it runs) on Cyclone DDS and on Fast DDS side by side, each with its own
-    cameras on its own middleware and what dds_config:=large_images gives it: delivery and CPU per camera/node QoS
-    pairing and size; then latency with each node's default subscription."""
+    cameras on its own middleware and its dds_config:=large_images file: delivery and CPU per camera/node QoS
+    pairing and size; Fast DDS with its defaults beside Fast DDS with the shipped profile in the cameras' processes
+    too (where it acts); then latency with each node's default subscription."""
     results = []
     for size in SIZES:
         for camera_qos, qos in MIDDLEWARE_QOS:
@@ -640,6 +647,17 @@ def middleware_runs(observer: Observer, *, fastdds: str, shards: Path, slow: Pat
                     for label, rmw in middlewares(fastdds).items()}
             runs = side_by_side(observer, rigs, seconds)
             results += [{"part": "delivery", "size": size, "middleware": label, "dds": "shipped",
+                         "camera_qos": camera_qos, "qos": qos, **run} for label, run in runs.items()]
+        for camera_qos, qos in MIDDLEWARE_QOS[:2]:
+            print(f"  run: {size}, cameras {camera_qos}, node {qos}: Fast DDS defaults and Fast DDS with the shipped "
+                  "profile in the cameras' and the node's processes side by side ...", flush=True)
+            rigs = {"Fast DDS, defaults": middleware_rig("fastdds defaults", fastdds, dds="default", size=size,
+                                                         shards=shards, profile=slow, camera_qos=camera_qos, qos=qos),
+                    "Fast DDS, profile": middleware_rig("fastdds profile", fastdds, dds="shipped", size=size,
+                                                        shards=shards, profile=slow, camera_qos=camera_qos, qos=qos,
+                                                        camera_dds=shipped_config(fastdds))}
+            runs = side_by_side(observer, rigs, seconds)
+            results += [{"part": "fastdds config", "size": size, "middleware": label, "dds": label,
                          "camera_qos": camera_qos, "qos": qos, **run} for label, run in runs.items()]
     for size in SIZES:
         print(f"  run: latency {size}: Cyclone DDS and Fast DDS side by side ...", flush=True)
@@ -662,9 +680,9 @@ def diagnostic_ms(run: dict[str, Any], key: str) -> float | None:
 
 def print_middlewares(results: list[dict[str, Any]], fastdds: str) -> None:
     print(f"\n(c) Cyclone DDS ({CYCLONE_RMW}) and Fast DDS ({fastdds}) side by side: the node with raw subscriptions "
-          f"and what dds_config:=large_images gives it (Cyclone: {SHIPPED_CONFIG.name}; Fast DDS: nothing), cameras on "
-          f"the same middleware; {CAMERAS} cameras x {RATE_HZ:.0f} Hz rgb8, encoder {1000 / SLOW_SHARD_MS:.1f} "
-          "frames/s")
+          f"and its dds_config:=large_images file, the cameras on the same middleware with its defaults (then Fast DDS "
+          f"with its profile in the cameras too); {CAMERAS} cameras x {RATE_HZ:.0f} Hz rgb8, encoder "
+          f"{1000 / SLOW_SHARD_MS:.1f} frames/s")
     print(f"  {'size':<10} {'cameras':<12} {'node QoS':<12} {'middleware':<22} {'offered/s':>9} {'received':>15} "
           f"{'received %':>10} {'CPU idle':>8} {'CPU busy':>8} {'CPU frames':>10} {'UDP drops':>9}")
     for r in [r for r in results if r["part"] in ("delivery", "fastdds config")]:

@@ -132,14 +132,38 @@ def test_middleware_family_of_the_rmw_identifiers() -> None:
     assert middleware_family("rmw_zenoh_cpp") is None and middleware_family(None) is None
 
 
-def test_large_images_on_fastdds_adds_nothing_and_keeps_the_users_cyclone_uri_out_of_it() -> None:
-    """No Fast DDS file ships (the fix there is the subscription's reliability: node_qos); the Cyclone file is never
-    given to a Fast DDS node."""
-    for rmw in ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp", "rmw_zenoh_cpp"):
-        assert dds_config_file("large_images", CONFIG_DIR, rmw) is None
-        assert node_environment("large_images", CONFIG_DIR, {}, rmw) == {}
+def test_large_images_on_fastdds_is_the_shipped_profile_in_its_loopback_variant_when_dds_stays_local() -> None:
+    """Fast DDS gets config/fastdds_large_images.xml (its _localhost variant under ROS_LOCALHOST_ONLY=1 or Jazzy's
+    LOCALHOST range), never the Cyclone file; a profiles file the user exported stays theirs; other RMWs get nothing."""
+    for rmw in ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp"):
+        assert node_environment("large_images", CONFIG_DIR, {}, rmw) == {
+            FASTDDS_PROFILES_FILE: str((CONFIG_DIR / "fastdds_large_images.xml").resolve())}
+        for loopback in ({"ROS_LOCALHOST_ONLY": "1"}, {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}):
+            assert node_environment("large_images", CONFIG_DIR, loopback, rmw) == {
+                FASTDDS_PROFILES_FILE: str((CONFIG_DIR / "fastdds_large_images_localhost.xml").resolve())}
+        assert node_environment("large_images", CONFIG_DIR, {FASTDDS_PROFILES_FILE: "/etc/robot.xml"}, rmw) == {}
+    assert node_environment("large_images", CONFIG_DIR, {}, "rmw_zenoh_cpp") == {}
     assert node_environment("large_images", CONFIG_DIR, {}, "rmw_cyclonedds_cpp") == {
         CYCLONEDDS_URI: SHIPPED.resolve().as_uri()}
+
+
+def test_shipped_fastdds_profiles_enlarge_shared_memory_and_keep_the_loopback_variant_local() -> None:
+    ns = {"f": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
+    for name, addresses in (("fastdds_large_images.xml", []), ("fastdds_large_images_localhost.xml", ["127.0.0.1"])):
+        root = ET.parse(CONFIG_DIR / name).getroot()
+        shm = [t for t in root.iterfind("f:transport_descriptors/f:transport_descriptor", ns)
+               if t.findtext("f:type", namespaces=ns) == "SHM"]
+        assert len(shm) == 1 and int(shm[0].findtext("f:segment_size", namespaces=ns)) == 32 * 1024 * 1024
+        udp = [t for t in root.iterfind("f:transport_descriptors/f:transport_descriptor", ns)
+               if t.findtext("f:type", namespaces=ns) == "UDPv4"]
+        assert len(udp) == 1
+        assert [a.text for a in udp[0].iterfind("f:interfaceWhiteList/f:address", ns)] == addresses
+        participant = root.find("f:participant", ns)
+        assert participant.get("is_default_profile") == "true"  # what rmw_fastrtps loads
+        assert participant.findtext("f:rtps/f:useBuiltinTransports", namespaces=ns) == "false"
+        used = [t.text for t in participant.iterfind("f:rtps/f:userTransports/f:transport_id", ns)]
+        assert sorted(used) == sorted(t.findtext("f:transport_id", namespaces=ns) for t in shm + udp)
+        assert config_family(CONFIG_DIR / name) == "fastdds"
 
 
 def test_a_path_goes_to_the_middleware_its_root_element_names(tmp_path: Path) -> None:
@@ -165,8 +189,8 @@ def test_qos_auto_is_reliable_on_fastdds_and_sensor_data_elsewhere() -> None:
 
 def test_lost_frames_hint_names_the_fastdds_fix() -> None:
     best_effort = lost_frames_hint({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", NODE_QOS: "sensor_data"}, 212992)
-    assert "reliable subscription" in best_effort and "qos: auto" in best_effort
-    assert "CYCLONEDDS_URI" not in best_effort and "dds_config:=large_images" not in best_effort
+    assert "camera driver" in best_effort and "fastdds_large_images.xml" in best_effort and "qos: auto" in best_effort
+    assert "CYCLONEDDS_URI" not in best_effort
     reliable = lost_frames_hint({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", NODE_QOS: "reliable"}, 212992)
     assert "publisher's side" in reliable
     other = lost_frames_hint({"RMW_IMPLEMENTATION": "rmw_zenoh_cpp"}, 212992)

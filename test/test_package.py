@@ -24,6 +24,8 @@ EXPECTED_INSTALL = [
     (f"share/{PACKAGE}/launch/encoder.launch.py", False),
     (f"share/{PACKAGE}/config/encoder.yaml", False),
     (f"share/{PACKAGE}/config/cyclonedds_large_images.xml", False),
+    (f"share/{PACKAGE}/config/fastdds_large_images.xml", False),
+    (f"share/{PACKAGE}/config/fastdds_large_images_localhost.xml", False),
     (f"share/{PACKAGE}/shards/default/manifest.json", False),
     *((f"lib/{PACKAGE}/{script}", True) for script in
       ("encoder_node", "build_shards", "encode_images", "encode_bag", "bench")),

@@ -9,12 +9,14 @@ Raw camera images are large (1920x1080 rgb8: 6.2 MB). What a middleware needs fo
   The package ships ``config/cyclonedds_large_images.xml`` (a 64 MB request that the kernel caps at
   ``net.core.rmem_max``, never a start-up failure) for ``CYCLONEDDS_URI``.
 * Fast DDS (``rmw_fastrtps_cpp``, ``rmw_fastrtps_dynamic_cpp``: Humble's and Jazzy's default) moves frames between
-  processes on one host through shared memory, where the publisher's segment holds a frame's fragments until the
-  subscriber takes them. Measured with the node (benchmarks/ros_bench.py part c): a best-effort subscription lost
-  65-77 % of 640x480 frames and 90-95 % of 1080p frames that a reliable one received (98 % at 640x480). What fixes
-  that is the subscription's reliability, not a setting of the node's own participant, so no Fast DDS file ships:
-  ``large_images`` adds nothing on Fast DDS, and the node's ``qos: auto`` (:func:`node_qos`) subscribes reliable
-  there. A Fast DDS XML file of the user's own goes in through ``dds_config:=<path>`` (its root element tells).
+  processes on one host through the publisher's shared-memory segment (512 KB by default): a large frame's fragments
+  do not fit, and a best-effort reader loses the whole frame when one is overwritten. Measured with the node
+  (benchmarks/ros_bench.py part c): 16-29 % of 640x480 and 14-17 % of 1080p frames reached a best-effort
+  subscription. ``config/fastdds_large_images.xml`` (a 32 MB segment; ``*_localhost.xml`` when DDS is kept on the
+  loopback) brought that to 100 % and 98 %, but only in the cameras' processes: in the node's alone it changed
+  nothing. So two things hold on Fast DDS: the node's ``qos: auto`` subscribes reliable (98-100 % at both sizes
+  from reliable cameras without any file, :func:`node_qos`), and the profile is for the camera drivers (the launch
+  file gives it to the node as well, for the node's own publishers and for symmetry).
 
 The launch file (``dds_config:=large_images``, the default) gives the node's process the file of the middleware it
 runs on through :func:`node_environment`; the node's diagnostics name that middleware's fix when frames go missing
@@ -41,8 +43,9 @@ NONE = "none"
 DDS_CONFIG_CHOICES = (LARGE_IMAGES, NONE)
 CYCLONE = "cyclonedds"
 FASTDDS = "fastdds"
-# The shipped large-image file per middleware (none for Fast DDS: see above).
-LARGE_IMAGES_FILES = {CYCLONE: "cyclonedds_large_images.xml"}
+# The shipped large-image file per middleware; Fast DDS's in two variants (see large_images_file).
+LARGE_IMAGES_FILES = {CYCLONE: "cyclonedds_large_images.xml", FASTDDS: "fastdds_large_images.xml"}
+FASTDDS_LOCALHOST_FILE = "fastdds_large_images_localhost.xml"
 LARGE_IMAGES_FILE = LARGE_IMAGES_FILES[CYCLONE]  # the Cyclone file (the name older callers know)
 RMEM_MAX_PATH = Path("/proc/sys/net/core/rmem_max")
 UDP_SNMP_PATH = Path("/proc/net/snmp")
@@ -78,7 +81,23 @@ def config_family(path: Path) -> str | None:
     return ROOT_ELEMENTS.get(root.tag.rsplit("}", 1)[-1])
 
 
-def dds_config_file(choice: str, config_dir: str | Path, rmw: str | None = "rmw_cyclonedds_cpp") -> Path | None:
+def loopback_only(environ: Mapping[str, str]) -> bool:
+    """Whether the environment keeps DDS on this host (ROS_LOCALHOST_ONLY=1, or Jazzy's
+    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST)."""
+    return (environ.get("ROS_LOCALHOST_ONLY", "").strip() == "1"
+            or environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "").strip().upper() == "LOCALHOST")
+
+
+def large_images_file(family: str, environ: Mapping[str, str]) -> str:
+    """The shipped file name for ``family``: Fast DDS's profile replaces its built-in transports, so with DDS kept on
+    the loopback the variant whose UDP transport is limited to 127.0.0.1 is the one that keeps it there."""
+    if family == FASTDDS and loopback_only(environ):
+        return FASTDDS_LOCALHOST_FILE
+    return LARGE_IMAGES_FILES[family]
+
+
+def dds_config_file(choice: str, config_dir: str | Path, rmw: str | None = "rmw_cyclonedds_cpp",
+                    environ: Mapping[str, str] | None = None) -> Path | None:
     """The XML file for a ``dds_config`` launch argument on middleware ``rmw``: ``large_images`` (or empty) = the
     shipped file of that middleware in ``config_dir`` (None for a middleware the package has no file for),
     ``none`` = no file (the environment's own DDS settings only), anything else = the path of a Cyclone DDS or Fast DDS
@@ -90,7 +109,7 @@ def dds_config_file(choice: str, config_dir: str | Path, rmw: str | None = "rmw_
         family = middleware_family(rmw)
         if family not in LARGE_IMAGES_FILES:
             return None
-        path = Path(config_dir) / LARGE_IMAGES_FILES[family]
+        path = Path(config_dir) / large_images_file(family, environ or {})
     else:
         path = Path(choice).expanduser()
     if not path.is_file():
@@ -118,7 +137,7 @@ def node_environment(choice: str, config_dir: str | Path, environ: Mapping[str, 
 
     Fast DDS reads a single profiles file: one the user already exported in ``FASTRTPS_DEFAULT_PROFILES_FILE`` is
     theirs and stays (``large_images`` then adds nothing); a path given as ``dds_config`` replaces it."""
-    config_file = dds_config_file(choice, config_dir, rmw)
+    config_file = dds_config_file(choice, config_dir, rmw, environ)
     if config_file is None:
         return {}
     family = config_family(config_file) if choice.strip() not in ("", LARGE_IMAGES) else middleware_family(rmw)
@@ -177,11 +196,11 @@ def lost_frames_hint(environ: Mapping[str, str], rmem_max: int | None) -> str:
     rmw = environ.get(RMW_IMPLEMENTATION, "").strip()
     family = middleware_family(rmw)
     if family == FASTDDS:
-        return (f"{rmw} delivers large raw images whole only to a reliable subscription: keep qos: auto (reliable on "
-                "Fast DDS) or set qos: reliable, with a camera that publishes reliable (docs/node.md: Middleware "
-                "and large images)"
-                if environ.get(NODE_QOS, "").strip() != "reliable" else
-                f"{rmw} with a reliable subscription: check the publisher's side (ros2 topic info -v <topic>, "
+        if environ.get(NODE_QOS, "").strip() != "reliable":
+            return (f"{rmw} loses large raw images on the way to a best-effort subscription: give the camera driver "
+                    "config/fastdds_large_images.xml (FASTRTPS_DEFAULT_PROFILES_FILE), or publish reliable and keep "
+                    "qos: auto (reliable on Fast DDS) (docs/node.md: Middleware and large images)")
+        return (f"{rmw} with a reliable subscription: check the publisher's side (ros2 topic info -v <topic>, "
                 "ros2 topic hz <topic>)")
     if family is None:
         name = rmw or "this middleware"
