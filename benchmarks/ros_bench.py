@@ -21,8 +21,8 @@
     on its own middleware, for each pairing of camera QoS and node QoS that DDS matches (best-effort cameras /
     sensor_data node, reliable cameras / sensor_data node, reliable / reliable) and both sizes: delivery and CPU as
     in (a); Fast DDS with its defaults beside Fast DDS with config/fastdds_large_images*.xml in the cameras' and the
-    node's processes; then latency, 1 camera at 10 Hz into the fast sim encoder, from the node's own diagnostics (camera stamp
-    -> embedding published, minus the encoder's own time).
+    node's processes; then latency, 1 camera at 10 Hz into the fast sim encoder, from the node's own diagnostics
+    (camera stamp -> embedding published, minus the encoder's own time).
 
 Every process runs with DDS on the loopback (ROS_LOCALHOST_ONLY=1; on Jazzy ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST)
 and this benchmark's own ROS_DOMAIN_ID; (a) and (b) on rmw_cyclonedds_cpp. Each camera publisher and the node are

@@ -22,8 +22,8 @@ dds_config: large_images (the default) gives the node the large-image settings o
 larger socket receive buffer, so raw 1080p frames are not lost; see docs/node.md) in front of any CYCLONEDDS_URI you
 already set; on Fast DDS config/fastdds_large_images.xml (its _localhost variant when ROS_LOCALHOST_ONLY=1 or
 ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) as FASTRTPS_DEFAULT_PROFILES_FILE, unless you exported one (the camera
-drivers need it too: docs/node.md). none leaves the DDS settings to your environment; a path uses your own Cyclone DDS or Fast DDS XML file (told apart by its root
-element). Only the node's process is affected.
+drivers need it too: docs/node.md). none leaves the DDS settings to your environment; a path uses your own
+Cyclone DDS or Fast DDS XML file (told apart by its root element). Only the node's process is affected.
 """
 
 import os
