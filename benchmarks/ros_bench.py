@@ -20,8 +20,8 @@
     Fast DDS (rmw_fastrtps_cpp where the ROS 2 has it, else rmw_fastrtps_dynamic_cpp), each with its own 3 cameras
     on its own middleware, for each pairing of camera QoS and node QoS that DDS matches (best-effort cameras /
     sensor_data node, reliable cameras / sensor_data node, reliable / reliable) and both sizes: delivery and CPU as
-    in (a); Fast DDS with its defaults beside Fast DDS with config/fastdds_large_images*.xml in the cameras' and the
-    node's processes; then latency, 1 camera at 10 Hz into the fast sim encoder, from the node's own diagnostics
+    in (a); Fast DDS with its defaults beside Fast DDS with config/fastdds_large_images*.xml in the cameras'
+    processes; then latency, 1 camera at 10 Hz into the fast sim encoder, from the node's own diagnostics
     (camera stamp -> embedding published, minus the encoder's own time).
 
 Every process runs with DDS on the loopback (ROS_LOCALHOST_ONLY=1; on Jazzy ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST)
@@ -614,13 +614,16 @@ def middlewares(fastdds: str) -> dict[str, str]:
     return {"Cyclone DDS": CYCLONE_RMW, "Fast DDS": fastdds}
 
 
-def shipped_config(rmw: str) -> Path:
-    """The node's dds_config:=large_images file for ``rmw``, as the launch file picks it (DDS stays on the loopback
-    here, so Fast DDS's loopback variant)."""
-    from rk_siglip_ros.node.dds import CYCLONE, large_images_file, middleware_family
+def shipped_config(rmw: str) -> Path | None:
+    """The node's dds_config:=large_images file for ``rmw``, as the launch file picks it (none for Fast DDS)."""
+    return None if "fastrtps" in rmw else SHIPPED_CONFIG
 
-    family = middleware_family(rmw) or CYCLONE
-    return ROOT / "config" / large_images_file(family, ros_workspace.localhost_only())
+
+def camera_profile(rmw: str) -> Path:
+    """Fast DDS's shipped profile for the camera drivers (DDS stays on the loopback here: the _localhost variant)."""
+    from rk_siglip_ros.node.dds import FASTDDS, large_images_file
+
+    return ROOT / "config" / large_images_file(FASTDDS, ros_workspace.localhost_only())
 
 
 def middleware_rig(label: str, rmw: str, *, dds: str, size: str, shards: Path, profile: Path, camera_qos: str,
@@ -636,7 +639,7 @@ def middleware_runs(observer: Observer, *, fastdds: str, shards: Path, slow: Pat
     """(c): the node (raw subscriptions, as it runs) on Cyclone DDS and on Fast DDS side by side, each with its own
     cameras on its own middleware and its dds_config:=large_images file: delivery and CPU per camera/node QoS
     pairing and size; Fast DDS with its defaults beside Fast DDS with the shipped profile in the cameras' processes
-    too (where it acts); then latency with each node's default subscription."""
+    (where it acts); then latency with each node's default subscription."""
     results = []
     for size in SIZES:
         for camera_qos, qos in MIDDLEWARE_QOS:
@@ -650,12 +653,12 @@ def middleware_runs(observer: Observer, *, fastdds: str, shards: Path, slow: Pat
                          "camera_qos": camera_qos, "qos": qos, **run} for label, run in runs.items()]
         for camera_qos, qos in MIDDLEWARE_QOS[:2]:
             print(f"  run: {size}, cameras {camera_qos}, node {qos}: Fast DDS defaults and Fast DDS with the shipped "
-                  "profile in the cameras' and the node's processes side by side ...", flush=True)
+                  "profile in the cameras' processes side by side ...", flush=True)
             rigs = {"Fast DDS, defaults": middleware_rig("fastdds defaults", fastdds, dds="default", size=size,
                                                          shards=shards, profile=slow, camera_qos=camera_qos, qos=qos),
-                    "Fast DDS, profile": middleware_rig("fastdds profile", fastdds, dds="shipped", size=size,
-                                                        shards=shards, profile=slow, camera_qos=camera_qos, qos=qos,
-                                                        camera_dds=shipped_config(fastdds))}
+                    "Fast DDS, camera profile": middleware_rig("fastdds profile", fastdds, dds="default", size=size,
+                                                               shards=shards, profile=slow, camera_qos=camera_qos,
+                                                               qos=qos, camera_dds=camera_profile(fastdds))}
             runs = side_by_side(observer, rigs, seconds)
             results += [{"part": "fastdds config", "size": size, "middleware": label, "dds": label,
                          "camera_qos": camera_qos, "qos": qos, **run} for label, run in runs.items()]

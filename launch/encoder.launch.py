@@ -20,10 +20,10 @@ with the namespace, and SetRemap around this file renames them. managed:=true st
 dds_config: large_images (the default) gives the node the large-image settings of the middleware it runs on
 (RMW_IMPLEMENTATION, or the distro's default): on Cyclone DDS the installed config/cyclonedds_large_images.xml (a
 larger socket receive buffer, so raw 1080p frames are not lost; see docs/node.md) in front of any CYCLONEDDS_URI you
-already set; on Fast DDS config/fastdds_large_images.xml (its _localhost variant when ROS_LOCALHOST_ONLY=1 or
-ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) as FASTRTPS_DEFAULT_PROFILES_FILE, unless you exported one (the camera
-drivers need it too: docs/node.md). none leaves the DDS settings to your environment; a path uses your own
-Cyclone DDS or Fast DDS XML file (told apart by its root element). Only the node's process is affected.
+already set; on Fast DDS nothing (its config/fastdds_large_images.xml acts in the camera drivers' processes, and
+the node's qos: auto subscribes reliable there: docs/node.md). none leaves the DDS settings to your environment; a
+path uses your own Cyclone DDS or Fast DDS XML file (told apart by its root element). Only the node's process is
+affected.
 """
 
 import os
@@ -93,8 +93,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="sequential|pipeline|replicas|allcores; empty = from params_file"),
         DeclareLaunchArgument("dds_config", default_value=LARGE_IMAGES,
                               description=f"{'|'.join(DDS_CONFIG_CHOICES)}|<path of a Cyclone DDS or Fast DDS XML "
-                                          "file>: the node's DDS settings (large_images: the shipped file of the "
-                                          "middleware it runs on, for raw 1080p frames; none: the "
+                                          "file>: the node's DDS settings (large_images: on Cyclone DDS a receive "
+                                          "buffer for raw 1080p frames, on Fast DDS nothing; none: the "
                                           "environment's CYCLONEDDS_URI / FASTRTPS_DEFAULT_PROFILES_FILE only)"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="The node's namespace (e.g. robot1): its outputs siglip/... move with it, "

@@ -20,6 +20,7 @@ from rk_siglip_ros.node.dds import (
     cyclonedds_uri,
     dds_config_file,
     kernel_receive_buffer_limit,
+    large_images_file,
     lost_frames_hint,
     middleware_family,
     node_environment,
@@ -132,17 +133,16 @@ def test_middleware_family_of_the_rmw_identifiers() -> None:
     assert middleware_family("rmw_zenoh_cpp") is None and middleware_family(None) is None
 
 
-def test_large_images_on_fastdds_is_the_shipped_profile_in_its_loopback_variant_when_dds_stays_local() -> None:
-    """Fast DDS gets config/fastdds_large_images.xml (its _localhost variant under ROS_LOCALHOST_ONLY=1 or Jazzy's
-    LOCALHOST range), never the Cyclone file; a profiles file the user exported stays theirs; other RMWs get nothing."""
-    for rmw in ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp"):
-        assert node_environment("large_images", CONFIG_DIR, {}, rmw) == {
-            FASTDDS_PROFILES_FILE: str((CONFIG_DIR / "fastdds_large_images.xml").resolve())}
-        for loopback in ({"ROS_LOCALHOST_ONLY": "1"}, {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}):
-            assert node_environment("large_images", CONFIG_DIR, loopback, rmw) == {
-                FASTDDS_PROFILES_FILE: str((CONFIG_DIR / "fastdds_large_images_localhost.xml").resolve())}
-        assert node_environment("large_images", CONFIG_DIR, {FASTDDS_PROFILES_FILE: "/etc/robot.xml"}, rmw) == {}
-    assert node_environment("large_images", CONFIG_DIR, {}, "rmw_zenoh_cpp") == {}
+def test_large_images_gives_a_fastdds_node_nothing_and_the_profile_is_chosen_for_the_cameras() -> None:
+    """The Fast DDS profile acts in the publisher's process (measured: in the node's alone it changed nothing), so
+    large_images gives a Fast DDS node nothing; large_images_file names the variant a camera driver should get: the
+    _localhost one under ROS_LOCALHOST_ONLY=1 or Jazzy's LOCALHOST range."""
+    for rmw in ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp", "rmw_zenoh_cpp"):
+        assert node_environment("large_images", CONFIG_DIR, {"ROS_LOCALHOST_ONLY": "1"}, rmw) == {}
+    assert large_images_file("fastdds", {}) == "fastdds_large_images.xml"
+    for loopback in ({"ROS_LOCALHOST_ONLY": "1"}, {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}):
+        assert large_images_file("fastdds", loopback) == "fastdds_large_images_localhost.xml"
+    assert large_images_file("cyclonedds", {"ROS_LOCALHOST_ONLY": "1"}) == LARGE_IMAGES_FILE
     assert node_environment("large_images", CONFIG_DIR, {}, "rmw_cyclonedds_cpp") == {
         CYCLONEDDS_URI: SHIPPED.resolve().as_uri()}
 

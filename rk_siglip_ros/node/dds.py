@@ -14,9 +14,10 @@ Raw camera images are large (1920x1080 rgb8: 6.2 MB). What a middleware needs fo
   (benchmarks/ros_bench.py part c): 16-29 % of 640x480 and 14-17 % of 1080p frames reached a best-effort
   subscription. ``config/fastdds_large_images.xml`` (a 32 MB segment; ``*_localhost.xml`` when DDS is kept on the
   loopback) brought that to 100 % and 98 %, but only in the cameras' processes: in the node's alone it changed
-  nothing. So two things hold on Fast DDS: the node's ``qos: auto`` subscribes reliable (98-100 % at both sizes
-  from reliable cameras without any file, :func:`node_qos`), and the profile is for the camera drivers (the launch
-  file gives it to the node as well, for the node's own publishers and for symmetry).
+  nothing, and with it in the node some of the test suite's daemon-less ``ros2 param`` calls and plain rclpy
+  clients did not find the node on Humble. So on Fast DDS the node's ``qos: auto`` subscribes reliable (98-100 % at
+  both sizes from reliable cameras without any file, :func:`node_qos`), ``large_images`` gives the node nothing, and
+  the profile is for the camera drivers (:func:`large_images_file`, named by the node's hint).
 
 The launch file (``dds_config:=large_images``, the default) gives the node's process the file of the middleware it
 runs on through :func:`node_environment`; the node's diagnostics name that middleware's fix when frames go missing
@@ -43,8 +44,10 @@ NONE = "none"
 DDS_CONFIG_CHOICES = (LARGE_IMAGES, NONE)
 CYCLONE = "cyclonedds"
 FASTDDS = "fastdds"
-# The shipped large-image file per middleware; Fast DDS's in two variants (see large_images_file).
+# The shipped large-image file per middleware; Fast DDS's in two variants (see large_images_file), for the camera
+# drivers' processes: the launch file gives the node only the files in NODE_FILES.
 LARGE_IMAGES_FILES = {CYCLONE: "cyclonedds_large_images.xml", FASTDDS: "fastdds_large_images.xml"}
+NODE_FILES = (CYCLONE,)
 FASTDDS_LOCALHOST_FILE = "fastdds_large_images_localhost.xml"
 LARGE_IMAGES_FILE = LARGE_IMAGES_FILES[CYCLONE]  # the Cyclone file (the name older callers know)
 RMEM_MAX_PATH = Path("/proc/sys/net/core/rmem_max")
@@ -107,7 +110,7 @@ def dds_config_file(choice: str, config_dir: str | Path, rmw: str | None = "rmw_
         return None
     if choice in ("", LARGE_IMAGES):
         family = middleware_family(rmw)
-        if family not in LARGE_IMAGES_FILES:
+        if family not in NODE_FILES:
             return None
         path = Path(config_dir) / large_images_file(family, environ or {})
     else:

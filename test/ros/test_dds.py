@@ -124,9 +124,9 @@ def node_process(launch: ros_support.RosProcess) -> psutil.Process:
 
 def test_launch_gives_the_node_the_large_images_config_and_dds_config_none_does_not(
         installed_env: dict[str, str], tiny_shards: Path, tmp_path: Path) -> None:
-    """Cyclone: large_images puts the shipped file in the node's CYCLONEDDS_URI. Fast DDS: the shipped profile in
-    FASTRTPS_DEFAULT_PROFILES_FILE, its loopback variant since the session keeps DDS on the loopback. A Fast DDS XML
-    of the user's own reaches the node through dds_config:=<path>; none changes nothing."""
+    """Cyclone: large_images puts the shipped file in the node's CYCLONEDDS_URI. Fast DDS: nothing (its profile acts
+    in the cameras' processes, not the node's). A Fast DDS XML of the user's own reaches the node through
+    dds_config:=<path>; none changes nothing."""
     env = {key: value for key, value in installed_env.items() if key not in ("CYCLONEDDS_URI", FASTDDS_PROFILES_FILE)}
     installed = Path(env["AMENT_PREFIX_PATH"].split(os.pathsep)[0]) / "share" / "rk_siglip_ros" / "config"
     own_fastdds = tmp_path / "own_fastdds.xml"
@@ -145,7 +145,7 @@ def test_launch_gives_the_node_the_large_images_config_and_dds_config_none_does_
     if ros_support.on_cyclonedds():
         assert seen["large_images"] == ((installed / LARGE_IMAGES_FILE).resolve().as_uri(), None)
     else:
-        assert seen["large_images"] == (None, str((installed / "fastdds_large_images_localhost.xml").resolve()))
+        assert seen["large_images"] == (None, None)
     assert seen["none"] == (None, None)
     assert seen[str(own_fastdds)] == (None, str(own_fastdds.resolve()))
     # launch itself (the parent) keeps its environment: only the node's process is changed.
