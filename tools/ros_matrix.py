@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== real-ROS suite: {combination.name} ({combination.tree.name}, "
               f"{combination.rmw or 'the distro default RMW'}, {python})", flush=True)
         started = time.monotonic()
+        clean_fastdds_shm(combination)  # a killed run before this one may have left some: they slow discovery
         code, output = run(command, env)
         elapsed = time.monotonic() - started
         clean_fastdds_shm(combination)
@@ -178,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def clean_fastdds_shm(combination: Combination) -> None:
-    """Fast DDS leaves /dev/shm files of processes that were killed (a test's last resort): `fastdds shm clean`
-    removes those no live process holds (others' runs keep theirs)."""
+    """Fast DDS leaves /dev/shm files of processes that were killed (a test's last resort, an interrupted run), and
+    stale ones slowed discovery in a later Fast DDS session: `fastdds shm clean` removes those no live process holds
+    (others' runs keep theirs). Run before and after each session."""
     tool = combination.tree / "bin" / "fastdds"
     if not tool.is_file():
         return
