@@ -154,24 +154,24 @@ def builder_python() -> str:
     return sys.executable
 
 
-def build_shard_set(out: Path, text: bool = False) -> Path:
-    """random:tiny (pipeline3, ONNX; with its text tower if ``text``) into ``out``. In this Python when it has the
+def build_shard_set(out: Path, text: bool = False, profile: str = "pipeline3") -> Path:
+    """random:tiny (``profile``, ONNX; with its text tower if ``text``) into ``out``. In this Python when it has the
     builder (torch); else with RK_SIGLIP_BUILDER_PYTHON, the Python of an environment that has it (`make test-ros`
     points the Jazzy venv, CPython 3.12 without torch, at the 3.11 venv's): shard sets are Python-independent."""
     builder = builder_python()
     if builder != sys.executable:
         script = ("import sys; from pathlib import Path; from rk_siglip_ros.builder.build import build_shards; "
-                  "build_shards('random:tiny', Path(sys.argv[1]), profile='pipeline3', formats=('onnx',), "
+                  "build_shards('random:tiny', Path(sys.argv[1]), profile=sys.argv[3], formats=('onnx',), "
                   "text=sys.argv[2] == '1', progress=False)")
         env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
-        done = subprocess.run([builder, "-c", script, str(out), "1" if text else "0"], capture_output=True, text=True,
-                              timeout=600, env=env)
+        done = subprocess.run([builder, "-c", script, str(out), "1" if text else "0", profile], capture_output=True,
+                              text=True, timeout=600, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"{builder} could not build random:tiny shards:\n{done.stdout}{done.stderr}")
         return out
     from rk_siglip_ros.builder.build import build_shards
 
-    build_shards("random:tiny", out, profile="pipeline3", formats=("onnx",), text=text, progress=False)
+    build_shards("random:tiny", out, profile=profile, formats=("onnx",), text=text, progress=False)
     return out
 
 
