@@ -12,7 +12,6 @@ import pytest
 ros_support = pytest.importorskip("ros_support", reason="the real-ROS fixtures (test/ros/ros_support.py) are missing")
 ros_support.require_ros()
 
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from test_cameras import camera_message, scene  # noqa: E402
 
@@ -30,7 +29,7 @@ def test_the_node_publishes_with_mode_split(installed_env: dict[str, str], split
     from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     embeddings = client.collect(Image, ros_support.OUTPUT)
-    publisher = client.publisher(Image, CAMERA, qos_profile_sensor_data)
+    publisher = client.publisher(Image, CAMERA, ros_support.camera_qos())
     node = ros_support.launch_node(installed_env, shards=str(split_shards), backend="onnxruntime", mode="split",
                                    image_topics=CAMERA)
     picture = scene(0, 0)
