@@ -256,6 +256,18 @@ class RosProcess:
             self.process.wait(timeout=10)
 
 
+# How long a daemon-less `ros2` CLI call spins to discover the node before acting: the CLI's 0.5 s default was too
+# short for Fast DDS's discovery on a loaded machine ("Node not found").
+CLI_DISCOVERY_SPIN_S = "3"
+
+
+def ros2_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The `ros2` CLI without its daemon (a daemon would outlive the test and serve other sessions), given
+    CLI_DISCOVERY_SPIN_S to find the node."""
+    return subprocess.run(["ros2", *args, "--no-daemon", "--spin-time", CLI_DISCOVERY_SPIN_S], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def launch_node(env: dict[str, str], **arguments: str) -> RosProcess:
     """`ros2 launch rk_siglip_ros encoder.launch.py name:=value ...`, the installed launch file."""
     command = ["ros2", "launch", PACKAGE, LAUNCH_FILE, *(f"{name}:={value}" for name, value in arguments.items())]
