@@ -16,12 +16,21 @@
     three node kinds. Goal <= 3 ms p50. Beside them a relay that publishes each camera message's header straight
     back (no encoder, no conversion): the DDS floor of that figure, a 0.9 MB message in and a small one out.
 
-Every process runs with ROS_LOCALHOST_ONLY=1 (DDS on the loopback), rmw_cyclonedds_cpp and this benchmark's own
-ROS_DOMAIN_ID. Each camera publisher and the node are separate processes (as on a robot); publishers keep
-Cyclone's defaults, the node gets the config under test through CYCLONEDDS_URI, as the launch file does.
-Numbers are printed, goals missed are printed, nothing is asserted. Runs in about four minutes.
+(c) the two middlewares side by side: the node (raw subscriptions) on Cyclone DDS with its shipped config and on
+    Fast DDS (rmw_fastrtps_cpp where the ROS 2 has it, else rmw_fastrtps_dynamic_cpp), each with its own 3 cameras
+    on its own middleware, for each pairing of camera QoS and node QoS that DDS matches (best-effort cameras /
+    sensor_data node, reliable cameras / sensor_data node, reliable / reliable) and both sizes: delivery and CPU as
+    in (a); Fast DDS with its defaults beside Fast DDS with config/fastdds_large_images*.xml in the cameras'
+    processes; then latency, 1 camera at 10 Hz into the fast sim encoder, from the node's own diagnostics
+    (camera stamp -> embedding published, minus the encoder's own time).
 
-    python benchmarks/ros_bench.py [--seconds 5]      (with a ROS 2 sourced; `make bench` sources one if it can)
+Every process runs with DDS on the loopback (ROS_LOCALHOST_ONLY=1; on Jazzy ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST)
+and this benchmark's own ROS_DOMAIN_ID; (a) and (b) on rmw_cyclonedds_cpp. Each camera publisher and the node are
+separate processes (as on a robot); publishers keep their middleware's defaults, the node gets the config under test
+(CYCLONEDDS_URI) as the launch file does. Numbers are printed, goals missed are printed, nothing is asserted. Runs
+in about nine minutes (--parts a,b: four).
+
+    python benchmarks/ros_bench.py [--seconds 5] [--parts a,b,c]   (with a ROS 2 sourced; `make bench` sources one)
 """
 
 from __future__ import annotations
@@ -41,11 +50,15 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import ros_workspace  # noqa: E402 -- tools/ros_workspace.py: domain claims, loopback-only DDS
+
 OUT = ROOT / "bench_out" / "ros"
 CAMERAS = 3
 RATE_HZ = 30.0
 SIZES = {"640x480": (480, 640), "1920x1080": (1080, 1920)}
 SHIPPED_CONFIG = ROOT / "config" / "cyclonedds_large_images.xml"
+CYCLONE_RMW = "rmw_cyclonedds_cpp"
 DDS_CONFIGS = ("default", "shipped")
 # Node kinds: typed / serialized (raw, the node's way) subscriptions, both as encoder_node.main runs them (with
 # frame_memory.keep_frame_buffers), and raw with glibc's malloc defaults.
@@ -77,14 +90,36 @@ STARTUP_TIMEOUT_S = 60.0
 # ------------------------------------------------------------------------------------------- child processes
 
 
-def ros_environment(dds_config: str | None) -> dict[str, str]:
-    """The environment of every ROS process here: loopback only, Cyclone, the DDS config under test, and the
+def ros_environment(dds_config: str | Path | None, rmw: str = CYCLONE_RMW) -> dict[str, str]:
+    """The environment of every ROS process here: loopback only (Jazzy's way on Jazzy), the middleware ``rmw`` with
+    the DDS config under test (a Cyclone or Fast DDS XML file, None = the middleware's defaults), and the
     ROS_DOMAIN_ID orchestrate() claimed (in os.environ, so its children inherit it)."""
-    env = dict(os.environ, ROS_LOCALHOST_ONLY="1", RMW_IMPLEMENTATION="rmw_cyclonedds_cpp")
-    env.pop("CYCLONEDDS_URI", None)
+    from rk_siglip_ros.node.dds import CYCLONE, CYCLONEDDS_URI, FASTDDS_PROFILES_FILE, config_family
+
+    env = dict(os.environ, RMW_IMPLEMENTATION=rmw)
+    ros_workspace.keep_dds_on_loopback(env)
+    env.pop(CYCLONEDDS_URI, None)
+    env.pop(FASTDDS_PROFILES_FILE, None)
     if dds_config is not None:
-        env["CYCLONEDDS_URI"] = f"file://{dds_config}"
+        if config_family(Path(dds_config)) == CYCLONE:
+            env[CYCLONEDDS_URI] = f"file://{dds_config}"
+        else:
+            env[FASTDDS_PROFILES_FILE] = str(dds_config)
     return env
+
+
+def fastdds_rmw() -> str | None:
+    """The Fast DDS RMW this ROS 2 has: rmw_fastrtps_cpp (binary installs, Jazzy tree), else
+    rmw_fastrtps_dynamic_cpp (the Humble tree here has only that one); None without Fast DDS."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    for name in ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp"):
+        try:
+            get_package_prefix(name)
+        except PackageNotFoundError:
+            continue
+        return name
+    return None
 
 
 def run_publisher(args: argparse.Namespace) -> int:
@@ -104,8 +139,10 @@ def run_publisher(args: argparse.Namespace) -> int:
     msg.header.frame_id = args.topic.strip("/").split("/")[0]
     msg.data = np.random.default_rng(0).integers(0, 256, args.height * args.width * 3, dtype=np.uint8).tobytes()
     template = bytearray(serialize_message(msg))
-    # Camera drivers publish best effort (the sensor_data profile); the node's default subscription matches it.
-    publisher = node.create_publisher(Image, args.topic, qos_profile_sensor_data)
+    # (a)/(b): best effort, as the sensor_data profile; (c) also reliable (depth 10), as many camera drivers and
+    # image_transport publish by default.
+    qos = qos_profile_sensor_data if args.qos == "best_effort" else 10
+    publisher = node.create_publisher(Image, args.topic, qos)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while publisher.get_subscription_count() < 1:
         if time.monotonic() > deadline:
@@ -262,6 +299,18 @@ class Observer:
             time.sleep(0.05)
         return None
 
+    def latency_reports(self, node: str, after: float) -> dict[str, list[float]]:
+        """The latency figures (ms) of every diagnostics report of ``node`` since monotonic time ``after`` that had
+        frames in its period: "latency stamp->publish p50 (ms)" -> [one value per report], ..."""
+        figures: dict[str, list[float]] = {}
+        with self._lock:
+            reports = [values for stamp, name, values in self.diagnostics if stamp > after and name == node]
+        for values in reports:
+            for key, value in values.items():
+                if "latency" in key and value != "n/a":
+                    figures.setdefault(key, []).append(float(value))
+        return figures
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join()  # before shutdown: a thread still waiting in rclpy aborts the interpreter at exit
@@ -294,27 +343,29 @@ class Rig:
     defaults)."""
 
     def __init__(self, *, prefix: str, subscription: str, dds: str, shards: Path, profile: Path, size: str,
-                 cameras: int) -> None:
+                 cameras: int, rmw: str = CYCLONE_RMW, qos: str = "sensor_data", camera_qos: str = "best_effort",
+                 name: str | None = None, camera_dds: Path | None = None) -> None:
         height, width = SIZES[size]
         self.output_topic = f"{prefix}/embeddings"
         self.encoder_node = subscription not in REFERENCES  # references publish no diagnostics
         # Two rigs run side by side: their node names (and so their diagnostics) must differ.
-        self.name = f"{'encoder' if self.encoder_node else 'reference'}_{subscription}"
+        self.name = name or f"{'encoder' if self.encoder_node else 'reference'}_{subscription}"
         topics = [f"{prefix}/cam{i}/image_raw" for i in range(cameras)]
         ros_args = ["-r", f"__node:={self.name}", "-p", f"shards:={shards}", "-p", "backend:=sim",
                     "-p", "mode:=pipeline", "-p", f"timing_profile:={profile}",
-                    "-p", f"image_topics:=[{','.join(topics)}]", "-p", f"output_topic:={self.output_topic}"]
-        config = str(SHIPPED_CONFIG) if dds == "shipped" else None
+                    "-p", f"image_topics:=[{','.join(topics)}]", "-p", f"output_topic:={self.output_topic}",
+                    "-p", f"qos:={qos}"]
+        config = shipped_config(rmw) if dds == "shipped" else None
         self.node = subprocess.Popen([sys.executable, __file__, "node", "--subscription", subscription,
-                                      "--ros-args", *ros_args], env=ros_environment(config),
+                                      "--ros-args", *ros_args], env=ros_environment(config, rmw),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.publishers: list[Any] = []
         try:
             for topic in topics:
                 self.publishers.append(subprocess.Popen(
                     [sys.executable, __file__, "publish", "--topic", topic, "--width", str(width), "--height",
-                     str(height), "--rate", str(RATE_HZ if cameras > 1 else LATENCY_RATE_HZ)],
-                    env=ros_environment(None), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+                     str(height), "--rate", str(RATE_HZ if cameras > 1 else LATENCY_RATE_HZ), "--qos", camera_qos],
+                    env=ros_environment(camera_dds, rmw), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             for publisher in self.publishers:
                 line = publisher.stdout.readline().strip()
                 if line != "ready":
@@ -367,42 +418,55 @@ def delivery_runs(observer: Observer, *, pair: str, size: str, dds: str, shards:
     frames in alternating blocks (so machine load hits both alike). Per node: CPU idle (cameras connected, silent)
     and while its cameras publish, frames offered and received."""
     kinds = PAIRS[pair]
-    rigs = {kind: Rig(prefix=f"/bench_{kind}", subscription=kind, dds=dds, shards=shards, profile=profile,
-                      size=size, cameras=CAMERAS) for kind in kinds}
+    rigs = {kind: (lambda kind=kind: Rig(prefix=f"/bench_{kind}", subscription=kind, dds=dds, shards=shards,
+                                         profile=profile, size=size, cameras=CAMERAS)) for kind in kinds}
+    runs = side_by_side(observer, rigs, seconds)
+    return [{"pair": pair, "size": size, "dds": dds, "subscription": kind, **runs[kind]} for kind in kinds]
+
+
+def side_by_side(observer: Observer, rigs: dict[str, Any], seconds: float) -> dict[str, dict[str, Any]]:
+    """Rigs (name -> a function that starts one) run side by side, offered frames in alternating blocks so machine
+    load hits all alike. Per rig: node CPU idle (cameras connected, silent) and while its cameras publish, frames
+    offered and received (from the node's diagnostics; None for a reference process), UDP drops meanwhile, and the
+    node's own latency figures of its last diagnostics."""
     from rk_siglip_ros.node.dds import udp_receive_buffer_errors
 
-    runs = {kind: {"pair": pair, "size": size, "dds": dds, "subscription": kind, "offered": 0, "seconds": 0.0,
-                   "busy_cpu": 0.0, "dds_cpu": 0.0, "udp_drops": 0} for kind in kinds}
+    started: dict[str, Rig] = {}
+    runs = {name: {"offered": 0, "seconds": 0.0, "busy_cpu": 0.0, "dds_cpu": 0.0, "udp_drops": 0} for name in rigs}
+    first_block = time.monotonic()
     try:
-        for rig in [rig for rig in rigs.values() if rig.encoder_node]:  # references are ready once matched
+        for name, start in rigs.items():
+            started[name] = start()
+        for rig in [rig for rig in started.values() if rig.encoder_node]:  # references are ready once matched
             if observer.wait_for_diagnostics(rig.name, after=time.monotonic(), timeout_s=STARTUP_TIMEOUT_S) is None:
                 raise RuntimeError(f"the encoder node {rig.name} published no diagnostics")
-        for kind, rig in rigs.items():
-            _, runs[kind]["idle_cpu"], _ = rig.cpu_percent(lambda: time.sleep(IDLE_S))
+        for name, rig in started.items():
+            _, runs[name]["idle_cpu"], _ = rig.cpu_percent(lambda: time.sleep(IDLE_S))
         for _ in range(DELIVERY_BLOCKS):
-            for kind, rig in rigs.items():
+            for name, rig in started.items():
                 time.sleep(SETTLE_S)
                 drops = udp_receive_buffer_errors() or 0
                 summary, cpu, dds_cpu = rig.cpu_percent(lambda rig=rig: rig.offer(seconds / DELIVERY_BLOCKS))
-                runs[kind]["udp_drops"] += (udp_receive_buffer_errors() or 0) - drops
-                runs[kind]["offered"] += summary["offered"]
-                runs[kind]["seconds"] += summary["seconds"]
-                runs[kind]["busy_cpu"] += cpu / DELIVERY_BLOCKS
-                runs[kind]["dds_cpu"] += dds_cpu / DELIVERY_BLOCKS
+                runs[name]["udp_drops"] += (udp_receive_buffer_errors() or 0) - drops
+                runs[name]["offered"] += summary["offered"]
+                runs[name]["seconds"] += summary["seconds"]
+                runs[name]["busy_cpu"] += cpu / DELIVERY_BLOCKS
+                runs[name]["dds_cpu"] += dds_cpu / DELIVERY_BLOCKS
         time.sleep(0.5)  # frames still in the encoder finish; then a diagnostics period that covers them
-        for kind, rig in rigs.items():
+        for name, rig in started.items():
             if rig.encoder_node:
                 values = observer.wait_for_diagnostics(rig.name, after=time.monotonic()) or {}
-                runs[kind]["received"] = int(values.get("total received", 0))
+                runs[name]["received"] = int(values.get("total received", 0))
+                runs[name]["latency_ms"] = observer.latency_reports(rig.name, after=first_block)
             else:
-                runs[kind]["received"] = None  # nothing counts what a reference process receives
-            runs[kind]["offered_hz"] = runs[kind]["offered"] / runs[kind]["seconds"]
+                runs[name]["received"] = None  # nothing counts what a reference process receives
+            runs[name]["offered_hz"] = runs[name]["offered"] / runs[name]["seconds"]
     finally:
-        for rig in rigs.values():
-            rig.interrupt()  # both drain at once
-        for rig in rigs.values():
+        for rig in started.values():
+            rig.interrupt()  # all drain at once
+        for rig in started.values():
             rig.close()
-    return list(runs.values())
+    return runs
 
 
 def prepare(out: Path) -> tuple[Path, Path, Path]:
@@ -534,6 +598,117 @@ def print_latency(samples: dict[str, list[float]]) -> None:
               f"p95 {n95 - a95:.2f} ms{goal}{beyond}")
 
 
+# (c) the two middlewares side by side: (camera publisher QoS, node subscription QoS). A reliable node cannot match a
+# best-effort camera (DDS refuses the pair; the node warns), so that pairing is not measured.
+MIDDLEWARE_QOS = (("best_effort", "sensor_data"), ("reliable", "sensor_data"), ("reliable", "reliable"))
+AUTO = "auto"
+
+
+def node_qos(choice: str, rmw: str) -> str:
+    from rk_siglip_ros.node.dds import node_qos as resolve
+
+    return resolve(choice, rmw)
+
+
+def middlewares(fastdds: str) -> dict[str, str]:
+    return {"Cyclone DDS": CYCLONE_RMW, "Fast DDS": fastdds}
+
+
+def shipped_config(rmw: str) -> Path | None:
+    """The node's dds_config:=large_images file for ``rmw``, as the launch file picks it (none for Fast DDS)."""
+    return None if "fastrtps" in rmw else SHIPPED_CONFIG
+
+
+def camera_profile(rmw: str) -> Path:
+    """Fast DDS's shipped profile for the camera drivers (DDS stays on the loopback here: the _localhost variant)."""
+    from rk_siglip_ros.node.dds import FASTDDS, large_images_file
+
+    return ROOT / "config" / large_images_file(FASTDDS, ros_workspace.localhost_only())
+
+
+def middleware_rig(label: str, rmw: str, *, dds: str, size: str, shards: Path, profile: Path, camera_qos: str,
+                   qos: str, cameras: int = CAMERAS, camera_dds: Path | None = None) -> Any:
+    short = "".join(ch for ch in label.lower() if ch.isalnum())
+    return lambda: Rig(prefix=f"/mw_{short}", subscription="raw", dds=dds, shards=shards, profile=profile, size=size,
+                       cameras=cameras, rmw=rmw, qos=qos, camera_qos=camera_qos, name=f"encoder_{short}",
+                       camera_dds=camera_dds)
+
+
+def middleware_runs(observer: Observer, *, fastdds: str, shards: Path, slow: Path, fast: Path,
+                    seconds: float) -> list[dict[str, Any]]:
+    """(c): the node (raw subscriptions, as it runs) on Cyclone DDS and on Fast DDS side by side, each with its own
+    cameras on its own middleware and its dds_config:=large_images file: delivery and CPU per camera/node QoS
+    pairing and size; Fast DDS with its defaults beside Fast DDS with the shipped profile in the cameras' processes
+    (where it acts); then latency with each node's default subscription."""
+    results = []
+    for size in SIZES:
+        for camera_qos, qos in MIDDLEWARE_QOS:
+            print(f"  run: {size}, cameras {camera_qos}, node {qos}: Cyclone DDS and Fast DDS side by side ...",
+                  flush=True)
+            rigs = {label: middleware_rig(label, rmw, dds="shipped", size=size, shards=shards, profile=slow,
+                                          camera_qos=camera_qos, qos=qos)
+                    for label, rmw in middlewares(fastdds).items()}
+            runs = side_by_side(observer, rigs, seconds)
+            results += [{"part": "delivery", "size": size, "middleware": label, "dds": "shipped",
+                         "camera_qos": camera_qos, "qos": qos, **run} for label, run in runs.items()]
+        for camera_qos, qos in MIDDLEWARE_QOS[:2]:
+            print(f"  run: {size}, cameras {camera_qos}, node {qos}: Fast DDS defaults and Fast DDS with the shipped "
+                  "profile in the cameras' processes side by side ...", flush=True)
+            rigs = {"Fast DDS, defaults": middleware_rig("fastdds defaults", fastdds, dds="default", size=size,
+                                                         shards=shards, profile=slow, camera_qos=camera_qos, qos=qos),
+                    "Fast DDS, camera profile": middleware_rig("fastdds profile", fastdds, dds="default", size=size,
+                                                               shards=shards, profile=slow, camera_qos=camera_qos,
+                                                               qos=qos, camera_dds=camera_profile(fastdds))}
+            runs = side_by_side(observer, rigs, seconds)
+            results += [{"part": "fastdds config", "size": size, "middleware": label, "dds": label,
+                         "camera_qos": camera_qos, "qos": qos, **run} for label, run in runs.items()]
+    for size in SIZES:
+        print(f"  run: latency {size}: Cyclone DDS and Fast DDS side by side ...", flush=True)
+        # Each node with its default subscription (qos: auto), reliable cameras (what Fast DDS needs).
+        rigs = {label: middleware_rig(label, rmw, dds="shipped", size=size, shards=shards, profile=fast,
+                                      camera_qos="reliable", qos=node_qos(AUTO, rmw), cameras=1)
+                for label, rmw in middlewares(fastdds).items()}
+        runs = side_by_side(observer, rigs, seconds)
+        results += [{"part": "latency", "size": size, "middleware": label, "dds": "shipped",
+                     "camera_qos": "reliable", "qos": node_qos(AUTO, middlewares(fastdds)[label]), **run}
+                    for label, run in runs.items()]
+    return results
+
+
+def diagnostic_ms(run: dict[str, Any], key: str) -> float | None:
+    """The median over the run's diagnostics reports of one latency figure (None without any)."""
+    values = run.get("latency_ms", {}).get(key, [])
+    return float(np.median(values)) if values else None
+
+
+def print_middlewares(results: list[dict[str, Any]], fastdds: str) -> None:
+    print(f"\n(c) Cyclone DDS ({CYCLONE_RMW}) and Fast DDS ({fastdds}) side by side: the node with raw subscriptions "
+          f"and its dds_config:=large_images file, the cameras on the same middleware with its defaults (then Fast DDS "
+          f"with its profile in the cameras too); {CAMERAS} cameras x {RATE_HZ:.0f} Hz rgb8, encoder "
+          f"{1000 / SLOW_SHARD_MS:.1f} frames/s")
+    print(f"  {'size':<10} {'cameras':<12} {'node QoS':<12} {'middleware':<22} {'offered/s':>9} {'received':>15} "
+          f"{'received %':>10} {'CPU idle':>8} {'CPU busy':>8} {'CPU frames':>10} {'UDP drops':>9}")
+    for r in [r for r in results if r["part"] in ("delivery", "fastdds config")]:
+        received = f"{r['received']:>7}/{r['offered']:<7}"
+        print(f"  {r['size']:<10} {r['camera_qos']:<12} {r['qos']:<12} {r['middleware']:<22} {r['offered_hz']:>9.1f} "
+              f"{received} {100.0 * r['received'] / max(r['offered'], 1):>10.1f} {r['idle_cpu']:>8.1f} "
+              f"{r['busy_cpu']:>8.1f} {frames_cpu(r):>10.1f} {r['udp_drops']:>9}")
+    print(f"  latency, 1 camera x {LATENCY_RATE_HZ:.0f} Hz (reliable), node qos: auto (Cyclone sensor_data, Fast DDS "
+          f"reliable), sim encoder "
+          f"{3 * FAST_SHARD_MS:.0f} ms; the node's own diagnostics (median over its reports): camera stamp -> "
+          "embedding published, and of it the encoder (the rest is DDS in, conversion, dispatch):")
+    for r in [r for r in results if r["part"] == "latency"]:
+        total50, total95 = diagnostic_ms(r, "latency stamp->publish p50 (ms)"), \
+            diagnostic_ms(r, "latency stamp->publish p95 (ms)")
+        encode50 = diagnostic_ms(r, "encode latency p50 (ms)")
+        if total50 is None or encode50 is None:
+            print(f"  {r['size']:<10} {r['middleware']:<22} no latency figures (received {r['received']})")
+            continue
+        print(f"  {r['size']:<10} {r['middleware']:<22} p50 {total50:.1f} ms, p95 {total95:.1f} ms; encoder p50 "
+              f"{encode50:.1f} ms; beyond the encoder p50 {total50 - encode50:.1f} ms "
+              f"(received {r['received']}/{r['offered']})")
+
+
 def frames_cpu(run: dict[str, Any]) -> float:
     """CPU the offered frames cost a process: busy minus idle, % of one core."""
     return float(run["busy_cpu"] - run["idle_cpu"])
@@ -553,11 +728,15 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("--width", type=int, required=True)
     publish.add_argument("--height", type=int, required=True)
     publish.add_argument("--rate", type=float, required=True)
+    publish.add_argument("--qos", choices=("best_effort", "reliable"), default="best_effort")
     node = sub.add_parser("node", help="(internal) the encoder node, or a reference process")
     node.add_argument("--subscription", choices=SUBSCRIPTIONS + REFERENCES, required=True)
     node.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[])
     parser.add_argument("--seconds", type=float, default=5.0, help="publishing time per run (default 5)")
     parser.add_argument("--out", type=Path, default=OUT, help="work folder (shards, timing profiles)")
+    parser.add_argument("--parts", default="a,b,c",
+                        help="which parts to run, comma-separated (default a,b,c): a = Cyclone delivery and CPU, "
+                             "b = latency, c = Cyclone DDS and Fast DDS side by side")
     args, _ = parser.parse_known_args(argv)  # run_all.py passes its own arguments to every benchmark
     if args.role == "publish":
         return run_publisher(args)
@@ -573,9 +752,6 @@ def orchestrate(args: argparse.Namespace) -> int:
         print("SKIP ros_bench: no ROS 2 in this environment (source /opt/ros/<distro>/setup.bash; `make bench` "
               "sources its ROS_TREE, ../shared/ros2-humble, when it is there)")
         return 0
-    sys.path.insert(0, str(ROOT / "tools"))
-    import ros_workspace  # tools/ros_workspace.py, as the real-ROS tests and make ros-demo use it
-
     # A domain no other run here holds (the tests, a demo, another clone's benchmark), held until this process ends.
     domain, _domain_lock = ros_workspace.claim_domain_id()
     os.environ["ROS_DOMAIN_ID"] = str(domain)
@@ -592,19 +768,28 @@ def orchestrate(args: argparse.Namespace) -> int:
     observer = Observer()
     started = time.perf_counter()
     try:
-        results = []
-        for size in SIZES:
-            for pair, dds in [("subscription", dds) for dds in DDS_CONFIGS] + [("malloc", "shipped"),
-                                                                                ("floor", "shipped")]:
-                print(f"  run: {size}, {dds} DDS config, {' and '.join(LABELS[k] for k in PAIRS[pair])} side by "
-                      "side ...", flush=True)
-                results += delivery_runs(observer, pair=pair, size=size, dds=dds, shards=shards, profile=slow,
-                                         seconds=args.seconds)
-        print_delivery(results)
-
-        print("  run: latency ...", flush=True)
-        samples = latency_runs(observer, shards, fast, seconds=max(args.seconds * 2, 8.0))
-        print_latency(samples)
+        parts = {part.strip() for part in args.parts.split(",")}
+        if "a" in parts:
+            results = []
+            for size in SIZES:
+                for pair, dds in [("subscription", dds) for dds in DDS_CONFIGS] + [("malloc", "shipped"),
+                                                                                    ("floor", "shipped")]:
+                    print(f"  run: {size}, {dds} DDS config, {' and '.join(LABELS[k] for k in PAIRS[pair])} side by "
+                          "side ...", flush=True)
+                    results += delivery_runs(observer, pair=pair, size=size, dds=dds, shards=shards, profile=slow,
+                                             seconds=args.seconds)
+            print_delivery(results)
+        if "b" in parts:
+            print("  run: latency ...", flush=True)
+            samples = latency_runs(observer, shards, fast, seconds=max(args.seconds * 2, 8.0))
+            print_latency(samples)
+        if "c" in parts:
+            fastdds = fastdds_rmw()
+            if fastdds is None:
+                print("\n(c) SKIP: this ROS 2 has no Fast DDS RMW (rmw_fastrtps_cpp / rmw_fastrtps_dynamic_cpp)")
+            else:
+                print_middlewares(middleware_runs(observer, fastdds=fastdds, shards=shards, slow=slow, fast=fast,
+                                                  seconds=args.seconds), fastdds)
         print(f"\nros_bench: {time.perf_counter() - started:.0f} s")
     finally:
         observer.close()

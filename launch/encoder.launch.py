@@ -17,10 +17,13 @@ place the node: its outputs are relative (siglip/embeddings, siglip/labels, sigl
 with the namespace, and SetRemap around this file renames them. managed:=true starts a lifecycle node that waits in
 `unconfigured` for a lifecycle manager (or `ros2 lifecycle set <node> configure`, then `activate`).
 
-dds_config: large_images (the default) runs the node with the installed config/cyclonedds_large_images.xml (a
-larger socket receive buffer, so raw 1080p frames are not lost; see docs/node.md) in front of any CYCLONEDDS_URI
-you already set; none leaves the DDS settings to your environment; a path uses your own Cyclone XML file. Only the
-node's process is affected.
+dds_config: large_images (the default) gives the node the large-image settings of the middleware it runs on
+(RMW_IMPLEMENTATION, or the distro's default): on Cyclone DDS the installed config/cyclonedds_large_images.xml (a
+larger socket receive buffer, so raw 1080p frames are not lost; see docs/node.md) in front of any CYCLONEDDS_URI you
+already set; on Fast DDS nothing (its config/fastdds_large_images.xml acts in the camera drivers' processes, and
+the node's qos: auto subscribes reliable there: docs/node.md). none leaves the DDS settings to your environment; a
+path uses your own Cyclone DDS or Fast DDS XML file (told apart by its root element). Only the node's process is
+affected.
 """
 
 import os
@@ -36,6 +39,17 @@ from rk_siglip_ros.node.config import LAUNCH_ARGUMENTS, MANAGED_FLAG, NODE_NAME,
 from rk_siglip_ros.node.dds import DDS_CONFIG_CHOICES, LARGE_IMAGES, node_environment
 
 
+def node_middleware() -> str:
+    """The middleware the node will load: RMW_IMPLEMENTATION, else the default of this ROS 2 (rclpy asks the RMW
+    loader without initialising anything)."""
+    chosen = os.environ.get("RMW_IMPLEMENTATION", "").strip()
+    if chosen:
+        return chosen
+    import rclpy
+
+    return rclpy.get_rmw_implementation_identifier()
+
+
 def node_with_overrides(context: object) -> list:
     """The node, with the launch arguments the user set layered over the params file."""
     def argument(name: str) -> str:
@@ -46,7 +60,7 @@ def node_with_overrides(context: object) -> list:
     if overrides:
         parameters.append(overrides)
     config_dir = Path(get_package_share_directory(PACKAGE)) / "config"
-    dds_environment = node_environment(argument("dds_config"), config_dir, os.environ)
+    dds_environment = node_environment(argument("dds_config"), config_dir, os.environ, node_middleware())
     node = dict(package=PACKAGE, executable="encoder_node", name=argument("node_name") or NODE_NAME,
                 namespace=argument("namespace"), output="screen", emulate_tty=True, parameters=parameters,
                 additional_env=dds_environment)
@@ -78,9 +92,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("mode", default_value="",
                               description="sequential|pipeline|replicas|allcores; empty = from params_file"),
         DeclareLaunchArgument("dds_config", default_value=LARGE_IMAGES,
-                              description=f"{'|'.join(DDS_CONFIG_CHOICES)}|<path of a Cyclone DDS XML file>: the "
-                                          "node's DDS settings (large_images: a receive buffer big enough for raw "
-                                          "1080p frames; none: the environment's CYCLONEDDS_URI only)"),
+                              description=f"{'|'.join(DDS_CONFIG_CHOICES)}|<path of a Cyclone DDS or Fast DDS XML "
+                                          "file>: the node's DDS settings (large_images: on Cyclone DDS a receive "
+                                          "buffer for raw 1080p frames, on Fast DDS nothing; none: the "
+                                          "environment's CYCLONEDDS_URI / FASTRTPS_DEFAULT_PROFILES_FILE only)"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="The node's namespace (e.g. robot1): its outputs siglip/... move with it, "
                                           "and so do relative camera topics; empty = none (or a pushed one)"),

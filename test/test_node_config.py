@@ -33,7 +33,7 @@ def test_defaults_resolve_the_installed_shard_set(shards):
     share = shards.parent.parent
     config = validate({}, share_dir=share)
     assert config.shards == default_shards_dir(share) == shards
-    assert (config.backend, config.mode, config.cores, config.qos) == ("auto", "pipeline", (0, 1, 2), "sensor_data")
+    assert (config.backend, config.mode, config.cores, config.qos) == ("auto", "pipeline", (0, 1, 2), "auto")
     assert config.image_topics == ("/camera/image_raw",) and config.output_topic == "siglip/embeddings"
     assert (config.labels_topic, config.patch_tokens_topic) == ("siglip/labels", "siglip/patch_embeddings")
     assert config.max_rate_hz == 0.0 and config.timing_profile is None and not config.publish_patch_tokens
@@ -59,7 +59,7 @@ def test_empty_shards_without_a_share_folder():
 @pytest.mark.parametrize("name, value, message", [
     ("backend", "tpu", "backend must be one of auto|onnxruntime|rknnlite|sim"),
     ("mode", "parallel", "mode must be one of sequential|pipeline|replicas"),
-    ("qos", "best_effort", "qos must be one of sensor_data|reliable"),
+    ("qos", "best_effort", "qos must be one of auto|sensor_data|reliable"),
     ("cores", [0, 3], "cores must be distinct NPU core ids"),
     ("cores", [1, 1], "cores must be distinct NPU core ids"),
     ("cores", [], "cores must be distinct NPU core ids"),

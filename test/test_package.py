@@ -24,26 +24,32 @@ EXPECTED_INSTALL = [
     (f"share/{PACKAGE}/launch/encoder.launch.py", False),
     (f"share/{PACKAGE}/config/encoder.yaml", False),
     (f"share/{PACKAGE}/config/cyclonedds_large_images.xml", False),
+    (f"share/{PACKAGE}/config/fastdds_large_images.xml", False),
+    (f"share/{PACKAGE}/config/fastdds_large_images_localhost.xml", False),
     (f"share/{PACKAGE}/shards/default/manifest.json", False),
     *((f"lib/{PACKAGE}/{script}", True) for script in
       ("encoder_node", "build_shards", "encode_images", "encode_bag", "bench")),
 ]
 
-# Import root -> the package.xml dependency that provides it on a robot (rosdep keys checked in rosdistro's
-# rosdep/python.yaml), or None with the reason when no rosdep key exists and the README's pip line provides it.
+# Import root -> the package.xml dependency that provides it on a robot (a rosdep key: checked against the copy of
+# rosdistro's rules in test/data), or None with the reason when no rosdep key exists and the README's pip line
+# provides it.
 ROS_IMPORTS = {name: name for name in ("rclpy", "rcl_interfaces", "ament_index_python", "sensor_msgs",
                                        "std_msgs", "diagnostic_msgs", "diagnostic_updater", "vision_msgs", "cv_bridge",
                                        "launch", "launch_ros")}
 PYTHON_IMPORTS: dict[str, str | None] = {
     "numpy": "python3-numpy", "cv2": "python3-opencv", "PIL": "python3-pil", "tqdm": "python3-tqdm",
     "onnxruntime": "python3-onnxruntime-pip",
-    "rosbags": None,  # no rosdep key: pip (requirements/runtime.txt)
+    "rosbags": "python3-rosbags-pip",
     "rknnlite": None,  # Rockchip's rknn-toolkit-lite2 wheel (aarch64): pip
     "sentencepiece": None,  # no rosdep key (Debian/Ubuntu have python3-sentencepiece, rosdistro does not): pip
     "matplotlib": None,  # `bench --plot` only, a development tool
     # The fleet extra (index_bags, search_index): a workstation's or a cluster's, never the robot's; pip ".[fleet]".
     "lancedb": None, "pyarrow": None, "ray": None,
 }
+ROSDEP_RULES = REPO / "test" / "data" / "rosdep_python_yaml.yaml"
+# The robots' platforms: Humble on Ubuntu 22.04, Jazzy on Ubuntu 24.04.
+UBUNTU_RELEASES = ("jammy", "noble")
 # Declared without a direct import, on purpose (none at present).
 INDIRECT_EXEC_DEPENDS: set[str] = set()
 RUNTIME_SOURCES = [p for p in (REPO / PACKAGE).rglob("*.py") if "builder" not in p.parts]  # builder: workstation only
@@ -186,3 +192,34 @@ def test_layout_reader_places_modules_under_their_folders():
     tree = (f"README.md        top\n{PACKAGE}/\n  a.py      x\n  node/\n    b.py   y\n    deep/\n      c.py  z\n"
             "  d.py      w\ntools/x.py\n")
     assert documented_modules(tree) == {"a.py", "node/b.py", "node/deep/c.py", "d.py"}
+
+
+def ubuntu_rule(rules: dict, key: str, release: str) -> dict | list | None:
+    """The rule rosdep applies for ``key`` on Ubuntu ``release``: per-release table ('*' = any other) or one rule."""
+    ubuntu = rules[key].get("ubuntu")
+    if isinstance(ubuntu, dict) and "pip" not in ubuntu:
+        return ubuntu.get(release, ubuntu.get("*"))
+    return ubuntu
+
+
+def test_python_rosdep_keys_exist_in_rosdistro_and_install_what_the_code_imports() -> None:
+    """Every Python rosdep key package.xml declares is in rosdistro (the copy of its rules in test/data) and installs,
+    on Ubuntu 22.04 and 24.04, an apt package or the pip package of the import it stands for."""
+    import yaml
+
+    rules = yaml.safe_load(ROSDEP_RULES.read_text())
+    package = parse_package(str(REPO / "package.xml"))
+    declared = {dep.name for dep in package.exec_depends} | {dep.name for dep in package.test_depends}
+    python_keys = {key for key in declared if key.startswith("python3-")}
+    assert python_keys <= set(rules), f"not rosdep keys (rosdistro): {sorted(python_keys - set(rules))}"
+    pip_names = {"onnxruntime": "onnxruntime", "rosbags": "rosbags"}  # import root -> PyPI name
+    for name, key in PYTHON_IMPORTS.items():
+        if key is None:
+            continue
+        for release in UBUNTU_RELEASES:
+            rule = ubuntu_rule(rules, key, release)
+            assert rule, f"{key} has no rule for Ubuntu {release}"
+            if key.endswith("-pip"):
+                assert rule["pip"]["packages"] == [pip_names[name]], (key, release, rule)
+            else:
+                assert isinstance(rule, list) and rule, (key, release, rule)

@@ -11,7 +11,8 @@ Needs a ROS 2 (the Makefile sources one: the one already sourced, else ../shared
    encoded);
 5. the demo's table, from the embeddings the node published.
 
-DDS stays on the loopback (ROS_LOCALHOST_ONLY=1) in a ROS_DOMAIN_ID of its own.
+DDS stays on the loopback (ROS_LOCALHOST_ONLY=1; Jazzy: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) in a
+ROS_DOMAIN_ID of its own, on the middleware the environment chose.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ros-demo: skipped, {reason}. `make demo` runs the same bag through encode_bag without ROS.")
         return 0
     domain, _lock = ros_workspace.claim_domain_id()
-    os.environ.update(ROS_DOMAIN_ID=str(domain), ROS_LOCALHOST_ONLY="1", RMW_IMPLEMENTATION="rmw_cyclonedds_cpp")
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    ros_workspace.keep_dds_on_loopback(os.environ)  # the environment's middleware (RMW_IMPLEMENTATION) as it is
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "COLCON_IGNORE").touch()  # the working folder sits in the repository: colcon must not crawl it

@@ -40,6 +40,25 @@ def claim_domain_id() -> tuple[int, TextIO]:
     raise RuntimeError(f"every ROS_DOMAIN_ID in {DOMAIN_IDS} is held by another run")
 
 
+def localhost_only(distro: str | None = None) -> dict[str, str]:
+    """The environment that keeps DDS on the loopback: ROS_LOCALHOST_ONLY=1 up to Humble; from Jazzy on its
+    replacement ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (ROS_LOCALHOST_ONLY still works there, but makes every
+    process log two deprecation warnings, which a robot on Jazzy does not see)."""
+    distro = distro if distro is not None else os.environ.get("ROS_DISTRO", "")
+    if distro in ("foxy", "galactic", "humble", "iron"):
+        return {"ROS_LOCALHOST_ONLY": "1"}
+    return {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+
+
+def keep_dds_on_loopback(environ: dict[str, str] | os._Environ) -> None:
+    """Set :func:`localhost_only` in ``environ``, dropping the other distro's variable."""
+    wanted = localhost_only()
+    for key in ("ROS_LOCALHOST_ONLY", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
+        if key not in wanted:
+            environ.pop(key, None)
+    environ.update(wanted)
+
+
 def source_files() -> list[str]:
     """The files a clone has (tracked plus new, not ignored), so the build sees the working tree."""
     listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,

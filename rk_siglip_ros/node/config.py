@@ -24,7 +24,8 @@ from rk_siglip_ros.runtime.scheduler import MODES
 
 NODE_NAME = "encoder_node"
 PACKAGE = "rk_siglip_ros"
-QOS_PROFILES = ("sensor_data", "reliable")
+# auto: reliable on Fast DDS, sensor_data elsewhere (node/dds.py node_qos, measured: benchmarks/RESULTS.md).
+QOS_PROFILES = ("auto", "sensor_data", "reliable")
 COMPRESSED_SUFFIX = "/compressed"
 IMAGE_TYPE, COMPRESSED_TYPE = IMAGE_MSG_TYPES
 BUILD_HINT = "build_shards --model google/siglip-base-patch16-512 --out {path}"
@@ -62,7 +63,8 @@ PARAMETERS: dict[str, Parameter] = {
     "timing_profile": Parameter("", "sim backend only: timing profile name or JSON path; empty = the default"),
     "image_topics": Parameter(["/camera/image_raw"], "Camera topics; sensor_msgs/Image, or CompressedImage for "
                                                       "topics ending in /compressed"),
-    "qos": Parameter("sensor_data", f"Subscription QoS: {'|'.join(QOS_PROFILES)} (reliable = depth 10)"),
+    "qos": Parameter("auto", f"Subscription QoS: {'|'.join(QOS_PROFILES)} (auto = reliable on Fast DDS, "
+                             "sensor_data elsewhere; reliable = depth 10)"),
     "max_rate_hz": Parameter(0.0, "Per-camera encode rate limit in Hz; 0 = as fast as the encoder allows",
                              read_only=False, number=True),
     "max_image_pixels": Parameter(DEFAULT_MAX_IMAGE_PIXELS, "Frames declaring more pixels are refused before "

@@ -11,6 +11,8 @@ conversions, encoder, stats) lives in ROS-free modules, driven through
 from __future__ import annotations
 
 import array
+import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -34,6 +36,7 @@ from rk_siglip_ros.node.config import (
     message_type_for,
     validate,
 )
+from rk_siglip_ros.node.dds import NODE_QOS, RMW_IMPLEMENTATION, node_qos
 from rk_siglip_ros.node.frame_memory import keep_frame_buffers
 from rk_siglip_ros.node.log_bridge import forward_library_logs
 from rk_siglip_ros.node.service import EncoderService
@@ -105,7 +108,9 @@ class _EncoderParts:
 
     def _read_config(self) -> NodeConfig:
         """The parameters as they are now, checked (ConfigError with the one-line reason)."""
-        return validate({name: self.get_parameter(name).value for name in PARAMETERS}, share_dir=_share_dir())
+        config = validate({name: self.get_parameter(name).value for name in PARAMETERS}, share_dir=_share_dir())
+        # qos: auto becomes this middleware's profile here, so everything downstream names the QoS in force.
+        return dataclasses.replace(config, qos=node_qos(config.qos, rclpy.get_rmw_implementation_identifier()))
 
     def _open(self, config: NodeConfig) -> None:
         """Open the encoder (every NPU context), the output publishers and the diagnostics; on failure everything
@@ -119,7 +124,8 @@ class _EncoderParts:
             self._service = EncoderService(config, open_publisher=self._open_publisher, now_s=self._clock_seconds,
                                             warn=logger.warning, error=logger.error,
                                             open_labels_publisher=self._open_labels_publisher, info=logger.info,
-                                            deserialize=deserialize)
+                                            deserialize=deserialize,
+                                            environ=_dds_facts(rclpy.get_rmw_implementation_identifier(), config.qos))
             self._publish_vision_info(config)
             self._updater = diagnostic_updater.Updater(_UpdaterHost(self), period=config.diagnostic_period)
             self._updater.setHardwareID(self._service.hardware_id)
@@ -459,6 +465,12 @@ def _ros_header(header: Any) -> Any:
 
 def _message_class(topic: str) -> type:
     return CompressedImage if message_type_for(topic) == COMPRESSED_TYPE else Image
+
+
+def _dds_facts(rmw: str, qos: str) -> dict[str, str]:
+    """This process's environment plus the middleware rclpy actually loaded (RMW_IMPLEMENTATION may be unset: the
+    distro's default, which the DDS hints must not guess) and the subscription QoS in force."""
+    return {**os.environ, RMW_IMPLEMENTATION: rmw, NODE_QOS: qos}
 
 
 def _share_dir() -> str | None:

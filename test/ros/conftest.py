@@ -18,8 +18,9 @@ def pytest_report_header() -> str:
         return f"real-ROS suite: skipped ({ros_support.NO_ROS_REASON})"
     import os
 
-    return (f"real-ROS suite: ROS 2 {os.environ.get('ROS_DISTRO', '?')}, ROS_DOMAIN_ID={DOMAIN_ID}, "
-            f"ROS_LOCALHOST_ONLY=1, {os.environ['RMW_IMPLEMENTATION']}")
+    loopback = ", ".join(f"{key}={value}" for key, value in ros_support.localhost_only().items())
+    return (f"real-ROS suite: ROS 2 {os.environ.get('ROS_DISTRO', '?')}, ROS_DOMAIN_ID={DOMAIN_ID}, {loopback}, "
+            f"{ros_support.rmw_implementation()}")
 
 
 @pytest.fixture(scope="session")

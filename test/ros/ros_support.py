@@ -81,17 +81,49 @@ def claim_domain_id() -> int:
     return domain
 
 
+localhost_only = ros_workspace.localhost_only
+
+
 def isolate_dds() -> int:
-    """Loopback-only Cyclone DDS in a domain of this session's own; every subprocess inherits it."""
+    """DDS on the loopback in a domain of this session's own; every subprocess inherits it. The middleware is the
+    one the environment chose (`make test-ros` sets RMW_IMPLEMENTATION per combination, or leaves it unset for the
+    distro's default): see :func:`rmw_implementation`."""
     domain = claim_domain_id()
     os.environ["ROS_DOMAIN_ID"] = str(domain)
-    os.environ["ROS_LOCALHOST_ONLY"] = "1"
-    os.environ["RMW_IMPLEMENTATION"] = "rmw_cyclonedds_cpp"
+    ros_workspace.keep_dds_on_loopback(os.environ)
     # The nodes' log files go with the session's folder at exit (their output is captured and shown on failure).
     os.environ.setdefault("ROS_LOG_DIR", str(Path(_session_dir()) / "ros_log"))
     os.environ["PYTHONUNBUFFERED"] = "1"
     os.environ["RCUTILS_COLORIZED_OUTPUT"] = "0"
     return domain
+
+
+@functools.lru_cache(maxsize=1)
+def rmw_implementation() -> str:
+    """The middleware this session's processes run on: what rclpy loads (RMW_IMPLEMENTATION, or the distro's
+    default when it is unset)."""
+    import rclpy
+
+    return rclpy.get_rmw_implementation_identifier()
+
+
+def camera_qos() -> Any:
+    """The QoS the tests' cameras publish with, as the README tells a robot on this middleware: best effort
+    (qos_profile_sensor_data, what camera drivers commonly publish) on Cyclone DDS; reliable on Fast DDS, where the
+    node subscribes reliable by default (node/dds.py node_qos) and a best-effort camera would not match."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+    if on_fastdds():
+        return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    return qos_profile_sensor_data
+
+
+def on_fastdds() -> bool:
+    return "fastrtps" in rmw_implementation()
+
+
+def on_cyclonedds() -> bool:
+    return "cyclonedds" in rmw_implementation()
 
 
 # ------------------------------------------------------------------------------------------- the install
@@ -105,12 +137,42 @@ def tiny_shards() -> Path:
     """A random:tiny shard set (three ONNX shards, pipeline3), built once per process into a temporary folder."""
     global _tiny_shards
     if _tiny_shards is None:
-        from rk_siglip_ros.builder.build import build_shards
-
-        out = Path(_session_dir()) / "shards-random-tiny"
-        build_shards("random:tiny", out, profile="pipeline3", formats=("onnx",), progress=False)
-        _tiny_shards = out
+        _tiny_shards = build_shard_set(Path(_session_dir()) / "shards-random-tiny")
     return _tiny_shards
+
+
+def builder_python() -> str:
+    """A Python that can build shard sets: this one when it has the builder (torch), else RK_SIGLIP_BUILDER_PYTHON
+    (the module skips when neither is there)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        builder = os.environ.get("RK_SIGLIP_BUILDER_PYTHON")
+        if not builder:
+            pytest.skip(f"no shard builder here ({error}) and RK_SIGLIP_BUILDER_PYTHON is not set")
+        return builder
+    return sys.executable
+
+
+def build_shard_set(out: Path, text: bool = False, profile: str = "pipeline3") -> Path:
+    """random:tiny (``profile``, ONNX; with its text tower if ``text``) into ``out``. In this Python when it has the
+    builder (torch); else with RK_SIGLIP_BUILDER_PYTHON, the Python of an environment that has it (`make test-ros`
+    points the Jazzy venv, CPython 3.12 without torch, at the 3.11 venv's): shard sets are Python-independent."""
+    builder = builder_python()
+    if builder != sys.executable:
+        script = ("import sys; from pathlib import Path; from rk_siglip_ros.builder.build import build_shards; "
+                  "build_shards('random:tiny', Path(sys.argv[1]), profile=sys.argv[3], formats=('onnx',), "
+                  "text=sys.argv[2] == '1', progress=False)")
+        env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
+        done = subprocess.run([builder, "-c", script, str(out), "1" if text else "0", profile], capture_output=True,
+                              text=True, timeout=600, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"{builder} could not build random:tiny shards:\n{done.stdout}{done.stderr}")
+        return out
+    from rk_siglip_ros.builder.build import build_shards
+
+    build_shards("random:tiny", out, profile=profile, formats=("onnx",), text=text, progress=False)
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -192,6 +254,18 @@ class RosProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+
+
+# How long a daemon-less `ros2` CLI call spins to discover the node before acting: the CLI's 0.5 s default was too
+# short for Fast DDS's discovery on a loaded machine ("Node not found").
+CLI_DISCOVERY_SPIN_S = "3"
+
+
+def ros2_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The `ros2` CLI without its daemon (a daemon would outlive the test and serve other sessions), given
+    CLI_DISCOVERY_SPIN_S to find the node."""
+    return subprocess.run(["ros2", *args, "--no-daemon", "--spin-time", CLI_DISCOVERY_SPIN_S], env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def launch_node(env: dict[str, str], **arguments: str) -> RosProcess:

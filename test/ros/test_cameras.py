@@ -18,7 +18,6 @@ ros_support.require_ros()
 
 import cv2  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 RATE_HZ = 30.0
@@ -90,7 +89,7 @@ def last_status(diagnostics: list[tuple[float, DiagnosticArray]]) -> dict[str, s
 
 
 def camera_publishers(client: ros_support.RosClient) -> dict[str, Any]:
-    return {topic: client.publisher(CompressedImage if kind == "jpeg" else Image, topic, qos_profile_sensor_data)
+    return {topic: client.publisher(CompressedImage if kind == "jpeg" else Image, topic, ros_support.camera_qos())
             for topic, kind in CAMERAS.items()}
 
 

@@ -4,7 +4,6 @@ SigLIP's probabilities for that frame's embedding; `ros2 param set` changes the 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,8 @@ TOP_K = 3
 
 @pytest.fixture(scope="module")
 def text_shards(tmp_path_factory) -> Path:
-    """random:tiny with its text tower (ONNX)."""
-    from rk_siglip_ros.builder.build import build_shards
-
-    out = tmp_path_factory.mktemp("text-shards") / "tiny-text"
-    build_shards("random:tiny", out, profile="pipeline3", formats=("onnx",), text=True, progress=False)
-    return out
+    """random:tiny with its text tower (ONNX), built where a builder is (Jazzy's venv has none: ros_support)."""
+    return ros_support.build_shard_set(tmp_path_factory.mktemp("text-shards") / "tiny-text", text=True)
 
 
 def results(message: Classification) -> list[tuple[str, float]]:
@@ -59,8 +54,7 @@ def test_node_publishes_classification_with_the_source_header(installed_env, cli
             sent.append(message)
             assert ros_support.wait_until(lambda: len(labels) >= len(sent) and len(embeddings) >= len(sent)), \
                 f"no Classification for frame {index}:\n{node.output}"
-        result = subprocess.run(["ros2", "param", "set", "--no-daemon", "/encoder_node", "labels", "['a cat']"],
-                                env=installed_env, capture_output=True, text=True, timeout=60)
+        result = ros_support.ros2_cli(installed_env, "param", "set", "/encoder_node", "labels", "['a cat']")
         assert "Set parameter successful" in result.stdout, result.stdout + result.stderr
         message, _ = camera_message("rgb8", scene(0, 9), 1_700_000_001_000_000_000, "cam_labels_optical")
         camera.publish(message)

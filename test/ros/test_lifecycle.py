@@ -56,8 +56,11 @@ class Lifecycle:
         return self._call(self._change, ChangeState.Request(transition=Transition(id=transition))).success
 
 
-def ros2_lifecycle(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ros2", "lifecycle", *arguments], env=env, capture_output=True, text=True, timeout=120)
+def ros2_lifecycle(env: dict[str, str], verb: str, *arguments: str) -> subprocess.CompletedProcess:
+    """`ros2 lifecycle VERB ...` without the daemon (it would outlive the test), spinning 3 s to discover the node
+    first: the CLI's 0.5 s default was too short for Fast DDS on a loaded machine ("Node not found")."""
+    return subprocess.run(["ros2", "lifecycle", verb, "--no-daemon", "--spin-time", "3", *arguments], env=env,
+                          capture_output=True, text=True, timeout=120)
 
 
 def node_pid(launch: ros_support.RosProcess) -> int:

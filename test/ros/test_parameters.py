@@ -15,7 +15,6 @@ import ros_support
 ros_support.require_ros()
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from test_cameras import camera_message, scene  # noqa: E402
 
@@ -31,8 +30,15 @@ DOCUMENTED_KEYS = [
 ]
 
 
+# How long a daemon-less `ros2 param` spins to discover the node before asking it: the CLI's 0.5 s default is too
+# short for Fast DDS's discovery on a loaded machine (the listing came back empty).
+DISCOVERY_SPIN_S = "3"
+
+
 def ros2(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """The `ros2` CLI without its daemon (a daemon would outlive the test and serve other domains' sessions)."""
+    if "--no-daemon" in args:
+        args = (*args, "--spin-time", DISCOVERY_SPIN_S)
     return subprocess.run(["ros2", *args], env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -60,7 +66,7 @@ class Camera:
     def __init__(self, client: ros_support.RosClient) -> None:
         import threading
 
-        self.publisher = client.publisher(Image, CAMERA, qos_profile_sensor_data)
+        self.publisher = client.publisher(Image, CAMERA, ros_support.camera_qos())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -135,7 +141,7 @@ def test_integer_floats_in_a_params_file_run_time_changes_read_only_refusals_and
 def test_silent_camera_warns_and_bad_frames_are_counted(
         installed_env: dict[str, str], tiny_shards: Path, client: ros_support.RosClient) -> None:
     diagnostics = client.collect(DiagnosticArray, "/diagnostics")
-    publisher = client.publisher(Image, CAMERA, qos_profile_sensor_data)
+    publisher = client.publisher(Image, CAMERA, ros_support.camera_qos())
     node = ros_support.launch_node(installed_env, shards=str(tiny_shards), backend="onnxruntime",
                                    image_topics=CAMERA)
     with ros_support.running(node):

@@ -15,8 +15,8 @@ ros_support.require_ros()
 TOOLS = ros_support.REPO / "tools"
 
 
-def run_tool(name: str, out: Path) -> str:
-    result = subprocess.run([sys.executable, str(TOOLS / name), "--model", "random:tiny", "--out", str(out)],
+def run_tool(name: str, out: Path, python: str = sys.executable) -> str:
+    result = subprocess.run([python, str(TOOLS / name), "--model", "random:tiny", "--out", str(out)],
                             capture_output=True, text=True, timeout=600, cwd=ros_support.REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -34,7 +34,9 @@ def similarity(text: str) -> np.ndarray:
 
 
 def test_ros_demo_prints_the_demo_table_from_the_node(tmp_path: Path) -> None:
-    offline = run_tool("demo.py", tmp_path)  # builds the random:tiny shards; ros_demo reuses them
+    # demo.py builds the random:tiny shards (ros_demo reuses them): with the builder's Python where this one has no
+    # torch (Jazzy's venv, see ros_support.build_shard_set).
+    offline = run_tool("demo.py", tmp_path, ros_support.builder_python())
     through_ros = run_tool("ros_demo.py", tmp_path)
     assert "frames           10 encoded by the node of 10 in the bag" in through_ros, through_ros
     assert "node exit 0; stopped: published 10 embeddings" in through_ros

@@ -11,7 +11,6 @@ import pytest
 ros_support = pytest.importorskip("ros_support", reason="the real-ROS fixtures (test/ros/ros_support.py) are missing")
 ros_support.require_ros()
 
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from test_cameras import camera_message, scene  # noqa: E402
 
@@ -32,7 +31,7 @@ def test_the_node_starts_with_the_params_file_selfcheck_writes(installed_env: di
     assert chosen["backend"] == "sim" and chosen["mode"] in ("pipeline", "allcores")
 
     embeddings = client.collect(Image, ros_support.OUTPUT)
-    publisher = client.publisher(Image, CAMERA, qos_profile_sensor_data)
+    publisher = client.publisher(Image, CAMERA, ros_support.camera_qos())
     node = ros_support.launch_node(installed_env, params_file=str(params_file), image_topics=CAMERA)
     with ros_support.running(node):
         assert node.wait_for_line(f"mode {chosen['mode']}"), node.output  # the params file's choice is in force

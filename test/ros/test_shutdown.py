@@ -13,7 +13,6 @@ import ros_support
 
 ros_support.require_ros()
 
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from test_cameras import CAMERAS, camera_message, scene, slow_profile  # noqa: E402
 
@@ -25,7 +24,7 @@ STOP_LINE = re.compile(r"stopped: published (\d+) embeddings, (\d+) of them fini
 def test_sigint_publishes_the_frames_in_flight_and_exits_0(
         installed_env: dict[str, str], tiny_shards: Path, client: ros_support.RosClient, tmp_path: Path) -> None:
     embeddings = client.collect(Image, ros_support.OUTPUT)
-    publishers = [client.publisher(Image, topic, qos_profile_sensor_data) for topic in RAW_CAMERAS]
+    publishers = [client.publisher(Image, topic, ros_support.camera_qos()) for topic in RAW_CAMERAS]
     # 200 ms per shard, three shards one per core: a frame is in the encoder for 600 ms, three at a time.
     params = ros_support.write_params(tmp_path / "slow.yaml",
                                       timing_profile=str(slow_profile(tmp_path / "slow.json", 200.0)))

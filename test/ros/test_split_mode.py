@@ -12,7 +12,6 @@ import pytest
 ros_support = pytest.importorskip("ros_support", reason="the real-ROS fixtures (test/ros/ros_support.py) are missing")
 ros_support.require_ros()
 
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from test_cameras import camera_message, scene  # noqa: E402
 
@@ -21,11 +20,8 @@ CAMERA = "/cam_split/image_raw"
 
 @pytest.fixture(scope="module")
 def split_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rk_siglip_ros.builder.build import build_shards
-
-    out = tmp_path_factory.mktemp("split") / "set"
-    build_shards("random:tiny", out, profile="split", formats=("onnx",), progress=False)
-    return out
+    # Built where a builder is (Jazzy's venv has none: ros_support.build_shard_set).
+    return ros_support.build_shard_set(tmp_path_factory.mktemp("split") / "set", profile="split")
 
 
 def test_the_node_publishes_with_mode_split(installed_env: dict[str, str], split_shards: Path,
@@ -33,7 +29,7 @@ def test_the_node_publishes_with_mode_split(installed_env: dict[str, str], split
     from rk_siglip_ros.runtime.encoder import SiglipEncoder
 
     embeddings = client.collect(Image, ros_support.OUTPUT)
-    publisher = client.publisher(Image, CAMERA, qos_profile_sensor_data)
+    publisher = client.publisher(Image, CAMERA, ros_support.camera_qos())
     node = ros_support.launch_node(installed_env, shards=str(split_shards), backend="onnxruntime", mode="split",
                                    image_topics=CAMERA)
     picture = scene(0, 0)
