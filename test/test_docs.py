@@ -24,8 +24,8 @@ README = REPO / "README.md"
 DOCS = [README, *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "RESULTS.md"]
 LAUNCH_FILE = REPO / "launch" / "encoder.launch.py"
 # Commands a doc may show that are not this project's: their arguments are not checked.
-OTHER_COMMANDS = {"cd", "cp", "git", "pip", "rosdep", "colcon", "source", "sudo", "echo", "export", "tee", "python",
-                  "python3", "mcap"}
+OTHER_COMMANDS = {"cd", "cp", "git", "pip", "rosdep", "colcon", "source", "sudo", "echo", "export", "tee", "touch",
+                  "python", "python3", "mcap"}
 # `ros2 topic ...` subcommands that name a topic right after them.
 TOPIC_VERBS = {"echo", "hz", "info", "bw"}
 

@@ -177,5 +177,5 @@ def test_selfcheck_on_the_sim_picks_split_for_latency_under_rk1(tmp_path, monkey
     # the fit recovers the profile the sim ran (split parts are timed like any shard); the machine's own delay per
     # call goes into the per-call term
     fitted = report.fit.profile
-    assert fitted.dense_ms_per_gmac == pytest.approx(rk1.dense_ms_per_gmac, rel=0.1)
-    assert fitted.attention_ms_per_gmac["fused"] == pytest.approx(rk1.attention_ms_per_gmac["fused"], rel=0.1)
+    assert fitted.dense_ms_per_gmac == pytest.approx(rk1.dense_ms_per_gmac, rel=0.2)
+    assert fitted.attention_ms_per_gmac["fused"] == pytest.approx(rk1.attention_ms_per_gmac["fused"], rel=0.2)
