@@ -4,7 +4,6 @@ parameters refused with the reason, the documented diagnostic keys and levels, o
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -30,25 +29,13 @@ DOCUMENTED_KEYS = [
 ]
 
 
-# How long a daemon-less `ros2 param` spins to discover the node before asking it: the CLI's 0.5 s default is too
-# short for Fast DDS's discovery on a loaded machine (the listing came back empty).
-DISCOVERY_SPIN_S = "3"
-
-
-def ros2(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """The `ros2` CLI without its daemon (a daemon would outlive the test and serve other domains' sessions)."""
-    if "--no-daemon" in args:
-        args = (*args, "--spin-time", DISCOVERY_SPIN_S)
-    return subprocess.run(["ros2", *args], env=env, capture_output=True, text=True, timeout=60)
-
-
 def param_set(env: dict[str, str], name: str, value: str) -> str:
-    result = ros2(env, "param", "set", "--no-daemon", NODE, name, value)
+    result = ros_support.ros2_cli(env, "param", "set", NODE, name, value)
     return (result.stdout + result.stderr).strip()
 
 
 def param_get(env: dict[str, str], name: str) -> str:
-    result = ros2(env, "param", "get", "--no-daemon", NODE, name)
+    result = ros_support.ros2_cli(env, "param", "get", NODE, name)
     return (result.stdout + result.stderr).strip()
 
 
@@ -103,7 +90,7 @@ def test_integer_floats_in_a_params_file_run_time_changes_read_only_refusals_and
         ros_support.wait_until_connected(client, [camera.publisher])
 
         # One diagnostics period setting: the standard diagnostic_updater.period, no second one.
-        listing = ros2(installed_env, "param", "list", "--no-daemon", NODE).stdout
+        listing = ros_support.ros2_cli(installed_env, "param", "list", NODE).stdout
         assert "diagnostic_updater.period" in listing and "diagnostic_period" not in listing, listing
 
         # Frames flowing: OK, every documented key, the backend actually chosen in the hardware ID.
