@@ -185,8 +185,12 @@ def clean_fastdds_shm(combination: Combination) -> None:
     tool = combination.tree / "bin" / "fastdds"
     if not tool.is_file():
         return
-    python = combination.venv / "bin" / "python"
-    subprocess.run([str(python), str(tool), "shm", "clean"], capture_output=True, timeout=60, check=False)
+    # bin/fastdds is a shell script that runs the first python3 on PATH: the combination's venv's.
+    env = dict(os.environ, PATH=f"{combination.venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    done = subprocess.run(["sh", str(tool), "shm", "clean"], capture_output=True, text=True, timeout=60, check=False,
+                          env=env)
+    summary = " ".join(line.strip() for line in done.stdout.splitlines() if "cleaned" in line)
+    print(f"   fastdds shm clean: {summary or (done.stdout + done.stderr).strip()[-200:]}", flush=True)
 
 
 if __name__ == "__main__":
