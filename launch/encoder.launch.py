@@ -37,6 +37,7 @@ from launch_ros.actions import LifecycleNode, Node
 
 from rk_siglip_ros.node.config import LAUNCH_ARGUMENTS, MANAGED_FLAG, NODE_NAME, PACKAGE, launch_overrides
 from rk_siglip_ros.node.dds import DDS_CONFIG_CHOICES, LARGE_IMAGES, node_environment
+from rk_siglip_ros.runtime.scheduler import MODES
 
 
 def node_middleware() -> str:
@@ -90,7 +91,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("backend", default_value="",
                               description="auto|onnxruntime|rknnlite|sim; empty = from params_file"),
         DeclareLaunchArgument("mode", default_value="",
-                              description="sequential|pipeline|replicas|allcores; empty = from params_file"),
+                              description=f"{'|'.join(MODES)}; empty = from params_file"),
         DeclareLaunchArgument("dds_config", default_value=LARGE_IMAGES,
                               description=f"{'|'.join(DDS_CONFIG_CHOICES)}|<path of a Cyclone DDS or Fast DDS XML "
                                           "file>: the node's DDS settings (large_images: on Cyclone DDS a receive "
