@@ -21,6 +21,7 @@ from rk_siglip_ros.fleet.rows import Sampling, bag_rows, frames_in
 from rk_siglip_ros.fleet.schema import BagRows
 from rk_siglip_ros.fleet.store import FleetIndex
 from rk_siglip_ros.model_identity import ModelIdentity
+from rk_siglip_ros.runtime.backends.base import NPU_CORES
 
 if TYPE_CHECKING:
     from rk_siglip_ros.manifest import Manifest
@@ -35,7 +36,7 @@ class EncoderOptions:
 
     backend: str = "auto"
     mode: str = "pipeline"
-    cores: tuple[int, ...] = (0, 1, 2)
+    cores: tuple[int, ...] = NPU_CORES
     threads: int | None = None  # ONNX Runtime intra-op threads per session (None: its default; Ray workers: 1)
 
 
